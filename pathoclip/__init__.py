@@ -1,0 +1,3 @@
+from stages import compat as _compat
+
+_compat.install()

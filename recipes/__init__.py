@@ -1,0 +1,1 @@
+"""Thin entry points wiring configs to stages, pathoclip and evaluation. Nothing imports recipes."""

@@ -1,0 +1,96 @@
+"""Environment fixes that must run before the heavy libraries are imported.
+
+Why this exists: on CPU machines we install the CPU build of torch 2.13, but PyPI only has a CUDA build of
+the matching torchvision 0.28. Its C extension cannot load there, and torchvision's meta registrations then
+call ``torch.library.register_fake("torchvision::nms")`` on an operator that was never defined, so
+``import torchvision`` raises ``operator torchvision::nms does not exist`` -- which breaks transformers'
+Trainer, TRL, peft, timm and open_clip. We define the two operator schemas torchvision registers
+unconditionally (nms, qnms) before it is first imported. Where the extension loads (GPU machines, matching
+builds) we change nothing.
+
+Installed two ways: ``install()`` is called by every pathor1 package ``__init__``, and the Makefile writes a
+``.pth`` file into the virtualenv so that CLIs such as ``accelerate`` and ``torchrun`` get it too. The hook
+is lazy: it imports nothing until something imports torchvision.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+_SCHEMAS = {
+    "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+}
+_state = {"fixed": False, "defined": False}
+
+
+def _extension_loads(pkg_dir: str) -> bool:
+    import torch
+
+    for name in sorted(os.listdir(pkg_dir)):
+        if name.startswith("_C") and name.endswith((".so", ".pyd")):
+            try:
+                torch.ops.load_library(os.path.join(pkg_dir, name))
+                return True
+            except (OSError, RuntimeError):
+                return False
+    return False
+
+
+def fix_torchvision() -> bool:
+    """Define the missing operator schemas if torchvision's extension cannot load. Returns True if it did."""
+    if _state["fixed"]:
+        return _state["defined"]
+    _state["fixed"] = True
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("torch") is None:
+        return False
+    if _extension_loads(list(spec.submodule_search_locations)[0]):
+        return False
+    import torch
+
+    lib = torch.library.Library("torchvision", "FRAGMENT")
+    for schema in _SCHEMAS.values():
+        try:
+            lib.define(schema)
+        except RuntimeError:  # already defined by someone else: fine
+            pass
+    _LIBS.append(lib)  # a Library deregisters its ops when garbage collected
+    _state["defined"] = True
+    return True
+
+
+_LIBS: list = []
+
+
+class _TorchvisionHook(importlib.abc.MetaPathFinder):
+    """Runs ``fix_torchvision`` the first time anything imports torchvision, then steps aside."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "torchvision":
+            uninstall()
+            fix_torchvision()
+        return None  # the normal finders do the actual import
+
+
+_HOOK = _TorchvisionHook()
+
+
+def install() -> None:
+    if "torchvision" in sys.modules:
+        return  # too late to help, and nothing to do if it imported fine
+    if not any(isinstance(f, _TorchvisionHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _HOOK)
+
+
+def uninstall() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchvisionHook)]
+
+
+def offline_hub() -> None:
+    """Default the HF hub to offline unless the user set it: pathor1 never needs the network for its demo."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
