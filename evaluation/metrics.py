@@ -1,0 +1,72 @@
+"""Accuracy with Wilson 95% intervals, per-subset / per-kind breakdowns, and the markdown summary.
+
+Rows are the per-sample predictions written to ``predictions.jsonl``: each has ``correct`` (bool),
+``score`` (0/1, or token F1 / judge score for open questions), ``format_ok`` (bool), ``n_tokens`` (int),
+``subset`` and ``kind``.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; unlike the normal approximation it stays inside
+    [0, 1] and is honest for the small n and extreme accuracies of subset breakdowns."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def group_metrics(rows: list[dict]) -> dict:
+    n = len(rows)
+    k = sum(bool(r["correct"]) for r in rows)
+    lo, hi = wilson_interval(k, n)
+    mean = lambda key: (sum(float(r[key]) for r in rows) / n) if n else 0.0  # noqa: E731
+    return {
+        "n": n, "correct": k, "accuracy": k / n if n else 0.0, "ci95": [lo, hi],
+        "mean_score": mean("score"), "format_rate": mean("format_ok"), "mean_tokens": mean("n_tokens"),
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Overall metrics plus the same metrics for every subset and every question kind."""
+    by = {"subset": defaultdict(list), "kind": defaultdict(list)}
+    for r in rows:
+        for key in by:
+            by[key][r.get(key) or "(none)"].append(r)
+    return {
+        "overall": group_metrics(rows),
+        "by_subset": {s: group_metrics(rs) for s, rs in sorted(by["subset"].items())},
+        "by_kind": {s: group_metrics(rs) for s, rs in sorted(by["kind"].items())},
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def metrics_table(groups: dict[str, dict]) -> list[str]:
+    lines = ["| group | n | accuracy % | 95% CI | format % | mean tokens |", "|---|---:|---:|---|---:|---:|"]
+    for name, m in groups.items():
+        lo, hi = m["ci95"]
+        lines.append(f"| {name} | {m['n']} | {_pct(m['accuracy'])} | [{_pct(lo)}, {_pct(hi)}] | "
+                     f"{_pct(m['format_rate'])} | {m['mean_tokens']:.1f} |")
+    return lines
+
+
+def markdown_summary(metrics: dict) -> str:
+    head = [f"# {metrics['suite']} — {metrics['model']}", "",
+            f"template `{metrics['template']}`, {metrics['overall']['n']} samples, "
+            f"greedy, max_new_tokens {metrics['max_new_tokens']}", ""]
+    body = metrics_table({"overall": metrics["overall"]}) + [""]
+    if len(metrics["by_subset"]) > 1 or "(none)" not in metrics["by_subset"]:
+        body += ["## by subset", ""] + metrics_table(metrics["by_subset"]) + [""]
+    body += ["## by question kind", ""] + metrics_table(metrics["by_kind"]) + [""]
+    return "\n".join(head + body)
