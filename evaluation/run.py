@@ -27,9 +27,9 @@ DEFAULT_TEMPLATE = "cot"
 
 def resolve_model(model_ref: str | Path) -> tuple[Path, dict]:
     """(folder, manifest) for a registry ref or folder; the manifest is {} for folders we did not write."""
-    from stages.registry import Registry
+    from stages import registry
 
-    path = Path(Registry().resolve(str(model_ref)))
+    path = Path(registry.Registry().resolve(str(model_ref)))
     manifest_file = path / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
     return path, manifest
@@ -45,10 +45,10 @@ def pick_template(manifest: dict, template: str | None) -> str:
 def default_out_dir(model_path: Path, manifest: dict, suite: str) -> Path:
     if manifest and os.access(model_path, os.W_OK):
         return model_path / "eval" / suite
-    from stages.registry import home
+    from stages import registry
 
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", model_path.name) or "model"
-    return home() / "reports" / name / suite
+    return registry.home() / "reports" / name / suite
 
 
 def load_callable(dotted: str) -> Callable:

@@ -227,9 +227,9 @@ def load_pmcvqa(data: Path, *, image_root=None, **_) -> list[dict]:
 
 
 def _image_cache_dir() -> Path:
-    from stages.registry import home
+    from stages import registry
 
-    d = home() / "cache" / "images"
+    d = registry.home() / "cache" / "images"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -309,9 +309,9 @@ def _load_corpora_qa(data: Path, **_) -> list[dict]:
 
 def _demo_path(name: str) -> Callable[[], Path]:
     def default() -> Path:
-        from stages.registry import home
+        from stages import registry
 
-        root = home() / "demo_corpus"
+        root = registry.home() / "demo_corpus"
         path = root / "eval" / name
         if not path.exists():  # build the demo corpus on first use, like every other demo entry point
             from corpora.demo import build_demo
@@ -324,9 +324,9 @@ def _demo_path(name: str) -> Callable[[], Path]:
 
 def _home_data(*parts: str) -> Callable[[], Path]:
     def default() -> Path:
-        from stages.registry import home
+        from stages import registry
 
-        return home().joinpath("data", *parts)
+        return registry.home().joinpath("data", *parts)
 
     return default
 
