@@ -1,0 +1,16 @@
+"""Stage 3: GRPO / DAPO / Dr. GRPO reinforcement learning on TRL's GRPOTrainer.
+
+`run(cfg)` trains and returns the registry checkpoint; `RLConfig` holds the algorithm presets. Pieces TRL
+lacks live in their own modules: `sampling` (dynamic sampling), `vision_share` (group-shared vision
+encoding), `rewards` (rewards on the corpora scorer).
+"""
+from stages.rl.config import PRESETS, RLConfig
+
+
+def run(cfg: RLConfig):
+    from stages.rl.run import run as _run
+
+    return _run(cfg)
+
+
+__all__ = ["PRESETS", "RLConfig", "run"]

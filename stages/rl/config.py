@@ -1,0 +1,149 @@
+"""`RLConfig`: one typed config for GRPO, DAPO and Dr. GRPO -- the algorithm is a preset, not a file copy.
+
+Preset-controlled fields default to None ("take the preset's value"); any value set in YAML or on the
+command line wins over the preset. `resolved()` returns the config with every preset value filled in;
+that is what is trained with and stored in the checkpoint manifest.
+
+| preset  | loss_type | scale_rewards | beta | epsilon / epsilon_high | mask_truncated | dynamic_sampling | extra reward  |
+|---------|-----------|---------------|------|------------------------|----------------|------------------|---------------|
+| grpo    | grpo      | group         | 0.04 | 0.2 / 0.2              | no             | no               |               |
+| dapo    | dapo      | group         | 0.0  | 0.2 / 0.28             | yes            | yes              | soft_overlong |
+| dr_grpo | dr_grpo   | none          | 0.0  | 0.2 / 0.2              | no             | no               |               |
+
+vLLM rollouts (GPU only; TRL's options): `use_vllm=true vllm_mode=colocate` runs vLLM inside the training
+process (set `vllm_gpu_memory_utilization`, e.g. 0.3); `vllm_mode=server` talks to a separate
+`trl vllm-serve --model <ckpt>` process at `vllm_server_host:vllm_server_port`.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+from stages.model import ModelConfig
+
+PRESETS: dict[str, dict] = {
+    "grpo": dict(loss_type="grpo", scale_rewards="group", beta=0.04, epsilon=0.2, epsilon_high=0.2,
+                 mask_truncated_completions=False, dynamic_sampling=False, rewards=["format", "accuracy"]),
+    "dapo": dict(loss_type="dapo", scale_rewards="group", beta=0.0, epsilon=0.2, epsilon_high=0.28,
+                 mask_truncated_completions=True, dynamic_sampling=True,
+                 rewards=["format", "accuracy", "soft_overlong"]),
+    "dr_grpo": dict(loss_type="dr_grpo", scale_rewards="none", beta=0.0, epsilon=0.2, epsilon_high=0.2,
+                    mask_truncated_completions=False, dynamic_sampling=False, rewards=["format", "accuracy"]),
+}
+DEFAULT_WEIGHTS = {"format": 0.1, "accuracy": 0.9, "length_aware_accuracy": 1.0, "soft_overlong": 1.0}
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class RLConfig:
+    algorithm: Literal["grpo", "dapo", "dr_grpo"] = _f("grpo", "Preset that fills every field left unset (None).")
+    init: str = _f("sft:latest", "Policy to start from: registry ref (sft:latest), folder, or tiny:qwen2_5_vl. "
+                                  "Replaces model.name_or_path.")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model loading, freezing, LoRA."})
+    data: str = _f("", "QA file (kind qa, JSONL) or folder holding rl.jsonl; empty = the demo corpus.")
+    validate: Literal["strict", "lenient", "off"] = _f("strict", "Validate the data first (corpora.validate).")
+    template: str = _f("cot", "Prompt template (corpora/prompts); the format reward checks its response format.")
+    run: str = _f("default", "Run name: checkpoints go to rl/<run>/step-N.")
+    resume: str = _f("auto", "auto = continue this run from its newest checkpoint; never; or a registry ref.")
+    seed: int = _f(0, "Seed for data order and sampling.")
+    # -- rollouts
+    num_generations: int = _f(8, "G: completions sampled per prompt (one group).")
+    batch: int = _f(2, "Prompts (groups) per optimizer step.")
+    max_completion_length: int = _f(256, "L_max: tokens per completion; longer ones are truncated.")
+    temperature: float = _f(1.0, "Sampling temperature of the rollouts.")
+    top_p: float = _f(1.0, "Nucleus sampling of the rollouts.")
+    # -- optimisation
+    steps: int = _f(100, "Optimizer steps.")
+    stop_after: int = _f(0, "Stop (with a checkpoint) after this many steps, keeping the planned schedule; "
+                            "0 = run to the end. Simulates preemption.")
+    lr: float = _f(1e-6, "Peak learning rate.")
+    scheduler: str = _f("constant", "transformers lr_scheduler_type.")
+    warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    grad_accum: int = _f(1, "Gradient accumulation steps (TRL then generates grad_accum batches at once).")
+    num_iterations: int = _f(1, "mu: policy updates per generated batch (PPO epochs).")
+    train: Literal["projector_llm", "llm", "all"] = _f(
+        "projector_llm", "Which towers train: llm, projector_llm, or all (vision tower too).")
+    gradient_checkpointing: bool = _f(False, "Trade compute for activation memory.")
+    # -- algorithm (None = from the preset)
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] | None = _f(
+        None, "grpo: per-sequence mean then batch mean; dapo: token-level over the batch; dr_grpo: sum / (B * L_max).")
+    scale_rewards: Literal["group", "batch", "none"] | None = _f(None, "Divide advantages by the group std (none: Dr. GRPO).")
+    beta: float | None = _f(None, "KL (k3) coefficient to the reference model; the reference is loaded only if > 0.")
+    epsilon: float | None = _f(None, "Lower clip epsilon (ratio >= 1 - epsilon).")
+    epsilon_high: float | None = _f(None, "Upper clip epsilon (ratio <= 1 + epsilon_high); DAPO clip-higher 0.28.")
+    mask_truncated_completions: bool | None = _f(None, "Exclude completions cut at L_max from the loss.")
+    dynamic_sampling: bool | None = _f(None, "Drop groups with equal rewards and refill the batch (DAPO).")
+    max_num_gen_batches: int = _f(4, "Dynamic sampling: at most this many generation rounds per step.")
+    # -- rewards
+    rewards: list[str] | None = _f(
+        None, "Reward names: format, accuracy, length_aware_accuracy, soft_overlong, or package.module:function.")
+    reward_weights: list[float] | None = _f(None, "One weight per reward; default format 0.1, accuracy 0.9, others 1.")
+    overlong_cache: int | None = _f(None, "L_cache of the soft overlong punishment; default max_completion_length // 4.")
+    length_min: int = _f(0, "length_aware_accuracy: shortest completion (tokens) that can earn +1.")
+    length_max: int | None = _f(None, "length_aware_accuracy: longest completion (tokens); default max_completion_length.")
+    # -- speed
+    share_vision: bool = _f(True, "Encode each distinct prompt image once per forward (and once per step when the "
+                                  "vision tower is frozen) instead of once per completion.")
+    use_vllm: bool = _f(False, "Generate with vLLM (GPU only).")
+    vllm_mode: Literal["colocate", "server"] = _f("colocate", "colocate: vLLM inside this process; server: `trl vllm-serve`.")
+    vllm_gpu_memory_utilization: float = _f(0.3, "colocate: share of GPU memory vLLM may take.")
+    vllm_server_host: str = _f("0.0.0.0", "server mode: host of `trl vllm-serve`.")
+    vllm_server_port: int = _f(8000, "server mode: port of `trl vllm-serve`.")
+    # -- output
+    save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end).")
+    keep_last: int = _f(0, "Keep only the newest N checkpoints of the run (0 = all).")
+    logging_steps: int = _f(1, "Log metrics (TensorBoard + manifest) every N steps.")
+    log_completions: int = _f(4, "Completion samples written to TensorBoard per logging step (0 = none).")
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = ModelConfig(**self.model)
+        if self.algorithm not in PRESETS:
+            raise ValueError(f"algorithm must be one of {'|'.join(PRESETS)}, got {self.algorithm!r}")
+        for name in ("num_generations", "batch", "max_completion_length", "steps", "grad_accum",
+                     "num_iterations", "max_num_gen_batches", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2 (a group needs two completions), got {self.num_generations}")
+        for name in ("save_every", "keep_last", "stop_after", "log_completions", "length_min"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise ValueError(f"lr and temperature must be > 0, got lr={self.lr} temperature={self.temperature}")
+        if self.beta is not None and self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not self.run or "/" in self.run or self.run.startswith("."):
+            raise ValueError(f"run must be a plain folder name, got {self.run!r}")
+        r = self.resolved_rewards()
+        if self.reward_weights is not None and len(self.reward_weights) != len(r):
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} values for {len(r)} rewards {r}")
+        cache = self.overlong_cache
+        if cache is not None and not 0 <= cache <= self.max_completion_length:
+            raise ValueError(f"overlong_cache must be in [0, max_completion_length={self.max_completion_length}], got {cache}")
+
+    def resolved_rewards(self) -> list[str]:
+        return list(self.rewards) if self.rewards is not None else list(PRESETS[self.algorithm]["rewards"])
+
+    def resolved(self) -> "RLConfig":
+        """A copy with every None filled from the preset (explicit values are kept)."""
+        out = copy.deepcopy(self)
+        for name, value in PRESETS[self.algorithm].items():
+            if getattr(out, name) is None:
+                setattr(out, name, copy.deepcopy(value))
+        if out.reward_weights is None:
+            out.reward_weights = [DEFAULT_WEIGHTS.get(n, 1.0) for n in out.rewards]
+        if out.overlong_cache is None:
+            out.overlong_cache = out.max_completion_length // 4
+        if out.length_max is None:
+            out.length_max = out.max_completion_length
+        return out
+
+    def unset_fields(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is None]

@@ -1,0 +1,160 @@
+"""Reward functions in TRL's signature `f(completions, **dataset_columns) -> list[float | None]`.
+
+Every correctness judgement goes through `corpora.grading` -- the scorer evaluation uses -- so the policy
+is rewarded for exactly what it is later measured on. Completions arrive as strings or as chat message
+lists (`[{"role": "assistant", "content": ...}]`); ground truth comes from the `answer` / `kind` /
+`options` columns of a `qa` dataset when present, else from the R1-V style `solution` column.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Sequence
+
+from trl.rewards import get_soft_overlong_punishment
+
+from corpora.grading import extract_answer, format_ok, grade
+
+RewardFn = Callable[..., list]
+BUILTIN = ("format", "accuracy", "length_aware_accuracy", "soft_overlong")
+
+
+def completion_text(completion) -> str:
+    """The assistant text of a completion given as a string, a message list, or multimodal content parts."""
+    if completion is None:
+        return ""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return completion_text(completion.get("content"))
+    if isinstance(completion, (list, tuple)):
+        if all(isinstance(m, dict) and "role" in m for m in completion):
+            replies = [m for m in completion if m.get("role") == "assistant"] or list(completion)
+            return completion_text(replies[-1]) if replies else ""
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in completion)
+    return str(completion)
+
+
+def _column(columns: dict, name: str, n: int) -> list:
+    value = columns.get(name)
+    return list(value) if value is not None else [None] * n
+
+
+def _reference(i, answers, kinds, options, solutions) -> tuple[str, str, tuple]:
+    """(answer, kind, options) for sample i; from `solution` alone the kind is read off the answer's shape."""
+    opts = tuple(options[i] or ())
+    if answers[i] is not None and kinds[i]:
+        return str(answers[i]), str(kinds[i]), opts
+    solution = solutions[i] if solutions[i] is not None else answers[i]
+    if solution is None:
+        raise ValueError("accuracy reward needs a `solution` or `answer` column in the dataset")
+    answer = extract_answer(str(solution)) or str(solution).strip()
+    if kinds[i]:
+        return answer, str(kinds[i]), opts
+    if opts or (len(answer) == 1 and answer.isalpha()):
+        return answer, "mcq", opts
+    if answer.lower() in ("yes", "no"):
+        return answer, "yesno", opts
+    return answer, "open", opts
+
+
+def _grades(completions, template: str, columns: dict):
+    n = len(completions)
+    answers, kinds = _column(columns, "answer", n), _column(columns, "kind", n)
+    options, solutions = _column(columns, "options", n), _column(columns, "solution", n)
+    for i, completion in enumerate(completions):
+        answer, kind, opts = _reference(i, answers, kinds, options, solutions)
+        yield grade(completion_text(completion), answer, kind, opts, template=template)
+
+
+class FormatReward:
+    """1.0 when the completion follows the response format of the prompt template, else 0.0."""
+
+    def __init__(self, template: str = "cot"):
+        self.template = template
+        self.__name__ = "format_reward"
+
+    def __call__(self, completions, **columns) -> list[float]:
+        return [float(format_ok(completion_text(c), self.template)) for c in completions]
+
+
+class AccuracyReward:
+    """`Grade.score`: 1/0 for mcq and yes/no, token-F1 for open questions (exact match scores 1)."""
+
+    def __init__(self, template: str = "cot"):
+        self.template = template
+        self.__name__ = "accuracy_reward"
+
+    def __call__(self, completions, **columns) -> list[float]:
+        return [g.score for g in _grades(completions, self.template, columns)]
+
+
+class LengthAwareAccuracyReward:
+    """Patho-R1's DAPO reward: +1 only if the answer is correct AND the length is in [min, max], else -1.
+
+    Length is counted in completion tokens when TRL passes `completion_ids`, else in whitespace words.
+    """
+
+    def __init__(self, min_length: int = 0, max_length: int = 1024, template: str = "cot"):
+        if not 0 <= min_length <= max_length:
+            raise ValueError(f"length bounds must satisfy 0 <= min ({min_length}) <= max ({max_length})")
+        self.min_length, self.max_length, self.template = min_length, max_length, template
+        self.__name__ = "length_aware_accuracy_reward"
+
+    def __call__(self, completions, completion_ids=None, **columns) -> list[float]:
+        out = []
+        for i, g in enumerate(_grades(completions, self.template, columns)):
+            length = len(completion_ids[i]) if completion_ids is not None else len(completion_text(completions[i]).split())
+            out.append(1.0 if g.correct and self.min_length <= length <= self.max_length else -1.0)
+        return out
+
+
+format_reward = FormatReward("cot")
+accuracy_reward = AccuracyReward("cot")
+length_aware_accuracy_reward = LengthAwareAccuracyReward()
+
+
+def soft_overlong_reward(max_completion_length: int, cache_length: int) -> RewardFn:
+    """DAPO's soft overlong punishment (TRL's): 0 up to L_max - L_cache, linear to -1 at L_max, -1 beyond."""
+    if not 0 <= cache_length <= max_completion_length:
+        raise ValueError(f"overlong cache ({cache_length}) must be in [0, max_completion_length={max_completion_length}]")
+    return get_soft_overlong_punishment(max_completion_len=max_completion_length, soft_punish_cache=cache_length)
+
+
+def load_reward(path: str) -> RewardFn:
+    """A custom reward by dotted path `package.module:function` (TRL's reward signature)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"custom reward {path!r} must look like 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load reward {path!r}: {e}") from None
+    if not callable(fn):
+        raise ValueError(f"reward {path!r} is not callable")
+    return fn
+
+
+def build_rewards(
+    names: Sequence[str],
+    *,
+    template: str = "cot",
+    max_completion_length: int = 256,
+    overlong_cache: int = 64,
+    length_bounds: tuple[int, int] = (0, 1024),
+) -> list[RewardFn]:
+    """Reward callables for config names: `format`, `accuracy`, `length_aware_accuracy`, `soft_overlong`, or `pkg.mod:fn`."""
+    made = []
+    for name in names:
+        if name == "format":
+            made.append(FormatReward(template))
+        elif name == "accuracy":
+            made.append(AccuracyReward(template))
+        elif name == "length_aware_accuracy":
+            made.append(LengthAwareAccuracyReward(*length_bounds, template=template))
+        elif name == "soft_overlong":
+            made.append(soft_overlong_reward(max_completion_length, overlong_cache))
+        elif ":" in name:
+            made.append(load_reward(name))
+        else:
+            raise ValueError(f"unknown reward {name!r}; built in: {', '.join(BUILTIN)}, or 'package.module:function'")
+    return made

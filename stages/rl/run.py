@@ -1,0 +1,160 @@
+"""`run(cfg) -> Path`: the RL stage end to end -- data, policy, TRL config, trainer, registry checkpoint."""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+from stages.rl.config import RLConfig
+
+logger = logging.getLogger(__name__)
+STAGE = "rl"
+# `train` policy -> (freeze_vision, freeze_projector, freeze_llm)
+TRAIN_POLICIES = {"llm": (True, True, False), "projector_llm": (True, False, False), "all": (False, False, False)}
+
+
+def prompt_dataset(qa, template: str):
+    """QA rows -> TRL rows: a conversational `prompt` rendered from the template file, images decoded lazily.
+
+    The qa columns (answer, kind, options, solution) stay: TRL hands them to the reward functions.
+    """
+    from datasets import Image, List
+
+    from corpora.prompts import render_prompt
+
+    def to_prompt(row):
+        return {"prompt": [{"role": "user", "content": render_prompt(template, row["question"], row["options"])}]}
+
+    ds = qa.map(to_prompt, desc="rendering prompts")
+    return ds.cast_column("images", List(Image()))
+
+
+def grpo_args(cfg: RLConfig, output_dir: Path):
+    """TRL's GRPOConfig from a resolved RLConfig (every preset value filled in)."""
+    import torch
+    from trl import GRPOConfig
+
+    cuda = torch.cuda.is_available()
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.batch * cfg.num_generations,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        max_steps=cfg.steps,
+        num_iterations=cfg.num_iterations,
+        loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high,
+        mask_truncated_completions=cfg.mask_truncated_completions,
+        reward_weights=cfg.reward_weights,
+        use_vllm=cfg.use_vllm,
+        vllm_mode=cfg.vllm_mode,
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_server_host=cfg.vllm_server_host,
+        vllm_server_port=cfg.vllm_server_port,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_every else "no",
+        save_steps=cfg.save_every or 500,
+        report_to=["tensorboard"],
+        seed=cfg.seed,
+        bf16=cuda and cfg.model.dtype in ("auto", "bfloat16"),
+        use_cpu=not cuda,
+        remove_unused_columns=False,
+        log_completions=False,
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+
+
+def _resume_point(cfg: RLConfig):
+    """The registry entry to resume from, or None."""
+    from stages.registry import Registry
+
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        return Registry().latest(STAGE, cfg.run)
+    return Registry().resolve(cfg.resume)
+
+
+def run(cfg: RLConfig) -> Path:
+    """Train with RL from `cfg.init`; returns the final registry checkpoint folder (rl/<run>/step-N)."""
+    from corpora.readers import load_qa
+    from stages.engine import data_file
+    from stages.model import load_model
+    from stages.registry import Registry, home
+    from stages.rl.rewards import build_rewards
+    from stages.rl.trainer import TRAINER_STATE_DIR, PathoGRPOTrainer
+
+    cfg = cfg.resolved()
+    registry = Registry()
+    init = cfg.init
+    if ":" in init and not init.startswith("tiny:"):
+        init = str(registry.resolve(init))  # sft:latest -> the folder; fails early with RegistryError
+    resume_from = _resume_point(cfg)
+    if resume_from is not None and (resume_from / TRAINER_STATE_DIR / "trainer_state.json").exists():
+        state = resume_from / TRAINER_STATE_DIR
+        import json
+
+        if json.loads((state / "trainer_state.json").read_text())["global_step"] >= cfg.steps:
+            logger.warning("run %s already reached step %d: nothing to do", cfg.run, cfg.steps)
+            return resume_from
+    else:
+        resume_from = None
+
+    path = data_file(cfg.data, "rl.jsonl")
+    if cfg.validate != "off":
+        from stages.engine import check_data
+
+        check_data(path, "qa", cfg.validate)
+    dataset = prompt_dataset(load_qa(path), cfg.template)
+
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.name_or_path = init
+    model_cfg.freeze_vision, model_cfg.freeze_projector, model_cfg.freeze_llm = TRAIN_POLICIES[cfg.train]
+    model, processor = load_model(model_cfg)
+
+    rewards = build_rewards(cfg.resolved_rewards(), template=cfg.template,
+                            max_completion_length=cfg.max_completion_length, overlong_cache=cfg.overlong_cache,
+                            length_bounds=(cfg.length_min, cfg.length_max))
+    output_dir = Path(home()) / "logs" / STAGE / cfg.run
+    trainer = PathoGRPOTrainer(
+        model=model,
+        reward_funcs=rewards,
+        args=grpo_args(cfg, output_dir),
+        train_dataset=dataset,
+        processing_class=processor,
+        dynamic_sampling=cfg.dynamic_sampling,
+        max_num_gen_batches=cfg.max_num_gen_batches,
+        share_vision=cfg.share_vision,
+        tensorboard_samples=cfg.log_completions,
+        checkpoint_target=dict(run=cfg.run, parent=init, config=cfg, data=[path],
+                               keep_last=cfg.keep_last, extra={"template": cfg.template, "algorithm": cfg.algorithm}),
+    )
+    if cfg.stop_after:
+        from transformers import TrainerCallback
+
+        class StopAfter(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step >= cfg.stop_after:
+                    control.should_training_stop = True
+                    control.should_save = True
+
+        trainer.add_callback(StopAfter())
+    trainer.train(resume_from_checkpoint=str(resume_from / TRAINER_STATE_DIR) if resume_from else None)
+    final = registry.latest(STAGE, cfg.run)
+    if final is None or int(final.name.split("-")[-1]) != trainer.state.global_step:
+        trainer._save_checkpoint(trainer.model, None)
+        final = registry.latest(STAGE, cfg.run)
+    return final
