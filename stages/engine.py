@@ -1,0 +1,410 @@
+"""Shared training engine for the supervised stages (continued pretraining and CoT SFT).
+
+Both stages are "chat samples -> next-token loss on the assistant turns", so they share one config base,
+one collator and one ``Trainer`` subclass; ``stages.pretrain`` and ``stages.sft`` only turn their corpus
+into ``{"images": [...paths], "messages": [...]}`` rows and pick defaults.
+
+What we write by hand and why:
+- ``ChatCollator``: the processor renders and tokenises (transformers' ``return_assistant_tokens_mask`` with
+  TRL's generation-tagged copy of the Qwen-VL template); we only load the images, put them in the first user
+  turn and turn the mask into labels. TRL's own vision collator does the same but takes PIL images in the
+  dataset, which would force every image into memory up front.
+- ``StageTrainer._save_checkpoint``: the Trainer writes ``checkpoint-N`` folders with no manifest and no
+  atomicity; we write the same files through ``Registry.writer`` so a crash never leaves a half checkpoint,
+  and keep optimizer/scheduler/RNG/trainer state in a ``trainer_state/`` subfolder for exact resume.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import random
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
+from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+from corpora.chat import user_content
+
+from stages.model import ModelConfig, load_model
+from stages.registry import Registry, home, step_dir
+
+# train policy -> (freeze_vision, freeze_projector, freeze_llm)
+TRAIN_POLICIES = {
+    "projector": (True, False, True),
+    "projector_llm": (True, False, False),
+    "all": (False, False, False),
+}
+TRAINER_STATE_DIR = "trainer_state"
+IGNORE_INDEX = -100
+
+
+@dataclass
+class StageConfig:
+    """Fields common to the supervised stages; each stage subclasses it and changes the defaults."""
+
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model loading, freezing, LoRA/QLoRA."})
+    init: str = field(
+        default="auto",
+        metadata={"help": "Input model: registry ref (pretrain:latest), folder or tiny preset; "
+                          "auto = the stage default. Replaces model.name_or_path."},
+    )
+    data: str = field(
+        default="",
+        metadata={"help": "Training file or dataset folder; empty = the demo corpus under $PATHOR1_HOME/demo_corpus."},
+    )
+    template: str = field(default="cot", metadata={"help": "Prompt template from corpora/prompts."})
+    validate: Literal["strict", "lenient", "off"] = field(
+        default="strict", metadata={"help": "Validate the data before training (corpora.validate policy)."})
+    train: Literal["projector", "projector_llm", "all"] = field(
+        default="projector_llm", metadata={"help": "Which towers train; the vision encoder trains only with 'all'."})
+    run: str = field(default="default", metadata={"help": "Run name: registry entries go to <stage>/<run>/step-N."})
+    resume: str = field(
+        default="auto",
+        metadata={"help": "auto = continue from the newest complete checkpoint of this run; never; or a registry ref."},
+    )
+    lr: float = field(default=2e-5, metadata={"help": "Peak learning rate."})
+    scheduler: str = field(default="cosine", metadata={"help": "transformers lr_scheduler_type (cosine, linear, constant...)."})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of the planned steps spent warming up."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    epochs: float = field(default=1.0, metadata={"help": "Epochs (ignored when max_steps > 0)."})
+    max_steps: int = field(default=-1, metadata={"help": "Planned optimizer steps; > 0 overrides epochs."})
+    stop_after: int = field(
+        default=0,
+        metadata={"help": "Stop (with a checkpoint) after this many steps without changing the planned schedule; "
+                          "0 = run to the end. Simulates preemption."},
+    )
+    batch_size: int = field(default=4, metadata={"help": "Per-device batch size."})
+    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
+    group_by_length: bool = field(default=True, metadata={"help": "Batch samples of similar length to limit padding."})
+    max_length: int | None = field(default=None, metadata={"help": "Truncate sequences to this many tokens."})
+    eval_fraction: float = field(default=0.0, metadata={"help": "Share of images held out for an eval loss (0 = none)."})
+    save_every: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end)."})
+    keep_last: int = field(default=0, metadata={"help": "Keep only the newest N checkpoints of the run (0 = all)."})
+    logging_steps: int = field(default=1, metadata={"help": "Log the loss every N steps (TensorBoard + manifest)."})
+    seed: int = field(default=0, metadata={"help": "Seed for init, data order and dropout."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = ModelConfig(**self.model)
+        if self.train not in TRAIN_POLICIES:
+            raise ValueError(f"train must be one of {'|'.join(TRAIN_POLICIES)}, got {self.train!r}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("batch_size", "grad_accum", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("save_every", "keep_last", "stop_after"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.run or "/" in self.run or self.run.startswith("."):
+            raise ValueError(f"run must be a plain folder name, got {self.run!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def model_config(self, init: str) -> ModelConfig:
+        """``self.model`` with the input model and the freeze flags of the ``train`` policy applied."""
+        cfg = copy.deepcopy(self.model)
+        cfg.name_or_path = init
+        cfg.freeze_vision, cfg.freeze_projector, cfg.freeze_llm = TRAIN_POLICIES[self.train]
+        return cfg
+
+
+# ----------------------------------------------------------------------------------------------- data
+def demo_corpus() -> Path:
+    """The demo corpus under $PATHOR1_HOME/demo_corpus, built once (atomically: concurrent runs never see half)."""
+    from corpora.demo import build_demo
+
+    final = Path(home()) / "demo_corpus"
+    if (final / "demo.json").exists():
+        return final
+    staging = final.parent / f".staging-demo-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        build_demo(staging)
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if not (final / "demo.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def data_file(data: str, default_name: str) -> Path:
+    """``data`` as a file: empty -> the demo corpus file, a folder -> its ``default_name``."""
+    path = Path(data) if data else demo_corpus()
+    if path.is_dir():
+        path = path / default_name
+    if not path.exists():
+        raise FileNotFoundError(f"training data not found: {path}")
+    return path
+
+
+def check_data(path: Path, kind: str, policy: str) -> None:
+    """Fail before any model is loaded if the data has problems (file:line: code: message)."""
+    if policy == "off":
+        return
+    from corpora.validate import validate
+
+    validate(path, kind, policy=policy).raise_if_errors()
+
+
+def split_by_image(rows, fraction: float, seed: int):
+    """(train, eval) with ``fraction`` of the distinct images held out, so no image is in both."""
+    if fraction <= 0:
+        return rows, None
+    keys = sorted({r[0] if r else "" for r in rows["images"]})
+    random.Random(seed).shuffle(keys)
+    held = set(keys[: max(1, round(fraction * len(keys)))])
+    is_eval = [(imgs[0] if imgs else "") in held for imgs in rows["images"]]
+    train = rows.select([i for i, e in enumerate(is_eval) if not e])
+    evaluation = rows.select([i for i, e in enumerate(is_eval) if e])
+    if len(train) == 0:
+        raise ValueError(f"eval_fraction={fraction} leaves no training samples")
+    return train, evaluation
+
+
+# ----------------------------------------------------------------------------------------------- collator
+def training_chat_template(processor) -> str:
+    """The processor's chat template with ``{% generation %}`` markers around each assistant turn.
+
+    TRL ships generation-tagged copies of the Qwen-VL templates; the rendered text is identical to the
+    original, the markers only let the tokenizer return which tokens the assistant wrote.
+    """
+    if has_generation_markers(processor.chat_template):
+        return processor.chat_template
+    try:
+        template = get_training_chat_template(processor)
+    except Exception as e:  # an unknown template: say what to do instead of failing inside TRL
+        raise ValueError(
+            "cannot mask the assistant tokens: the processor's chat template has no {% generation %} markers and "
+            "TRL has no training copy of it; add the markers around the assistant turn of chat_template.jinja"
+        ) from e
+    return template or processor.chat_template
+
+
+def with_images(messages: list[dict], images: list) -> list[dict]:
+    """Messages with string content, the images placed in the first user turn (corpora.chat.user_content)."""
+    out, placed = [], False
+    for m in messages:
+        if m["role"] == "user" and not placed:
+            content = user_content(m["content"], len(images))
+            for part, image in zip(content, images):  # the image entries come first, in order
+                part["image"] = image
+            m = {"role": "user", "content": content}
+            placed = True
+        out.append(m)
+    if images and not placed:
+        raise ValueError("sample has images but no user turn to put them in")
+    return out
+
+
+@dataclass
+class ChatCollator:
+    """Rows ``{"images": [paths], "messages": [...]}`` -> a padded batch whose labels are -100 everywhere but on
+    the assistant tokens of every assistant turn (each turn's closing ``<|im_end|>`` and newline included,
+    as the generation-tagged template marks them)."""
+
+    processor: object
+    max_length: int | None = None
+
+    def __post_init__(self):
+        self.chat_template = training_chat_template(self.processor)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        images = [[Image.open(p).convert("RGB") for p in r["images"]] for r in rows]
+        conversations = [with_images(r["messages"], imgs) for r, imgs in zip(rows, images)]
+        batch = self.processor.apply_chat_template(
+            conversations,
+            chat_template=self.chat_template,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            return_assistant_tokens_mask=True,
+            processor_kwargs=dict(padding=True, padding_side="right", add_special_tokens=False,
+                                  truncation=self.max_length is not None, max_length=self.max_length),
+        )
+        mask = batch.pop("assistant_masks")
+        labels = batch["input_ids"].clone()
+        labels[(mask == 0) | (batch["attention_mask"] == 0)] = IGNORE_INDEX
+        batch["labels"] = labels
+        return dict(batch)
+
+
+def add_lengths(rows, processor):
+    """A ``length`` column (text tokens + image tokens, from image headers only) for length-grouped batching."""
+    tok = processor.tokenizer
+    count_image_tokens = getattr(processor, "_get_num_multimodal_tokens", None)
+
+    def length(row):
+        text_tokens = sum(len(tok(m["content"], add_special_tokens=False)["input_ids"]) + 4 for m in row["messages"])
+        image_tokens = 0
+        if row["images"] and count_image_tokens is not None:
+            sizes = []
+            for p in row["images"]:
+                with Image.open(p) as im:  # reads the header, not the pixels
+                    sizes.append((im.height, im.width))
+            image_tokens = sum(count_image_tokens(image_sizes=sizes).num_image_tokens)
+        return {"length": text_tokens + image_tokens}
+
+    return rows.map(length, desc="measuring lengths")
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_weights(model, out: Path) -> None:
+    """A plain HF folder (safetensors) that ``AutoModelForImageTextToText`` loads: LoRA is merged into a copy."""
+    if _is_peft(model):
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+
+
+class StopAfter(TrainerCallback):
+    """Stop (and checkpoint) after ``step`` optimizer steps; the schedule still spans the planned steps."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+@dataclass
+class Checkpointing:
+    """Where and how ``StageTrainer`` writes its registry entries."""
+
+    stage: str
+    run: str
+    parent: str  # the input model ref: every entry of the run names it, so lineage skips resume hops
+    config: object
+    data: list
+    template: str
+    keep_last: int = 0
+
+
+class StageTrainer(Trainer):
+    """A ``Trainer`` whose checkpoints are registry entries, with the eval loss and loss curve in the manifest."""
+
+    def __init__(self, *args, checkpointing: Checkpointing, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.checkpointing = checkpointing
+        self.registry = Registry()
+
+    def _save_checkpoint(self, model, trial):
+        # Same files as Trainer._save_checkpoint, written through the registry (manifest last, atomic rename),
+        # with the resume state in trainer_state/ so the checkpoint folder itself stays a plain HF folder.
+        ck, step = self.checkpointing, self.state.global_step
+        if (self.registry.root / ck.stage / ck.run / step_dir(step)).exists():
+            return  # resumed exactly at a saved step: nothing new to write
+        self.store_flos()
+        metrics = self._metrics()
+        with self.registry.writer(ck.stage, ck.run, step, parent=ck.parent, config=ck.config, data=ck.data) as w:
+            save_weights(self.model, w.path)
+            self.processing_class.save_pretrained(w.path)
+            state_dir = w.path / TRAINER_STATE_DIR
+            state_dir.mkdir()
+            if _is_peft(self.model):
+                self.model.save_pretrained(state_dir)  # the adapter, which resume loads back
+            self._save_optimizer_and_scheduler(str(state_dir))
+            self._save_scaler(str(state_dir))
+            self._save_rng_state(str(state_dir))
+            for cb in [c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)]:
+                self.state.stateful_callbacks[cb.__class__.__name__] = cb.state()
+            self.state.save_to_json(str(state_dir / "trainer_state.json"))
+            w.metrics.update(metrics)
+            w.extra.update(template=ck.template, planned_steps=self.state.max_steps)
+        if ck.keep_last:
+            self.registry.prune(ck.stage, ck.run, ck.keep_last)
+
+    def _metrics(self) -> dict:
+        curve = [[e["step"], e["loss"]] for e in self.state.log_history if "loss" in e]
+        out = {"train_loss_curve": curve}
+        if curve:
+            out["train_loss"] = curve[-1][1]
+        if self.eval_dataset is not None:
+            out["eval_loss"] = self.evaluate()["eval_loss"]
+        return out
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # Full weights live in the checkpoint folder itself, a LoRA adapter in trainer_state/.
+        folder = Path(resume_from_checkpoint)
+        if not _is_peft(self.model) and folder.name == TRAINER_STATE_DIR:
+            folder = folder.parent
+        super()._load_from_checkpoint(str(folder), model)
+
+
+def training_arguments(cfg: StageConfig, log_dir: Path) -> TrainingArguments:
+    bf16 = cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and torch.cuda.is_available())
+    return TrainingArguments(
+        output_dir=str(log_dir),  # TensorBoard event files go under it; checkpoints go to the registry
+        report_to=["tensorboard"],
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the planned steps
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_every or 10**9,  # the Trainer always saves at the end too
+        eval_strategy="no",  # eval loss is computed at each checkpoint (StageTrainer._metrics)
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        length_column_name="length",
+        remove_unused_columns=False,  # the collator needs the raw image paths and messages
+        dataloader_num_workers=0,
+        bf16=bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        disable_tqdm=False,
+    )
+
+
+def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> Path:
+    """Train on ``rows`` (``images`` + ``messages``) from ``init`` and return the newest registry checkpoint."""
+    registry = Registry()
+    resume_from = None
+    if cfg.resume == "auto":
+        resume_from = registry.latest(stage, cfg.run)
+    elif cfg.resume != "never":
+        resume_from = registry.resolve(cfg.resume)
+    elif registry.latest(stage, cfg.run) is not None:
+        raise ValueError(f"run {stage}/{cfg.run} already has checkpoints; pass resume=auto to continue it "
+                         f"or choose another run=NAME")
+    if resume_from is not None:
+        init = registry.manifest(resume_from).get("parent") or init  # continue from the same input model
+
+    model, processor = load_model(cfg.model_config(init))
+    if cfg.group_by_length:
+        rows = add_lengths(rows, processor)
+    train_rows, eval_rows = split_by_image(rows, cfg.eval_fraction, cfg.seed)
+    log_dir = Path(home()) / "logs" / stage / cfg.run
+    trainer = StageTrainer(
+        model=model, args=training_arguments(cfg, log_dir), train_dataset=train_rows, eval_dataset=eval_rows,
+        processing_class=processor, data_collator=ChatCollator(processor, max_length=cfg.max_length),
+        callbacks=[StopAfter(cfg.stop_after)] if cfg.stop_after else None,
+        checkpointing=Checkpointing(stage, cfg.run, init, dataclasses.replace(cfg, init=init), list(data_files),
+                                    cfg.template, cfg.keep_last),
+    )
+    trainer.train(resume_from_checkpoint=str(resume_from / TRAINER_STATE_DIR) if resume_from else None)
+    return registry.latest(stage, cfg.run)
