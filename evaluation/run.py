@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                            template=args.template, max_new_tokens=args.max_new_tokens, out=args.out,
                            judge=args.judge, device=args.device, dtype=args.dtype, progress=not args.no_progress,
                            image_root=args.image_root, split=args.split, subset_by=args.subset_by)
-    except (SuiteError, ValueError) as e:
+    except (SuiteError, LookupError, ValueError) as e:  # LookupError: unknown registry ref
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown_summary(metrics))
