@@ -255,6 +255,8 @@ def from_dict(cls, d: dict, *, _prefix: str = "", _origins: dict | None = None, 
     for name, f in fields.items():
         dotted = _prefix + name
         tp = hints.get(name, Any)
+        if not f.init:  # derived in __post_init__; to_dict writes it, so a saved config still loads back
+            continue
         if name not in d:
             if f.default is _MISSING and f.default_factory is _MISSING and f.init:
                 raise ConfigError(f"{root.__name__}: missing required key '{dotted}' ({type_name(tp)})")

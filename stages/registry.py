@@ -34,6 +34,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -55,6 +56,7 @@ __all__ = [
 MANIFEST = "manifest.json"
 POINTER = "LATEST"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+_STAGING_RE = re.compile(r"^\.tmp-step-\d+-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _VERSIONED = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "open_clip_torch"]
 
@@ -162,6 +164,29 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _stale_staging(run_dir: Path) -> list[Path]:
+    """Staging folders left by writers on this host that are no longer running (killed mid-write), plus
+    half-deleted folders of an interrupted prune."""
+    stale = []
+    for p in run_dir.glob(".*"):
+        match = _STAGING_RE.match(p.name)
+        if p.name.startswith(".del-step-"):
+            stale.append(p)
+        elif match and match["host"] == socket.gethostname() and not _alive(int(match["pid"])):
+            stale.append(p)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 class CheckpointWriter:
     """Context manager returned by ``Registry.writer``: write the payload into ``w.path``, fill ``w.metrics``
     and ``w.extra``; on a clean exit the checkpoint appears atomically and ``w.path`` is its final folder."""
@@ -195,7 +220,9 @@ class CheckpointWriter:
             raise RegistryError(f"checkpoint {self.ref} already exists at {self.final}")
         run_dir = self.final.parent
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / f".tmp-{step_dir(self.step)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Host and pid in the name let prune() recognise folders of writers that died (see _stale_staging).
+        name = f".tmp-{step_dir(self.step)}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.path = run_dir / name
         self.path.mkdir()
         return self
 
@@ -414,10 +441,13 @@ class Registry:
 
     def prune(self, stage: str, run: str, keep_last: int) -> list[Path]:
         """Delete all but the newest ``keep_last`` steps of a run, except any step that some manifest in the
-        registry names as its parent. Returns the deleted folders."""
+        registry names as its parent. Also removes staging folders of writers that died. Returns the deleted
+        checkpoint folders."""
         if keep_last < 1:
             raise RegistryError(f"keep_last must be >= 1, got {keep_last}")
         with self._lock():
+            for leftover in _stale_staging(self.root / stage / run):
+                shutil.rmtree(leftover, ignore_errors=True)
             protected = {self._parent_path(e.get("parent")) for e in self.entries()}
             doomed = [p for p in self._steps(stage, run)[:-keep_last] if p.resolve() not in protected]
             for path in doomed:

@@ -51,6 +51,15 @@ class Required:
     data: str
 
 
+@dataclass
+class Derived:
+    width: int = 2
+    area: int = field(init=False)
+
+    def __post_init__(self):
+        self.area = self.width * self.width
+
+
 def write(tmp_path, text, name="c.yaml"):
     p = tmp_path / name
     p.write_text(textwrap.dedent(text))
@@ -165,6 +174,7 @@ def test_to_dict_from_dict_and_save_yaml_round_trip(tmp_path):
     assert load_config(Train, ["--config", str(path)]) == cfg
     with pytest.raises(TypeError):
         to_dict(Train)
+    assert from_dict(Derived, to_dict(Derived(width=3))).area == 9  # init=False fields are recomputed
 
 
 def test_config_class_of_requires_the_header(tmp_path):

@@ -182,6 +182,8 @@ def test_killed_writer_leaves_nothing_visible(reg, where):
     assert reg.resolve("sft:latest").name == "step-00000001"
     with pytest.raises(RegistryError, match="steps present: step-00000001"):
         reg.resolve("sft:r1/2")
+    reg.prune("sft", "r1", keep_last=1)  # the dead writer's staging folder is cleaned up
+    assert sorted(os.listdir(reg.root / "sft" / "r1")) == ["LATEST", "step-00000001"]
 
 
 def test_folder_without_manifest_is_not_a_checkpoint(reg):
@@ -237,8 +239,10 @@ def test_prune_keeps_last_n_and_every_parent(reg):
     assert [e["step"] for e in reg.entries("sft")] == [2, 4, 5]
     assert [p.name for p in (reg.root / "sft" / "r1").iterdir() if p.name.startswith(".")] == []
     assert reg.lineage("rl:latest")[1]["ref"] == "sft/r1/step-00000002"
-    assert reg.resolve("sft:latest").name == "step-00000005"
-    assert reg.prune("sft", "r1", keep_last=2) == []
+    with reg.writer("sft", "r1", 6) as w:  # a live writer's staging folder survives a concurrent prune
+        (w.path / "model.safetensors").write_bytes(b"w")
+        assert reg.prune("sft", "r1", keep_last=1) == [reg.root / "sft/r1/step-00000004"]
+    assert sorted(os.listdir(w.path)) == ["manifest.json", "model.safetensors"]
     with pytest.raises(RegistryError, match="keep_last must be >= 1"):
         reg.prune("sft", "r1", keep_last=0)
 
