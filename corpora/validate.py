@@ -1,0 +1,158 @@
+"""Check every record before any training: one line per problem (`file:line: code: message`), a summary,
+and a policy: strict refuses data with any problem, lenient skips bad records and counts them.
+
+    python -m corpora.validate PATH [--kind pairs|sft|qa|rl|eval] [--policy strict|lenient] [--root DIR]
+
+Problem codes: malformed-line, missing-field, bad-field, bad-options, bad-kind, bad-messages, empty-caption,
+empty-question, answer-not-in-options, bad-image-path, path-escapes-root, missing-image, empty-image,
+unreadable-image, truncated-image, image-too-large, duplicate-id. Non-RGB images (grey, RGBA, palette,
+16-bit) are not problems: the processors convert them to RGB.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from corpora.records import NORMALIZERS, DataError, RecordError, canonical_kind
+from corpora.sources import iter_raw
+
+__all__ = ["DataError", "Problem", "Report", "validate", "check_image", "MAX_IMAGE_PIXELS"]
+
+# Whole-slide images are tiled before training; a single image above this is a mistake or a decompression
+# bomb. Checked from the header before any pixel is decoded.
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.code}: {self.message}"
+
+
+@dataclass
+class Report:
+    path: str
+    kind: str
+    policy: str
+    records: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    bad_records: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """Usable for training: no problems at all (strict), or at least one good record (lenient)."""
+        return not self.problems if self.policy == "strict" else self.records - self.bad_records > 0
+
+    def summary(self) -> str:
+        good = self.records - self.bad_records
+        verdict = "OK" if self.ok else "REFUSED"
+        skipped = f", {self.bad_records} skipped" if self.policy == "lenient" and self.bad_records else ""
+        return (f"{self.path}: {self.records} {self.kind} records, {len(self.problems)} problems in "
+                f"{self.bad_records} records, {good} usable{skipped} ({self.policy}): {verdict}")
+
+    def raise_if_errors(self) -> None:
+        """Raise DataError listing every problem when the data is refused under the policy."""
+        if not self.ok:
+            lines = [str(p) for p in self.problems[:50]]
+            more = len(self.problems) - len(lines)
+            raise DataError("\n".join([self.summary(), *lines] + ([f"... and {more} more"] if more > 0 else [])))
+
+
+def check_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[str, str] | None:
+    """(code, message) of what is wrong with the image file at `path`, or None if it decodes fully."""
+    file = Path(path)
+    if not file.is_file():
+        return "missing-image", f"image not found: {path}"
+    if file.stat().st_size == 0:
+        return "empty-image", f"image file is empty (0 bytes): {path}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    return "image-too-large", f"image is {width}x{height} = {width * height} pixels " \
+                                              f"(limit {max_pixels}): {path}"
+                image.load()  # decodes every byte: catches truncated files that open() alone accepts
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return "image-too-large", f"{e}: {path}"
+    except OSError as e:
+        if "truncated" in str(e).lower() or "broken data stream" in str(e).lower():
+            return "truncated-image", f"image is truncated ({e}): {path}"
+        return "unreadable-image", f"cannot decode image ({e}): {path}"
+    except Exception as e:  # noqa: BLE001 -- PIL raises many types on garbage input; all mean "unreadable"
+        return "unreadable-image", f"cannot decode image ({type(e).__name__}: {e}): {path}"
+    return None
+
+
+def validate(path, kind: str, policy: str = "strict", *, root=None, template: str = "cot",
+             check_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS) -> Report:
+    """Check every record of `path` as `kind`; never raises for bad data (see `Report.raise_if_errors`)."""
+    if policy not in ("strict", "lenient"):
+        raise ValueError(f"policy must be 'strict' or 'lenient', got {policy!r}")
+    canonical = canonical_kind(kind)
+    report = Report(str(path), canonical, policy)
+    extra = {"template": template} if canonical == "sft" else {}
+    seen_ids: dict[str, str] = {}
+    checked_images: dict[str, tuple[str, str] | None] = {}
+    for record in iter_raw(path, root):
+        report.records += 1
+        where = (str(record.file), record.line)
+        found = []
+        if record.error is not None:
+            found.append((record.error.code, record.error.message))
+        else:
+            try:
+                sample = NORMALIZERS[canonical](record.data, record.root, f"{record.file.stem}-{record.line}", **extra)
+            except RecordError as e:
+                found.append((e.code, e.message))
+            else:
+                if sample["id"] in seen_ids:
+                    found.append(("duplicate-id", f"id {sample['id']!r} already used at {seen_ids[sample['id']]}"))
+                else:
+                    seen_ids[sample["id"]] = f"{record.file}:{record.line}"
+                for image in sample["images"] if check_images else []:
+                    if image not in checked_images:  # QA files ask several questions about one image
+                        checked_images[image] = check_image(image, max_pixels)
+                    if checked_images[image] is not None:
+                        found.append(checked_images[image])
+        report.problems.extend(Problem(*where, code, message) for code, message in found)
+        report.bad_records += bool(found)
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m corpora.validate", description=__doc__.split("\n\n")[0],
+                                     epilog="Exit status: 0 when the data is usable under the policy, 1 otherwise.")
+    parser.add_argument("path", help="data file (.jsonl .json .csv .tsv .tar) or folder (shards, ARCH)")
+    parser.add_argument("--kind", default="qa", choices=["pairs", "sft", "qa", "rl", "eval"], help="sample kind")
+    parser.add_argument("--policy", default="strict", choices=["strict", "lenient"],
+                        help="strict: any problem refuses the data; lenient: bad records are skipped and counted")
+    parser.add_argument("--root", default=None, help="folder relative image paths resolve against")
+    parser.add_argument("--template", default="cot", help="prompt template for QA records read as sft")
+    parser.add_argument("--no-images", action="store_true", help="skip decoding the images (fast)")
+    args = parser.parse_args(argv)
+    try:
+        report = validate(args.path, args.kind, args.policy, root=args.root, template=args.template,
+                          check_images=not args.no_images)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for problem in report.problems:
+        print(problem)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
