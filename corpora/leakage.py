@@ -1,0 +1,144 @@
+"""Leakage between a training and an evaluation set: the same image (exact content hash of the decoded
+pixels, so a lossless re-encode is still "exact"), a near-duplicate image (perceptual hash: resized,
+JPEG re-encoded, slightly recoloured) and questions asked in both.
+
+    python -m corpora.leakage TRAIN EVAL [--max-distance 8] [--json]
+
+TRAIN / EVAL: a data file or folder any reader understands, or a folder of images (e.g. an ImageFolder).
+Exit status 1 when an image leaks, 0 otherwise (repeated template questions alone are only reported).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.fft import dctn
+from tqdm import tqdm
+
+from corpora.grading import normalize_text
+from corpora.records import QUESTION_KEYS, RecordError, image_list
+from corpora.sources import IMAGE_EXTENSIONS, iter_raw
+
+HASH_SIZE = 8  # 8x8 low-frequency DCT coefficients -> a 64-bit perceptual hash
+
+
+@dataclass
+class LeakReport:
+    exact: list[tuple[str, str]] = field(default_factory=list)  # (train image, eval image)
+    near: list[tuple[str, str, int]] = field(default_factory=list)  # (train image, eval image, Hamming distance)
+    questions: list[tuple[str, int, int]] = field(default_factory=list)  # (question, times in train, times in eval)
+
+    @property
+    def leaks(self) -> bool:
+        return bool(self.exact or self.near)
+
+
+def perceptual_hash(image: Image.Image) -> int:
+    """pHash: signs of the 8x8 lowest DCT frequencies of a 32x32 grey thumbnail against their median.
+
+    Hand-written (a dozen lines) instead of adding the `imagehash` dependency; robust to resizing,
+    recompression and small colour shifts because it keeps only the coarse luminance structure."""
+    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    low = dctn(grey, norm="ortho")[:HASH_SIZE, :HASH_SIZE].ravel()
+    bits = low[1:] > np.median(low[1:])  # the DC term only measures brightness
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def content_hash(image: Image.Image) -> str:
+    """SHA-256 of the decoded RGB pixels and size: identical for any lossless re-encoding of the image."""
+    rgb = image.convert("RGB")
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def collect(path) -> tuple[list[str], list[str]]:
+    """(image paths, questions) of a data file/folder, or of a plain folder of images."""
+    path = Path(path)
+    is_image_folder = path.is_dir() and not any(path.glob("*.tar")) and not (path / "captions.json").is_file()
+    if is_image_folder:
+        return sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS), []
+    images, questions = [], []
+    for record in iter_raw(path):
+        if record.data is None:
+            continue
+        try:
+            images.extend(image_list(record.data, record.root))
+        except RecordError:
+            continue  # validation reports unusable records; leakage looks at what can be read
+        question = next((record.data[k] for k in QUESTION_KEYS if isinstance(record.data.get(k), str)), None)
+        if question:
+            options = record.data.get("options") or []
+            questions.append(normalize_text(question + " " + " ".join(map(str, options))))
+    return list(dict.fromkeys(images)), questions
+
+
+def _hashes(images: list[str], desc: str) -> tuple[list[str], np.ndarray]:
+    exact, perceptual = [], []
+    for image in tqdm(images, desc=desc, unit="img", disable=len(images) < 500):
+        with Image.open(image) as im:
+            exact.append(content_hash(im))
+            perceptual.append(perceptual_hash(im))
+    return exact, np.array(perceptual, dtype=np.uint64)
+
+
+def find_leaks(train, eval, *, max_distance: int = 8, chunk: int = 1024) -> LeakReport:
+    """Exact and near-duplicate images and repeated questions between `train` and `eval`."""
+    train_images, train_questions = collect(train)
+    eval_images, eval_questions = collect(eval)
+    train_exact, train_phash = _hashes(train_images, "hashing train")
+    eval_exact, eval_phash = _hashes(eval_images, "hashing eval")
+    report = LeakReport()
+    by_hash = {}
+    for image, digest in zip(train_images, train_exact):
+        by_hash.setdefault(digest, image)
+    for image, digest in zip(eval_images, eval_exact):
+        if digest in by_hash:
+            report.exact.append((by_hash[digest], image))
+    exact_pairs = {(t, e) for t, e in report.exact}
+    # Hamming distances eval x train in chunks (popcount of XOR), so large sets stay within memory.
+    for start in range(0, len(eval_images), chunk):
+        distances = np.bitwise_count(eval_phash[start:start + chunk, None] ^ train_phash[None, :])
+        for i, j in zip(*np.nonzero(distances <= max_distance)):
+            pair = (train_images[j], eval_images[start + i])
+            if pair not in exact_pairs:
+                report.near.append((*pair, int(distances[i, j])))
+    train_counts, eval_counts = Counter(train_questions), Counter(eval_questions)
+    report.questions = sorted((q, train_counts[q], eval_counts[q]) for q in train_counts.keys() & eval_counts.keys())
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m corpora.leakage", description=__doc__.split("\n\n")[0],
+                                     epilog="Exit status: 1 when an image leaks from train into eval, else 0.")
+    parser.add_argument("train", help="training data file or folder")
+    parser.add_argument("eval", help="evaluation data file or folder")
+    parser.add_argument("--max-distance", type=int, default=8, help="pHash Hamming distance counted as near-duplicate")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    try:
+        report = find_leaks(args.train, args.eval, max_distance=args.max_distance)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        for train_image, eval_image in report.exact:
+            print(f"exact: {eval_image} == {train_image}")
+        for train_image, eval_image, distance in report.near:
+            print(f"near (distance {distance}): {eval_image} ~ {train_image}")
+        for question, n_train, n_eval in report.questions:
+            print(f"question in both ({n_train} train, {n_eval} eval): {question}")
+        print(f"{len(report.exact)} exact and {len(report.near)} near-duplicate images, "
+              f"{len(report.questions)} questions in both")
+    return 1 if report.leaks else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
