@@ -123,17 +123,13 @@ def evaluate(model_ref: str | Path, suite: str, data: str | Path | None = None, 
     return metrics
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="registry ref (rl:latest, sft:<run>/<step>) or a model folder")
-    p.add_argument("--suite", required=True, help=f"one of: {', '.join(SUITES)}")
+def add_eval_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that evaluates (run, matrix)."""
     p.add_argument("--data", help="file or folder in the suite's format (default: the suite's default location)")
     p.add_argument("--limit", type=int, help="evaluate only the first N samples")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--template", help="prompt template (default: the checkpoint's training template, else cot)")
-    p.add_argument("--out", help="output folder (default: <checkpoint>/eval/<suite> or $PATHOR1_HOME/reports/...)")
     p.add_argument("--judge", help="dotted path of judge(question, prediction, reference) -> float for open questions")
     p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -141,25 +137,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="PathMMU split (default test)")
     p.add_argument("--subset-by", choices=["modality", "question_type"], help="OmniMedVQA subset field")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def eval_kwargs(args: argparse.Namespace) -> dict:
+    return dict(limit=args.limit, batch_size=args.batch_size, template=args.template,
+                max_new_tokens=args.max_new_tokens, judge=args.judge, device=args.device, dtype=args.dtype,
+                progress=not args.no_progress, image_root=args.image_root, split=args.split,
+                subset_by=args.subset_by)
+
+
+def run_cli(call: Callable[[], dict], render: Callable[[dict], str]) -> int:
+    """Run a command; bad input (data, suite, registry ref) is one clear line on stderr and exit code 2."""
     from evaluation.suites import SuiteError
 
     try:
-        metrics = evaluate(args.model, args.suite, args.data, args.limit, args.batch_size,
-                           template=args.template, max_new_tokens=args.max_new_tokens, out=args.out,
-                           judge=args.judge, device=args.device, dtype=args.dtype, progress=not args.no_progress,
-                           image_root=args.image_root, split=args.split, subset_by=args.subset_by)
+        result = call()
     except (SuiteError, LookupError, ValueError) as e:  # LookupError: unknown registry ref
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(markdown_summary(metrics))
-    print(f"written to {metrics['out_dir']}")
+    print(render(result))
+    print(f"written to {result['out_dir']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="registry ref (rl:latest, sft:<run>/<step>) or a model folder")
+    p.add_argument("--suite", required=True, help=f"one of: {', '.join(SUITES)}")
+    p.add_argument("--out", help="output folder (default: <checkpoint>/eval/<suite> or $PATHOR1_HOME/reports/...)")
+    add_eval_options(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run_cli(lambda: evaluate(args.model, args.suite, args.data, out=args.out, **eval_kwargs(args)),
+                   markdown_summary)
 
 
 if __name__ == "__main__":
