@@ -15,6 +15,7 @@ What we write by hand and why:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -25,13 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from corpora.chat import user_content
+from corpora.demo import build_demo
+from corpora.validate import validate
 
 from stages.model import ModelConfig, load_model
 from stages.registry import Registry, home, step_dir
@@ -64,7 +69,8 @@ class StageConfig:
     validate: Literal["strict", "lenient", "off"] = field(
         default="strict", metadata={"help": "Validate the data before training (corpora.validate policy)."})
     train: Literal["projector", "projector_llm", "all"] = field(
-        default="projector_llm", metadata={"help": "Which towers train; the vision encoder trains only with 'all'."})
+        default="projector_llm", metadata={"help": "Which towers train (sets model.freeze_*): projector only, projector + LLM "
+                                              "(vision frozen), or all."})
     run: str = field(default="default", metadata={"help": "Run name: registry entries go to <stage>/<run>/step-N."})
     resume: str = field(
         default="auto",
@@ -123,8 +129,6 @@ class StageConfig:
 # ----------------------------------------------------------------------------------------------- data
 def demo_corpus() -> Path:
     """The demo corpus under $PATHOR1_HOME/demo_corpus, built once (atomically: concurrent runs never see half)."""
-    from corpora.demo import build_demo
-
     final = Path(home()) / "demo_corpus"
     if (final / "demo.json").exists():
         return final
@@ -142,22 +146,20 @@ def demo_corpus() -> Path:
 
 
 def data_file(data: str, default_name: str) -> Path:
-    """``data`` as a file: empty -> the demo corpus file, a folder -> its ``default_name``."""
+    """Empty -> the demo corpus's ``default_name``; a folder holding ``default_name`` -> that file; else ``data``
+    as given (a file, or a folder the corpora readers understand, e.g. WebDataset shards)."""
     path = Path(data) if data else demo_corpus()
-    if path.is_dir():
+    if path.is_dir() and (path / default_name).is_file():
         path = path / default_name
     if not path.exists():
         raise FileNotFoundError(f"training data not found: {path}")
     return path
 
 
-def check_data(path: Path, kind: str, policy: str) -> None:
+def check_data(path: Path, kind: str, policy: str, template: str) -> None:
     """Fail before any model is loaded if the data has problems (file:line: code: message)."""
-    if policy == "off":
-        return
-    from corpora.validate import validate
-
-    validate(path, kind, policy=policy).raise_if_errors()
+    if policy != "off":
+        validate(path, kind, policy=policy, template=template).raise_if_errors()
 
 
 def split_by_image(rows, fraction: float, seed: int):
@@ -299,6 +301,32 @@ class Checkpointing:
     keep_last: int = 0
 
 
+class SeededLengthSampler(LengthGroupedSampler):
+    """transformers' length-grouped order, drawn from (seed, epoch) instead of the global RNG, so a run resumed
+    mid-epoch (which skips that epoch's first batches) sees exactly the order of an uninterrupted run."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by the Trainer / accelerate at each epoch start
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        return super().__iter__()
+
+
+@contextlib.contextmanager
+def rng_untouched():
+    """Run a block without moving the python / numpy / torch RNGs (evaluation must not change training)."""
+    py, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        yield
+    random.setstate(py)
+    np.random.set_state(np_state)
+
+
 class StageTrainer(Trainer):
     """A ``Trainer`` whose checkpoints are registry entries, with the eval loss and loss curve in the manifest."""
 
@@ -339,15 +367,23 @@ class StageTrainer(Trainer):
         if curve:
             out["train_loss"] = curve[-1][1]
         if self.eval_dataset is not None:
-            out["eval_loss"] = self.evaluate()["eval_loss"]
+            with rng_untouched():
+                out["eval_loss"] = self.evaluate()["eval_loss"]
         return out
 
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and "length" in dataset.column_names:
+            return SeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                       dataset["length"], self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # Full weights live in the checkpoint folder itself, a LoRA adapter in trainer_state/.
-        folder = Path(resume_from_checkpoint)
-        if not _is_peft(self.model) and folder.name == TRAINER_STATE_DIR:
-            folder = folder.parent
-        super()._load_from_checkpoint(str(folder), model)
+        # Full weights were loaded with the model (run_stage loads the checkpoint folder itself: Trainer's loader
+        # would miss them, transformers 5 saves them under the original checkpoint key names); a LoRA adapter
+        # lives in trainer_state/ and loads through peft here.
+        if _is_peft(self.model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
 
 def training_arguments(cfg: StageConfig, log_dir: Path) -> TrainingArguments:
@@ -375,7 +411,8 @@ def training_arguments(cfg: StageConfig, log_dir: Path) -> TrainingArguments:
         remove_unused_columns=False,  # the collator needs the raw image paths and messages
         dataloader_num_workers=0,
         bf16=bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **({"activation_checkpointing": True} if cfg.gradient_checkpointing else {}),
         disable_tqdm=False,
     )
 
@@ -394,7 +431,9 @@ def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> P
     if resume_from is not None:
         init = registry.manifest(resume_from).get("parent") or init  # continue from the same input model
 
-    model, processor = load_model(cfg.model_config(init))
+    # Resuming full weights: load them from the checkpoint; LoRA: the same base, the adapter comes later.
+    weights = resume_from if resume_from is not None and not cfg.model.lora.enabled else init
+    model, processor = load_model(cfg.model_config(str(weights)))
     if cfg.group_by_length:
         rows = add_lengths(rows, processor)
     train_rows, eval_rows = split_by_image(rows, cfg.eval_fraction, cfg.seed)
@@ -408,3 +447,13 @@ def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> P
     )
     trainer.train(resume_from_checkpoint=str(resume_from / TRAINER_STATE_DIR) if resume_from else None)
     return registry.latest(stage, cfg.run)
+
+
+def cli_main(config_cls, run_fn, prog: str, argv: list[str] | None = None) -> int:
+    """The body of ``python -m recipes.<stage>``: parse the config, train, print the checkpoint folder last."""
+    from stages.compat import offline_hub
+    from stages.config import load_config_or_exit
+
+    offline_hub()
+    print(run_fn(load_config_or_exit(config_cls, argv, prog=prog)))
+    return 0

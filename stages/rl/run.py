@@ -115,9 +115,9 @@ def run(cfg: RLConfig) -> Path:
 
     path = data_file(cfg.data, "rl.jsonl")
     if cfg.validate != "off":
-        from stages.engine import check_data
+        from corpora.validate import validate
 
-        check_data(path, "qa", cfg.validate)
+        validate(path, "qa", policy=cfg.validate).raise_if_errors()  # file:line problems before any model loads
     dataset = prompt_dataset(load_qa(path), cfg.template)
 
     model_cfg = copy.deepcopy(cfg.model)

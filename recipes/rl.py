@@ -1,0 +1,21 @@
+"""Stage 3 RL (GRPO / DAPO / Dr. GRPO) from a config: `python -m recipes.rl --config stages/configs/rl_dapo.yaml`.
+
+Prints the registry checkpoint folder as its last line. `python -m recipes.rl --help` lists every field.
+"""
+from __future__ import annotations
+
+import sys
+
+import stages  # noqa: F401  (torchvision fix before the heavy imports)
+from stages.config import load_config_or_exit
+from stages.rl import RLConfig, run
+
+
+def main(argv=None) -> int:
+    cfg = load_config_or_exit(RLConfig, argv, prog="python -m recipes.rl")
+    print(run(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

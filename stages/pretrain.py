@@ -1,0 +1,48 @@
+"""Stage 1, continued pretraining: next-token loss on the caption of each image-caption pair.
+
+Each pair becomes a one-turn chat (the ``caption`` template's prompt with the image, the caption as the
+assistant turn), so only the caption tokens are learned and the rest of the engine is shared with SFT.
+
+    python -m recipes.pretrain data=path/to/pairs.jsonl max_steps=100 run=my-run
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from corpora.prompts import render_prompt, render_response
+from corpora.readers import load_pairs
+from stages.engine import StageConfig, check_data, data_file, run_stage
+
+STAGE = "pretrain"
+
+
+@dataclass
+class PretrainConfig(StageConfig):
+    template: str = field(default="caption", metadata={"help": "Prompt template for the caption turn."})
+    train: Literal["projector", "projector_llm", "all"] = field(
+        default="projector_llm", metadata={"help": "Which towers train (sets model.freeze_*): projector only, projector + LLM "
+                                              "(vision frozen), or all."})
+    lr: float = field(default=1e-4, metadata={"help": "Peak learning rate."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Share of images held out for the eval caption loss."})
+
+
+def caption_messages(caption: str, template: str) -> list[dict]:
+    return [{"role": "user", "content": render_prompt(template, "", ())},
+            {"role": "assistant", "content": render_response(template, "", caption)}]
+
+
+def caption_rows(pairs, template: str):
+    """Pairs -> ``{"images", "messages"}`` rows for the shared engine."""
+    return pairs.map(lambda r: {"messages": caption_messages(r["caption"], template)},
+                     remove_columns=[c for c in pairs.column_names if c != "images"], desc="captions")
+
+
+def run(cfg: PretrainConfig) -> Path:
+    """Train and return the final registry checkpoint folder (parent: the input model)."""
+    path = data_file(cfg.data, "pairs.jsonl")
+    check_data(path, "pairs", cfg.validate, cfg.template)
+    rows = caption_rows(load_pairs(path), cfg.template)
+    init = cfg.model.name_or_path if cfg.init == "auto" else cfg.init
+    return run_stage(cfg, stage=STAGE, rows=rows, init=init, data_files=[path])

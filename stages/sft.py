@@ -1,0 +1,38 @@
+"""Stage 2, chain-of-thought SFT: chat samples, loss on every assistant turn only.
+
+Samples come from ``corpora.readers.load_sft``: chat files as they are, QA samples with reasoning (the demo's
+``sft.jsonl``) rendered through the prompt template (default ``cot``: ``<think>…</think><answer>…</answer>``).
+The input model defaults to the newest pretraining checkpoint, else the tiny base model.
+
+    python -m recipes.sft init=pretrain:latest template=cot max_steps=200 run=my-run
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from corpora.readers import load_sft
+from stages.engine import StageConfig, check_data, data_file, run_stage
+from stages.registry import Registry
+
+STAGE = "sft"
+
+
+@dataclass
+class SFTConfig(StageConfig):
+    pass  # the shared defaults are the SFT defaults (template cot, projector + LLM trainable)
+
+
+def default_init(cfg: SFTConfig) -> str:
+    if cfg.init != "auto":
+        return cfg.init
+    return "pretrain:latest" if Registry().latest("pretrain") is not None else cfg.model.name_or_path
+
+
+def run(cfg: SFTConfig) -> Path:
+    """Train and return the final registry checkpoint folder (parent: the input model)."""
+    path = data_file(cfg.data, "sft.jsonl")
+    check_data(path, "sft", cfg.validate, cfg.template)
+    rows = load_sft(path, template=cfg.template)
+    rows = rows.remove_columns([c for c in rows.column_names if c not in ("images", "messages")])
+    return run_stage(cfg, stage=STAGE, rows=rows, init=default_init(cfg), data_files=[path])
