@@ -16,6 +16,9 @@ REASONING_KEYS = ("reasoning", "thinking", "rationale", "cot")
 SUBSET_KEYS = ("subset", "modality", "task")
 _OPTION_LINE = re.compile(r"^\s*\(?([A-J])[.):]\s*(.+?)\s*$")
 _IMAGE_PLACEHOLDER = re.compile(r"<image>\s*")
+# Far above real captions (PubMed figure legends run to a few thousand characters) and chat turns:
+# a longer text is a broken export (a whole file in one field), not a sample.
+MAX_TEXT_CHARS = 100_000
 
 
 class DataError(ValueError):
@@ -45,7 +48,10 @@ def resolve_image(root: Path, value) -> str:
         raise RecordError("bad-image-path", f"image path must be a non-empty string, got {value!r}")
     root = root.resolve()
     candidate = Path(value)
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    try:
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a NUL byte in the name, a symlink loop
+        raise RecordError("bad-image-path", f"image path {value!r} cannot be resolved ({e})") from None
     if not resolved.is_relative_to(root):
         raise RecordError("path-escapes-root", f"image path {value!r} resolves outside the dataset root {root}")
     return str(resolved)
@@ -62,7 +68,16 @@ def image_list(raw: dict, root: Path) -> list[str]:
 def _text(value, what: str) -> str:
     if not isinstance(value, str):
         raise RecordError("bad-field", f"{what!r} must be a string, got {type(value).__name__}")
-    return value.strip()
+    return _checked(value, what).strip()
+
+
+def _checked(text: str, what: str) -> str:
+    """`text` unless it is binary garbage (a NUL character) or far longer than any real caption or turn."""
+    if "\x00" in text:
+        raise RecordError("bad-field", f"{what!r} contains a NUL character (binary data?)")
+    if len(text) > MAX_TEXT_CHARS:
+        raise RecordError("text-too-long", f"{what!r} is {len(text)} characters long (limit {MAX_TEXT_CHARS})")
+    return text
 
 
 def record_id(raw: dict, fallback: str) -> str:
@@ -89,7 +104,7 @@ def _options(raw_options) -> list[str]:
             raise RecordError("bad-options", f"option keys must be A, B, C... in order, got {sorted(raw_options)}")
         return [str(raw_options[k]).strip() for k in keys]
     if isinstance(raw_options, list) and all(isinstance(o, str) for o in raw_options):
-        return [o.strip() for o in raw_options]
+        return [_checked(o, "option").strip() for o in raw_options]
     raise RecordError("bad-options", f"options must be a list of strings or a letter mapping, got {raw_options!r}")
 
 
@@ -150,8 +165,8 @@ def _content_text(content) -> str:
     if isinstance(content, list):
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     if not isinstance(content, str):
-        raise RecordError("bad-messages", f"message content must be a string or a list of parts, got {content!r}")
-    return _IMAGE_PLACEHOLDER.sub("", content).strip()
+        raise RecordError("bad-messages", f"message content must be a string or a list of parts, got {content!r:.200}")
+    return _IMAGE_PLACEHOLDER.sub("", _checked(content, "content")).strip()
 
 
 def normalize_sft(raw: dict, root: Path, fallback_id: str, template: str = "cot") -> dict:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +23,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 # A folder holding one of these files is a dataset root: files in its sub-folders (e.g. the demo's
 # eval/mcq.jsonl) name images relative to it. Without a marker the root is the data file's folder.
 ROOT_MARKERS = ("demo.json", ".dataset-root")
+# utf-8-sig: files saved by Excel / Notepad start with a byte-order mark, which is not data.
+_ENCODING = "utf-8-sig"
+# Bytes that are not UTF-8 decode (errors="surrogateescape") to these code points: reported per line
+# instead of one UnicodeDecodeError that stops the whole file.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 def dataset_root(path) -> Path:
@@ -42,26 +49,45 @@ class RawRecord:
     error: RecordError | None = None
 
 
+def _not_utf8(text: str) -> RecordError | None:
+    """An error if `text` (read with errors="surrogateescape") held bytes that are not UTF-8."""
+    bad = _UNDECODABLE.search(text)
+    if bad is None:
+        return None
+    byte = ord(bad.group()) - 0xDC00
+    return RecordError("malformed-line", f"not valid UTF-8 (byte 0x{byte:02x}): a binary file or another encoding?")
+
+
 def _jsonl(path: Path, root: Path) -> Iterator[RawRecord]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=_ENCODING, errors="surrogateescape") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield RawRecord(path, number, None, root, RecordError("malformed-line", f"invalid JSON: {e.msg}"))
-                continue
-            if not isinstance(data, dict):
-                error = RecordError("malformed-line", f"expected a JSON object, got {type(data).__name__}")
+            if (error := _not_utf8(line)) is not None:
                 yield RawRecord(path, number, None, root, error)
                 continue
-            yield RawRecord(path, number, data, root)
+            data, error = _json_object(line)
+            yield RawRecord(path, number, data, root, error)
+
+
+def _json_object(text: str) -> tuple[dict | None, RecordError | None]:
+    """(the JSON object in `text`, None) or (None, why it is not one)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, RecordError("malformed-line", f"invalid JSON: {e.msg}")
+    if not isinstance(data, dict):
+        return None, RecordError("malformed-line", f"expected a JSON object, got {type(data).__name__}")
+    return data, None
 
 
 def _json(path: Path, root: Path) -> Iterator[RawRecord]:
+    text = path.read_text(encoding=_ENCODING, errors="surrogateescape")
+    if (error := _not_utf8(text)) is not None:
+        yield RawRecord(path, text.count("\n", 0, _UNDECODABLE.search(text).start()) + 1, None, root, error)
+        return
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         yield RawRecord(path, e.lineno, None, root, RecordError("malformed-line", f"invalid JSON: {e.msg}"))
         return
@@ -78,11 +104,26 @@ def _json(path: Path, root: Path) -> Iterator[RawRecord]:
 
 
 def _csv(path: Path, root: Path) -> Iterator[RawRecord]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding=_ENCODING, errors="surrogateescape") as f:
         delimiter = "\t" if path.suffix == ".tsv" or "\t" in f.readline() else ","
         f.seek(0)
-        reader = csv.DictReader(f, delimiter=delimiter)
-        for row in reader:
+        # strict: an unbalanced quote is an error, not a field that silently swallows the rest of the file
+        reader = csv.DictReader(f, delimiter=delimiter, strict=True)
+        reader.fieldnames  # reads the header now, so line_num + 1 below is where each record starts
+        rows = iter(reader)
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as e:  # the reader cannot find the next record boundary: stop here
+                yield RawRecord(path, start, None, root, RecordError("malformed-line", f"malformed CSV: {e} "
+                                                                     "(an unbalanced or stray quote?)"))
+                return
+            if (error := _not_utf8("".join(map(str, row.values())))) is not None:
+                yield RawRecord(path, reader.line_num, None, root, error)
+                continue
             if None in row or None in row.values():  # too many / too few columns on this row
                 error = RecordError("malformed-line", f"expected {len(reader.fieldnames)} columns "
                                                       f"({', '.join(reader.fieldnames)})")
@@ -117,9 +158,23 @@ def _webdataset(shards: list[Path]) -> Iterator[RawRecord]:
     for shard in shards:
         out = extraction_dir(shard)
         out.mkdir(parents=True, exist_ok=True)
-        for number, sample in enumerate(wds.WebDataset(str(shard), shardshuffle=False), 1):
+        samples = iter(wds.WebDataset(str(shard), shardshuffle=False))
+        for number in itertools.count(1):
+            try:
+                sample = next(samples)
+            except StopIteration:
+                break
+            except Exception as e:  # noqa: BLE001 -- not a tar, truncated tar...: the rest of the shard is lost
+                why = f"unreadable shard ({type(e).__name__}: {e.args[0] if e.args else e})"
+                yield RawRecord(shard, number, None, out, RecordError("malformed-line", why))
+                break
             key = sample["__key__"].rsplit("/", 1)[-1]
-            meta = json.loads(sample["json"]) if "json" in sample else {}
+            texts = {ext: sample[ext].decode("utf-8", errors="surrogateescape") for ext in ("json", "txt") if ext in sample}
+            meta, error = _json_object(texts["json"]) if "json" in texts else ({}, None)
+            error = next(filter(None, map(_not_utf8, texts.values())), None) or error
+            if error is not None:
+                yield RawRecord(shard, number, None, out, error)
+                continue
             images = []
             for ext in sorted(k for k in sample if ("." + k.rsplit(".", 1)[-1]) in IMAGE_EXTENSIONS):
                 target = out / f"{key}.{ext}"
@@ -127,8 +182,8 @@ def _webdataset(shards: list[Path]) -> Iterator[RawRecord]:
                     target.write_bytes(sample[ext])
                 images.append(target.name)
             data = {**meta, "images": images or meta.get("images", []), "__key__": key}
-            if "txt" in sample:
-                data["caption"] = sample["txt"].decode("utf-8")
+            if "txt" in texts:
+                data["caption"] = texts["txt"]
             yield RawRecord(shard, number, data, out)
 
 

@@ -4,8 +4,8 @@ and a policy: strict refuses data with any problem, lenient skips bad records an
     python -m corpora.validate PATH [--kind pairs|sft|qa|rl|eval] [--policy strict|lenient] [--root DIR]
 
 Problem codes: malformed-line, missing-field, bad-field, bad-options, bad-kind, bad-messages, empty-caption,
-empty-question, answer-not-in-options, bad-image-path, path-escapes-root, missing-image, empty-image,
-unreadable-image, truncated-image, image-too-large, duplicate-id. Non-RGB images (grey, RGBA, palette,
+empty-question, answer-not-in-options, text-too-long, bad-image-path, path-escapes-root, missing-image,
+empty-image, unreadable-image, truncated-image, image-too-large, duplicate-id, no-records. Non-RGB images (grey, RGBA, palette,
 16-bit) are not problems: the processors convert them to RGB.
 """
 from __future__ import annotations
@@ -71,6 +71,8 @@ class Report:
 def check_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[str, str] | None:
     """(code, message) of what is wrong with the image file at `path`, or None if it decodes fully."""
     file = Path(path)
+    if file.is_dir():
+        return "missing-image", f"image path is a folder, not a file: {path}"
     if not file.is_file():
         return "missing-image", f"image not found: {path}"
     if file.stat().st_size == 0:
@@ -128,6 +130,8 @@ def validate(path, kind: str, policy: str = "strict", *, root=None, template: st
                         found.append(checked_images[image])
         report.problems.extend(Problem(*where, code, message) for code, message in found)
         report.bad_records += bool(found)
+    if report.records == 0:  # an empty file (or a CSV header alone) must not pass as "no problems"
+        report.problems.append(Problem(str(path), 0, "no-records", "no records found (empty data)"))
     return report
 
 
