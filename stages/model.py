@@ -233,7 +233,7 @@ def _home() -> Path:
     try:
         from stages.registry import home
     except ImportError:  # registry not landed yet: same default it documents
-        return Path(os.environ.get("PATHOR1_HOME", "runs"))
+        return Path(os.environ.get("PATHOR1_HOME") or "runs").expanduser().absolute()
     return Path(home())
 
 
@@ -271,22 +271,21 @@ def _cached_tiny(family: str, seed: int = 0, image_size: int = 112) -> Path:
 
 # ----------------------------------------------------------------------------------------------- loading
 def resolve_model_path(name_or_path: str) -> str:
-    """``tiny:<family>`` -> cached tiny folder; ``stage:ref`` -> registry folder; a folder -> itself;
-    anything else is passed through as a hub id (the Auto classes report a missing one)."""
+    """``tiny:<family>`` -> the cached tiny folder; an existing folder -> itself; ``owner/name`` -> passed
+    through as a hub id; anything else (``sft:latest``, ``sft:RUN/STEP``, ``sft/RUN/step-N``) -> the registry,
+    which raises a clear error for a missing folder or checkpoint."""
     if name_or_path.startswith("tiny:"):
         family = name_or_path[len("tiny:"):]
         if family not in FAMILIES:
             raise ValueError(f"unknown tiny family {family!r}; choose one of {', '.join(FAMILIES)}")
         return str(_cached_tiny(family))
-    if Path(name_or_path).expanduser().exists():
+    if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())
-    if re.match(r"^[A-Za-z_][\w-]*:", name_or_path):  # registry reference such as sft:latest or rl:run/step
-        from stages.registry import Registry
+    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name_or_path) and not name_or_path.startswith("."):
+        return name_or_path  # a hub id: the Auto classes download it (or say it is missing)
+    from stages.registry import Registry  # lazy: the factory works without touching the registry
 
-        return str(Registry().resolve(name_or_path))
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise FileNotFoundError(f"model folder not found: {name_or_path}")
-    return name_or_path
+    return str(Registry().resolve(name_or_path))
 
 
 def _check_folder(path: str) -> None:

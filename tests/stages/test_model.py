@@ -126,10 +126,11 @@ def test_lora_include_vision_adapts_vision_linears(tiny):
     assert towers == {"vision", "projector", "llm"}
 
 
-def test_qlora_4bit_trains_one_step_on_cpu(tiny):
-    cfg = ModelConfig(name_or_path=str(tiny["qwen2_5_vl"]), quantization="4bit", lora=LoraConfig(enabled=True, r=4))
+@pytest.mark.parametrize("bits, layer", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
+def test_qlora_trains_one_step_on_cpu(tiny, bits, layer):
+    cfg = ModelConfig(name_or_path=str(tiny["qwen2_5_vl"]), quantization=bits, lora=LoraConfig(enabled=True, r=4))
     model, processor = load_model(cfg)
-    quantised = {n for n, m in model.named_modules() if type(m).__name__ == "Linear4bit"}
+    quantised = {n for n, m in model.named_modules() if type(m).__name__ == layer}
     assert quantised and all(factory.tower_of(n + ".") == "llm" for n in quantised)
     assert not any(".visual." in n for n in quantised)  # the vision tower stays in full precision
     changed, trainable = train_one_step(model, processor)
@@ -164,8 +165,43 @@ def test_folder_without_config_is_a_clear_error(tmp_path):
 
 
 def test_missing_local_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model folder not found: "):
+    pytest.importorskip("stages.registry")
+    with pytest.raises(LookupError, match=f"no checkpoint or folder '{tmp_path / 'nope'}'"):
         resolve_model_path(str(tmp_path / "nope"))
+
+
+def test_registry_refs_resolve_to_checkpoint_folders(tiny):
+    registry = pytest.importorskip("stages.registry")
+    with registry.Registry().writer("sft", "demo", 3) as w:
+        shutil.copytree(tiny["qwen3_vl"], w.path, dirs_exist_ok=True)
+    assert resolve_model_path("sft:demo/3") == resolve_model_path("sft/demo/step-00000003") == str(w.path)
+    model, processor = load_model(ModelConfig(name_or_path="sft:latest"))
+    assert type(model).__name__ == CLASS_OF["qwen3_vl"]
+
+
+def test_unsupported_model_type_is_refused(tmp_path):
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("qwen2", hidden_size=64, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model_type 'qwen2' is not supported; pathor1 trains qwen2_vl, qwen2_5_vl, qwen3_vl"):
+        load_model(ModelConfig(name_or_path=str(tmp_path)))
+
+
+def test_processor_pixel_overrides_change_image_tokens(tiny):
+    def image_tokens(**pixels):
+        _, processor = load_model(ModelConfig(name_or_path=str(tiny["qwen2_5_vl"]), **pixels))
+        batch = chat_batch(processor, image=tissue_image((112, 112)))
+        return int((batch["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+
+    assert image_tokens() == 16  # the preset's cap: 112x112 pixels
+    assert image_tokens(max_pixels=56 * 56) == 4
+
+
+def test_model_config_loads_through_the_config_system():
+    from stages.config import load_config
+
+    cfg = load_config(ModelConfig, ["quantization=4bit", "lora.enabled=true", "lora.target_modules=[q_proj,v_proj]"])
+    assert cfg.lora == LoraConfig(enabled=True, target_modules=["q_proj", "v_proj"])
 
 
 def test_hub_ids_pass_through():
