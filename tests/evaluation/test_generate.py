@@ -20,19 +20,13 @@ def mixed_samples(tmp_path, make_images):
 def test_batched_equals_batch_size_one(tmp_path, tiny_model_dir, make_images, family):
     model, processor = load_model(tiny_model_dir(family), device="cpu")
     samples = mixed_samples(tmp_path, make_images)
-    one = generate(model, processor, samples, batch_size=1, max_new_tokens=12, progress=False)
-    batched = generate(model, processor, samples, batch_size=4, max_new_tokens=12, progress=False)
+    one = generate(model, processor, samples, batch_size=1, max_new_tokens=10, progress=False)
+    batched = generate(model, processor, samples, batch_size=4, max_new_tokens=10, progress=False)
     assert [c.text for c in batched] == [c.text for c in one]
     assert [c.n_tokens for c in batched] == [c.n_tokens for c in one]
-    assert all(1 <= c.n_tokens <= 12 for c in one)
+    assert all(1 <= c.n_tokens <= 10 for c in one)
     assert len({c.text for c in one}) > 1  # the prompts really differ, so equality above is not vacuous
-
-
-def test_right_padding_would_break_the_equality(tmp_path, tiny_model_dir, make_images):
-    # The equality test can fail: the same batch with right padding generates after pad tokens.
-    model, processor = load_model(tiny_model_dir("qwen2_5_vl"), device="cpu")
-    samples = mixed_samples(tmp_path, make_images)
-    one = generate(model, processor, samples, batch_size=1, max_new_tokens=12, progress=False)
+    # ... and the check can fail: the same batches right-padded generate after pad tokens.
     processor.tokenizer.padding_side = "right"
-    wrong = generate(model, processor, samples, batch_size=6, max_new_tokens=12, progress=False)
+    wrong = generate(model, processor, samples, batch_size=4, max_new_tokens=10, progress=False)
     assert [c.text for c in wrong] != [c.text for c in one]

@@ -167,3 +167,17 @@ def test_inline_options_require_letters():
     with pytest.raises(SuiteError, match="no inline options"):
         split_inline_options("What is this?", "f.json: record 0")
     assert split_inline_options("Q? A)one, B)two", "w") == ("Q?", ["one", "two"])
+
+
+def test_demo_suites_build_the_demo_corpus_on_first_use():
+    from pathlib import Path
+
+    from stages.registry import home
+
+    mcq = load_suite("demo-mcq", limit=20)
+    assert (home() / "demo_corpus" / "eval" / "mcq.jsonl").is_file()
+    assert len(mcq) == 20 and {r["kind"] for r in mcq} == {"mcq"}
+    assert all(r["answer"] in "ABCDEFGHIJ"[: len(r["options"])] and Path(r["images"][0]).is_file() for r in mcq)
+    assert len({r["subset"] for r in mcq}) > 1  # subsets feed the per-subset breakdown
+    yesno = load_suite("demo-yesno")
+    assert {r["answer"] for r in yesno} == {"yes", "no"} and {r["kind"] for r in yesno} == {"yesno"}
