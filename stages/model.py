@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stages.registry import Registry, home
+
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 LLM_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -229,14 +231,6 @@ def build_tiny(family: str, out_dir, *, seed: int = 0, image_size: int = 112) ->
     return out_dir
 
 
-def _home() -> Path:
-    try:
-        from stages.registry import home
-    except ImportError:  # registry not landed yet: same default it documents
-        return Path(os.environ.get("PATHOR1_HOME") or "runs").expanduser().absolute()
-    return Path(home())
-
-
 def build_folder_once(final: Path, build, marker: str) -> Path:
     """Run ``build(staging_dir)`` once and rename the result to ``final``; ``final/marker`` marks it complete.
 
@@ -264,7 +258,7 @@ def _cached_tiny(family: str, seed: int = 0, image_size: int = 112) -> Path:
     """``tiny:<family>``: built once into $PATHOR1_HOME/base/tiny-<family>-<hash of its settings>/."""
     settings = _tiny_settings(family, seed, image_size)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return build_folder_once(_home() / "base" / f"tiny-{family}-{digest}",
+    return build_folder_once(home() / "base" / f"tiny-{family}-{digest}",
                              lambda staging: build_tiny(family, staging, seed=seed, image_size=image_size),
                              marker="config.json")
 
@@ -283,8 +277,6 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(Path(name_or_path).expanduser())
     if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name_or_path) and not name_or_path.startswith("."):
         return name_or_path  # a hub id: the Auto classes download it (or say it is missing)
-    from stages.registry import Registry  # lazy: the factory works without touching the registry
-
     return str(Registry().resolve(name_or_path))
 
 
@@ -303,12 +295,14 @@ def _resolve_dtype(name: str):
     return getattr(torch, name)
 
 
-def _resolve_attention(name: str) -> str:
+def _resolve_attention(name: str, dtype) -> str:
     import torch
 
     if name != "auto":
         return name
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+    # flash-attn kernels exist only for half precision on CUDA.
+    half = dtype in (torch.bfloat16, torch.float16)
+    if half and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
 
@@ -385,7 +379,7 @@ def load_model(cfg: ModelConfig):
                          f"pathor1 trains {', '.join(FAMILIES)}")
     dtype = _resolve_dtype(cfg.dtype)
     model = AutoModelForImageTextToText.from_pretrained(
-        path, config=config, dtype=dtype, attn_implementation=_resolve_attention(cfg.attn_implementation),
+        path, config=config, dtype=dtype, attn_implementation=_resolve_attention(cfg.attn_implementation, dtype),
         quantization_config=_quantization_config(cfg, dtype), trust_remote_code=cfg.trust_remote_code,
     )
     pixels = {k: v for k, v in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels)) if v is not None}
