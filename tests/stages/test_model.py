@@ -4,7 +4,6 @@ on config.json, never on the folder's name."""
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -26,10 +25,10 @@ def tiny(tmp_path_factory):
 
 
 def tissue_image(size=(56, 56)):
-    # Pink/purple H&E-like noise: a real RGB image of the size the tests need.
-    rng = np.random.RandomState(0)
-    base = np.array([200, 120, 190]) + rng.randint(-40, 40, size=(size[1], size[0], 3))
-    return Image.fromarray(base.clip(0, 255).astype("uint8"))
+    # A real IHC colon tissue image shipped inside scikit-image, resized to what the test needs.
+    from skimage.data import immunohistochemistry
+
+    return Image.fromarray(immunohistochemistry()).resize(size)
 
 
 def chat_batch(processor, *, answer=True, image=None):
@@ -218,3 +217,27 @@ def test_hub_ids_pass_through():
 def test_model_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**kwargs)
+
+
+def test_build_folder_once_leaves_nothing_after_a_crash(tmp_path):
+    def crash(staging):
+        (staging / "half").mkdir(parents=True)
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        factory.build_folder_once(tmp_path / "thing", crash, marker="done")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_build_folder_once_loser_of_a_race_keeps_the_winner(tmp_path):
+    final = tmp_path / "thing"
+
+    def racing(staging):
+        staging.mkdir()
+        (staging / "done").write_text("mine")
+        final.mkdir()  # another process finishes first
+        (final / "done").write_text("theirs")
+
+    assert factory.build_folder_once(final, racing, marker="done") == final
+    assert (final / "done").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["thing"]
