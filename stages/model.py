@@ -127,7 +127,7 @@ _TINY = {
         template="qwen3_vl.jinja", image_mean=[0.5, 0.5, 0.5],
     ),
 }
-# Qwen's added tokens in Qwen's order; they follow the BPE vocabulary so the ids stay contiguous.
+# Qwen's special tokens; they follow the BPE vocabulary (ids 1024+) so the ids stay contiguous.
 _SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
