@@ -28,6 +28,8 @@ _ENCODING = "utf-8-sig"
 # Bytes that are not UTF-8 decode (errors="surrogateescape") to these code points: reported per line
 # instead of one UnicodeDecodeError that stops the whole file.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+# json.loads recurses once per nesting level: `[[[[…` thousands deep raises RecursionError, not a decode error.
+TOO_DEEP = "invalid JSON: nested too deeply"
 
 
 def dataset_root(path) -> Path:
@@ -76,6 +78,8 @@ def _json_object(text: str) -> tuple[dict | None, RecordError | None]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         return None, RecordError("malformed-line", f"invalid JSON: {e.msg}")
+    except RecursionError:
+        return None, RecordError("malformed-line", TOO_DEEP)
     if not isinstance(data, dict):
         return None, RecordError("malformed-line", f"expected a JSON object, got {type(data).__name__}")
     return data, None
@@ -90,6 +94,9 @@ def _json(path: Path, root: Path) -> Iterator[RawRecord]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         yield RawRecord(path, e.lineno, None, root, RecordError("malformed-line", f"invalid JSON: {e.msg}"))
+        return
+    except RecursionError:
+        yield RawRecord(path, 1, None, root, RecordError("malformed-line", TOO_DEEP))
         return
     items = list(data.values()) if isinstance(data, dict) else data
     if not isinstance(items, list):
