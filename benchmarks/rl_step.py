@@ -1,0 +1,130 @@
+"""One RL step, pathor1 vs plain TRL: PathoGRPOTrainer (group-shared vision encoding) against trl.GRPOTrainer
+on the same tiny Qwen2.5-VL, data and settings, in one process. The last line is one JSON object with the
+raw figures and "speedup" = TRL time / pathor1 time (above 1: pathor1 is faster).
+
+    python benchmarks/rl_step.py --image-size 448 --generations 8 --steps 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import stages  # noqa: E402,F401  (torchvision fix first)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(prog="benchmarks/rl_step.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--image-size", type=int, default=448, help="image side in pixels (448 -> 256 image tokens)")
+    p.add_argument("--generations", type=int, default=8, help="G, completions per prompt")
+    p.add_argument("--batch", type=int, default=2, help="prompts per step")
+    p.add_argument("--completion", type=int, default=8, help="max completion tokens")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per trainer (after one warm-up step)")
+    p.add_argument("--train", default="projector_llm", choices=["llm", "projector_llm", "all"],
+                   help="which towers train (all: gradients flow into the vision tower)")
+    return p.parse_args(argv)
+
+
+def make_data(folder: Path, size: int, n: int):
+    """n prompts, each with its own image (a real IHC tissue crop from scikit-image, shifted per prompt)."""
+    from datasets import Dataset
+    from PIL import Image
+    from skimage import data as skdata
+
+    tissue = skdata.immunohistochemistry()
+    rows = []
+    for i in range(n):
+        y, x = (37 * i) % (tissue.shape[0] - size), (53 * i) % (tissue.shape[1] - size)
+        path = folder / f"img{i}.png"
+        Image.fromarray(tissue[y:y + size, x:x + size]).save(path)
+        rows.append({"question": "Which stain pattern is present?", "options": ["nuclear", "membranous", "none"],
+                     "answer": "A", "kind": "mcq", "solution": "<answer> A </answer>", "images": [str(path)]})
+    return Dataset.from_list(rows)
+
+
+class StepTimer:
+    def __init__(self):
+        self.times, self._t = [], None
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _Cb(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                timer._t = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                timer.times.append(time.perf_counter() - timer._t)
+
+        return _Cb()
+
+
+def time_trainer(cls, folder, dataset, args_fn, rewards, train, **extra):
+    import torch
+
+    from stages.model import ModelConfig, load_model
+    from stages.rl.run import TRAIN_POLICIES
+
+    freeze = dict(zip(("freeze_vision", "freeze_projector", "freeze_llm"), TRAIN_POLICIES[train]))
+    model, processor = load_model(ModelConfig(name_or_path=str(folder), **freeze))
+    torch.manual_seed(0)
+    trainer = cls(model=model, reward_funcs=rewards, args=args_fn(), train_dataset=dataset,
+                  processing_class=processor, **extra)
+    timer = StepTimer()
+    trainer.add_callback(timer.callback())
+    trainer.train()
+    return timer.times[1:], trainer  # the first step pays one-off costs
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
+    import torch
+    from trl import GRPOTrainer
+
+    from stages.model import build_tiny
+    from stages.rl.config import RLConfig
+    from stages.rl.rewards import build_rewards
+    from stages.rl.run import grpo_args, prompt_dataset
+    from stages.rl.trainer import PathoGRPOTrainer
+    from stages.rl.vision_share import sharing_stats
+
+    work = Path(tempfile.mkdtemp(prefix="rl_step_"))
+    folder = build_tiny("qwen2_5_vl", work / "tiny", image_size=a.image_size)
+    n_prompts = a.batch * (a.steps + 1)
+    dataset = prompt_dataset(make_data(work, a.image_size, n_prompts), "cot")
+    cfg = RLConfig(algorithm="grpo", beta=0.0, init=str(folder), num_generations=a.generations, batch=a.batch,
+                   max_completion_length=a.completion, steps=a.steps + 1, lr=1e-5, train=a.train).resolved()
+    rewards = build_rewards(cfg.rewards, template="cot")
+    args_fn = lambda: grpo_args(cfg, work / "out")  # noqa: E731  (fresh args: TRL mutates them)
+    processor_tokens = a.image_size // 28 * (a.image_size // 28)
+
+    trl_times, _ = time_trainer(GRPOTrainer, folder, dataset, args_fn, rewards, a.train)
+    ours_times, ours = time_trainer(PathoGRPOTrainer, folder, dataset, args_fn, rewards, a.train, share_vision=True)
+    trl_s, ours_s = statistics.median(trl_times), statistics.median(ours_times)
+    stats = sharing_stats(ours.model)
+    print(f"TRL GRPOTrainer step:     {trl_s:.3f} s  (steps {['%.2f' % t for t in trl_times]})")
+    print(f"pathor1 PathoGRPOTrainer: {ours_s:.3f} s  (steps {['%.2f' % t for t in ours_times]})")
+    print(f"vision tower: {stats.get('images_seen')} images handed in, {stats.get('images_encoded')} encoded")
+    print(json.dumps({
+        "benchmark": "rl_step", "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "image_tokens_per_prompt": processor_tokens, "num_generations": a.generations, "batch": a.batch,
+        "max_completion_length": a.completion, "train": a.train,
+        "trl_step_s": round(trl_s, 4), "pathor1_step_s": round(ours_s, 4),
+        "trl_steps_s": [round(t, 4) for t in trl_times], "pathor1_steps_s": [round(t, 4) for t in ours_times],
+        "images_seen": stats.get("images_seen"), "images_encoded": stats.get("images_encoded"),
+        "speedup": round(trl_s / ours_s, 3),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
