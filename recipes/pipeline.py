@@ -1,0 +1,112 @@
+"""What the Patho-R1, MedVLM-R1 and Med-R1 recipes share: the corpus, the stage calls, the evaluation table.
+
+Recipes are thin leaves: each step here is one call into corpora, stages, pathoclip or evaluation, wired by
+registry paths (a stage's output folder is the next stage's ``init``).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corpora.demo import build_demo
+from corpora.validate import validate
+from stages.config import to_dict
+from stages.registry import home
+
+
+@dataclass
+class DemoCorpusConfig:
+    n_train: int = field(default=400, metadata={"help": "Training images of the built-in demo corpus."})
+    n_eval: int = field(default=160, metadata={"help": "Held-out images (MCQ, yes/no, zero-shot, retrieval)."})
+    image_size: int = field(default=56, metadata={"help": "Side of the demo images in pixels."})
+    seed: int = field(default=0, metadata={"help": "Seed of the demo corpus."})
+
+
+@dataclass
+class EvalConfig:
+    suite: str = field(default="demo-mcq", metadata={"help": "Evaluation suite (python -m evaluation.run --help)."})
+    data: str = field(default="", metadata={"help": "Suite data; empty = the corpus's eval/mcq.jsonl for demo suites."})
+    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N samples."})
+    batch_size: int = field(default=32, metadata={"help": "Batched greedy generation batch size."})
+    max_new_tokens: int = field(default=96, metadata={"help": "Generation budget per answer."})
+    template: str = field(default="cot", metadata={"help": "Prompt template used for every checkpoint."})
+
+
+def corpus_dir(data: str, demo: DemoCorpusConfig, run: str) -> Path:
+    """``data`` if given, else the demo corpus for these sizes (built once, reused by later runs)."""
+    if data:
+        return Path(data)
+    out = home() / "demo_corpora" / f"n{demo.n_train}-e{demo.n_eval}-s{demo.image_size}-seed{demo.seed}"
+    build_demo(out, seed=demo.seed, n_train=demo.n_train, n_eval=demo.n_eval, image_size=demo.image_size)
+    return out
+
+
+def validate_corpus(root: Path) -> None:
+    """Refuse bad data before any model is built: every stage's file, strict policy."""
+    for name, kind in (("pairs.jsonl", "pairs"), ("sft.jsonl", "sft"), ("rl.jsonl", "qa"),
+                       ("eval/mcq.jsonl", "qa")):
+        if (root / name).exists():
+            validate(root / name, kind, policy="strict").raise_if_errors()
+            print(f"validated {root / name}")
+
+
+def stage_config(cfg, *, run: str, data: Path, init: str):
+    """A copy of a stage config with the recipe's run name, data file and input model filled in."""
+    out = copy.deepcopy(cfg)
+    out.run, out.init = run, init
+    if not out.data:
+        out.data = str(data)
+    return out
+
+
+def evaluate_checkpoints(checkpoints: dict[str, str], ev: EvalConfig, corpus: Path, out_dir: Path) -> dict:
+    """Evaluate every named checkpoint on one suite with the same template; returns name -> summary."""
+    from evaluation.run import evaluate
+
+    data = ev.data or (str(corpus / "eval" / "mcq.jsonl") if ev.suite.startswith("demo") else "")
+    table = {}
+    for name, path in checkpoints.items():
+        m = evaluate(path, ev.suite, data=data or None, limit=ev.limit, batch_size=ev.batch_size,
+                     template=ev.template, max_new_tokens=ev.max_new_tokens, out=out_dir / "eval" / name)
+        o = m["overall"]
+        table[name] = {"checkpoint": path, "mcq": {
+            "suite": ev.suite, "accuracy": o["accuracy"], "n": o["n"], "correct": o["correct"], "ci95": o["ci95"],
+            "format_rate": o["format_rate"], "mean_tokens": o["mean_tokens"],
+            "by_subset": {k: v["accuracy"] for k, v in m["by_subset"].items()}}}
+        print(f"eval {name:9s} accuracy {o['accuracy']:.3f}  95% CI [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}]  "
+              f"n={o['n']}  format {o['format_rate']:.2f}")
+    return table
+
+
+def peak_memory_gib() -> float:
+    """Peak resident memory of this process and its finished children (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 2**20
+
+
+class Timer:
+    def __init__(self):
+        self.t0, self.marks = time.perf_counter(), {}
+
+    def mark(self, name: str, since: float) -> float:
+        self.marks[name] = round(time.perf_counter() - since, 1)
+        return time.perf_counter()
+
+    @property
+    def total(self) -> float:
+        return round(time.perf_counter() - self.t0, 1)
+
+
+def write_metrics(out_dir: Path, metrics: dict, cfg) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
+    tmp = out_dir / f".metrics.json.{os.getpid()}"
+    tmp.write_text(json.dumps(metrics, indent=2, default=str))
+    os.replace(tmp, out_dir / "metrics.json")  # a reader never sees half a file
+    return out_dir / "metrics.json"
