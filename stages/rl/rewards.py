@@ -103,8 +103,11 @@ class LengthAwareAccuracyReward:
     def __call__(self, completions, completion_ids=None, **columns) -> list[float]:
         out = []
         for i, g in enumerate(_grades(completions, self.template, columns)):
+            if not g.correct:  # no need to count words: a degenerate 10 MB completion would cost ~0.5 s and 250 MB
+                out.append(-1.0)
+                continue
             length = len(completion_ids[i]) if completion_ids is not None else len(completion_text(completions[i]).split())
-            out.append(1.0 if g.correct and self.min_length <= length <= self.max_length else -1.0)
+            out.append(1.0 if self.min_length <= length <= self.max_length else -1.0)
         return out
 
 
