@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from corpora.chat import user_content
@@ -302,8 +302,12 @@ class Checkpointing:
 
 
 class SeededLengthSampler(LengthGroupedSampler):
-    """transformers' length-grouped order, drawn from (seed, epoch) instead of the global RNG, so a run resumed
-    mid-epoch (which skips that epoch's first batches) sees exactly the order of an uninterrupted run."""
+    """transformers' length-grouped order (shuffle, sort inside mega-batches of 50 batches, shuffle the batches),
+    with two changes: the order comes from (seed, epoch) instead of the global RNG, so a run resumed mid-epoch
+    (which skips that epoch's first batches) sees exactly the order of an uninterrupted run; and the mega-batch
+    is always 50 batches (transformers shrinks it to len/4 batches, which leaves small datasets unsorted)."""
+
+    MEGA_BATCH = 50
 
     def __init__(self, batch_size: int, lengths: list[int], seed: int):
         super().__init__(batch_size, lengths=lengths)
@@ -313,8 +317,9 @@ class SeededLengthSampler(LengthGroupedSampler):
         self.epoch = epoch
 
     def __iter__(self):
-        self.generator = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
-        return super().__iter__()
+        generator = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=self.MEGA_BATCH,
+                                               generator=generator))
 
 
 @contextlib.contextmanager
@@ -417,8 +422,8 @@ def training_arguments(cfg: StageConfig, log_dir: Path) -> TrainingArguments:
     )
 
 
-def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> Path:
-    """Train on ``rows`` (``images`` + ``messages``) from ``init`` and return the newest registry checkpoint."""
+def prepare_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> tuple[StageTrainer, Path | None]:
+    """The trainer for ``rows`` (``images`` + ``messages``) from ``init``, and the checkpoint to resume from."""
     registry = Registry()
     resume_from = None
     if cfg.resume == "auto":
@@ -445,8 +450,14 @@ def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> P
         checkpointing=Checkpointing(stage, cfg.run, init, dataclasses.replace(cfg, init=init), list(data_files),
                                     cfg.template, cfg.keep_last),
     )
+    return trainer, resume_from
+
+
+def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> Path:
+    """Train (or continue) the run and return its newest registry checkpoint."""
+    trainer, resume_from = prepare_stage(cfg, stage=stage, rows=rows, init=init, data_files=data_files)
     trainer.train(resume_from_checkpoint=str(resume_from / TRAINER_STATE_DIR) if resume_from else None)
-    return registry.latest(stage, cfg.run)
+    return Registry().latest(stage, cfg.run)
 
 
 def cli_main(config_cls, run_fn, prog: str, argv: list[str] | None = None) -> int:

@@ -29,10 +29,15 @@ def default_init(cfg: SFTConfig) -> str:
     return "pretrain:latest" if Registry().latest("pretrain") is not None else cfg.model.name_or_path
 
 
-def run(cfg: SFTConfig) -> Path:
-    """Train and return the final registry checkpoint folder (parent: the input model)."""
+def training_rows(cfg: SFTConfig):
+    """(validated ``images`` + ``messages`` rows, the data file) for ``cfg``."""
     path = data_file(cfg.data, "sft.jsonl")
     check_data(path, "sft", cfg.validate, cfg.template)
     rows = load_sft(path, template=cfg.template)
-    rows = rows.remove_columns([c for c in rows.column_names if c not in ("images", "messages")])
+    return rows.remove_columns([c for c in rows.column_names if c not in ("images", "messages")]), path
+
+
+def run(cfg: SFTConfig) -> Path:
+    """Train and return the final registry checkpoint folder (parent: the input model)."""
+    rows, path = training_rows(cfg)
     return run_stage(cfg, stage=STAGE, rows=rows, init=default_init(cfg), data_files=[path])
