@@ -66,6 +66,9 @@ def format_ok(text: str | None, template: str = "cot") -> bool:
     """Whether `text` follows the response format of prompt template `template` (see corpora/prompts)."""
     if not text or len(text) > MAX_COMPLETION_CHARS:
         return False
+    from corpora.prompts import response_format
+
+    template = response_format(template)  # e.g. the medvlm_r1 prompt answers in the cot format
     if template == "caption":
         return bool(text.strip()) and not _ANSWER_TAG.search(text) and not _THINK_TAG.search(text)
     if extract_answer(text) is None:

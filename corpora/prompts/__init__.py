@@ -64,3 +64,14 @@ def render_prompt(template: str, question: str, options=()) -> str:
 def render_response(template: str, reasoning: str, answer: str) -> str:
     """The assistant target, e.g. `<think>…</think><answer>C</answer>` for `cot`."""
     return str(_module(template).response(reasoning, answer)).strip()
+
+
+def response_format(template: str) -> str:
+    """The response format a template asks for: its ``{% set response_format = "cot" %}`` line, else its name.
+
+    Several prompts can share one answer format (the MedVLM-R1 wording answers like ``cot``), so grading
+    checks the format, not the prompt's name.
+    """
+    if template not in template_names():
+        return template  # unknown names reach format_ok, which refuses them with the list of formats
+    return getattr(_module(template), "response_format", template)

@@ -9,7 +9,7 @@ REASONING = "The nuclei are densely packed and enlarged. Crowded irregular gland
 
 
 def test_shipped_templates():
-    assert template_names() == ["caption", "chain_of_draft", "cot", "nothink"]
+    assert template_names() == ["caption", "chain_of_draft", "cot", "medvlm_r1", "nothink"]
 
 
 def test_cot_prompt_and_response_exact():
@@ -49,7 +49,7 @@ def test_every_template_target_passes_its_own_format_check(template):
 
 
 def test_unknown_template_names_the_available_ones():
-    with pytest.raises(ValueError, match=r"unknown prompt template 'r1'; available: caption, chain_of_draft, cot, nothink"):
+    with pytest.raises(ValueError, match=r"unknown prompt template 'r1'; available: caption, chain_of_draft, cot, medvlm_r1, nothink"):
         render_prompt("r1", "q", [])
 
 
@@ -58,3 +58,14 @@ def test_user_content_puts_images_first():
 
     assert user_content("Q?", 2) == [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Q?"}]
     assert user_content("Q?", 0) == [{"type": "text", "text": "Q?"}]
+
+
+def test_a_template_can_declare_the_response_format_it_asks_for():
+    from corpora.grading import format_ok
+    from corpora.prompts import response_format
+
+    assert response_format("medvlm_r1") == "cot"  # declared in the file
+    assert response_format("nothink") == "nothink"  # no declaration: its own name
+    target = render_response("medvlm_r1", "dense nuclei", "B")
+    assert format_ok(target, "medvlm_r1")
+    assert not format_ok("<answer>B</answer>", "medvlm_r1")  # cot format: the <think> part is required
