@@ -1,0 +1,308 @@
+"""PathoCLIP training: corpus -> open_clip_train (in-process) -> registry entries, in two progressive phases.
+
+Phase A trains on a seeded subset of the corpus, phase B on the whole corpus starting from A's weights
+(fresh optimizer and schedule); each phase becomes a registry entry of stage ``pathoclip`` (B's parent is A)
+in open_clip's hf-hub layout. The CLIP loss, the loop, checkpointing and TensorBoard are open_clip_train's:
+this module only prepares the data, builds its argv and exports what it saved.
+
+    python -m pathoclip.train                                    # demo corpus, tiny model, CPU
+    python -m pathoclip.train --config pathoclip/configs/vit_b16.yaml data=/data/pairs.csv run=b16
+    torchrun --nproc_per_node 8 -m pathoclip.train --config pathoclip/configs/vit_l14.yaml
+
+Layout under ``$PATHOR1_HOME``: ``logs/pathoclip/<run>/{a,b}/`` (open_clip_train's log, ``tensorboard/``,
+``checkpoints/epoch_N.pt``), ``logs/pathoclip/<run>/data/`` (the prepared CSV or shards) and the registry
+entries ``pathoclip/<run>/step-N``.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from stages.config import load_config_or_exit, to_dict
+from stages.registry import Registry, home
+
+from pathoclip.export import WEIGHTS_FILE, export_checkpoint, load_exported, register_model_configs
+
+STAGE = "pathoclip"
+# Our copies of open_clip's architectures: open_clip finds a pretrained TAG by architecture name.
+PRETRAINED_BASE = {"PathoCLIP-ViT-B-16": "ViT-B-16", "PathoCLIP-ViT-L-14": "ViT-L-14"}
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CLIPTrainConfig:
+    """Train a CLIP model on an image-caption corpus with open_clip_train, in two progressive phases."""
+
+    data: str = field(default="demo", metadata={"help": "pairs corpus readable by corpora.readers.load_pairs "
+                                                         "(CSV / JSONL / folder), or 'demo' to build the demo corpus"})
+    data_format: Literal["csv", "webdataset"] = field(
+        default="csv", metadata={"help": "what open_clip_train reads: a CSV, or WebDataset shards written by corpora"})
+    shard_size: int = field(default=1000, metadata={"help": "samples per WebDataset shard"})
+    model: str = field(default="PathoCLIP-Tiny", metadata={"help": "open_clip architecture: a pathoclip/configs/*.json "
+                                                                   "name or any open_clip built-in"})
+    pretrained: str = field(default="", metadata={"help": "initial weights: an open_clip pretrained tag (e.g. openai), "
+                                                          "a weights file, or an exported folder; '' = random init"})
+    run: str = field(default="demo", metadata={"help": "run name (registry pathoclip/<run>, logs/pathoclip/<run>)"})
+    subset_fraction: float = field(default=0.5, metadata={"help": "phase A trains on this fraction of the corpus; "
+                                                                  "0 skips phase A"})
+    epochs_a: int = field(default=1, metadata={"help": "epochs of phase A (subset)"})
+    epochs_b: int = field(default=3, metadata={"help": "epochs of phase B (whole corpus, from A's weights)"})
+    batch_size: int = field(default=16, metadata={"help": "batch size per device"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (cosine schedule)"})
+    warmup: int = field(default=10, metadata={"help": "warm-up steps of each phase"})
+    wd: float = field(default=0.1, metadata={"help": "weight decay"})
+    precision: str = field(default="auto", metadata={"help": "open_clip_train precision; auto = amp on CUDA, fp32 on CPU"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    workers: int = field(default=0, metadata={"help": "dataloader workers per device"})
+    seed: int = field(default=0, metadata={"help": "seed of the subset draw and of open_clip_train"})
+    log_every_n_steps: int = field(default=5, metadata={"help": "TensorBoard / log interval in steps"})
+    save_frequency: int = field(default=1, metadata={"help": "save an open_clip_train checkpoint every N epochs"})
+    resume: Literal["auto", "never"] = field(
+        default="auto", metadata={"help": "auto: skip finished phases and continue from the newest open_clip_train "
+                                          "checkpoint of this run; never: refuse to reuse an existing run"})
+    zeroshot_dir: str = field(default="", metadata={"help": "ImageFolder for the zero-shot metric (demo: eval/zeroshot)"})
+    zeroshot_prompts: str = field(default="", metadata={"help": "prompt JSON for zero-shot (demo: its prompts)"})
+    extra_args: list[str] = field(default_factory=list, metadata={"help": "passed verbatim to open_clip_train, e.g. "
+                                                                           "['--grad-checkpointing']"})
+
+    def __post_init__(self):
+        if not 0 <= self.subset_fraction < 1:
+            raise ValueError(f"subset_fraction must be in [0, 1), got {self.subset_fraction}")
+        for name in ("epochs_a", "epochs_b", "batch_size", "shard_size", "log_every_n_steps", "save_frequency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def resolve_corpus(cfg: CLIPTrainConfig) -> CLIPTrainConfig:
+    """Build the demo corpus once under $PATHOR1_HOME/data when asked for, and point zero-shot at it."""
+    if cfg.data != "demo":
+        return cfg
+    from corpora.demo import DemoCorpus, build_demo
+
+    root = home() / "data" / f"demo-seed{cfg.seed}"
+    demo = DemoCorpus.at(root) if (root / "demo.json").is_file() else build_demo(root, seed=cfg.seed)
+    cfg.data = str(demo.pairs)
+    cfg.zeroshot_dir = cfg.zeroshot_dir or str(demo.zeroshot)
+    cfg.zeroshot_prompts = cfg.zeroshot_prompts or str(demo.zeroshot_prompts)
+    return cfg
+
+
+def phase_rows(n: int, fraction: float, seed: int) -> dict[str, list[int]]:
+    """Row indices per phase: A a seeded random subset, B every row."""
+    rows = list(range(n))
+    subset = sorted(random.Random(seed).sample(rows, max(1, round(n * fraction)))) if fraction else []
+    return {"a": subset, "b": rows} if subset else {"b": rows}
+
+
+@contextmanager
+def _atomic_path(final: Path):
+    """Yield a private temporary path; move it to ``final`` on success (safe with several ranks writing)."""
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another rank already put an identical folder in place
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def prepare_data(dataset, rows: list[int], out: Path, fmt: str, shard_size: int) -> list[str]:
+    """open_clip_train arguments for these rows: a tab-separated CSV or WebDataset shards (one image per pair)."""
+    subset = dataset.select(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        path = out.with_suffix(".csv")
+        if not path.is_file():
+            with _atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+                writer = csv.writer(f, delimiter="\t")
+                writer.writerow(["filepath", "title"])
+                writer.writerows((images[0], caption) for images, caption in zip(subset["images"], subset["caption"]))
+        return ["--train-data", str(path), "--dataset-type", "csv", "--csv-separator", "\t",
+                "--csv-img-key", "filepath", "--csv-caption-key", "title"]
+    from corpora.readers import write_webdataset
+
+    if not out.is_dir():
+        with _atomic_path(out) as tmp:
+            write_webdataset(subset, tmp, shard_size=shard_size)
+    shards = sorted(out.glob("*.tar"))
+    return ["--train-data", "::".join(map(str, shards)), "--dataset-type", "webdataset",
+            "--train-num-samples", str(len(rows))]
+
+
+# ---------------------------------------------------------------------------------------- open_clip_train
+
+
+@contextmanager
+def _restore_logging(quiet_between: bool = False):
+    """open_clip_train adds root handlers (stdout + its out.log) per call: drop them afterwards so phases don't
+    print twice or log into each other's out.log. ``quiet_between`` parks a NullHandler on the root for the
+    duration, so a bare ``logging.info`` between phases cannot trigger ``basicConfig``'s extra handler."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    # it also sets EVERY logger to INFO (torch's included, which then log at interpreter exit)
+    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    parked = logging.NullHandler() if quiet_between else None
+    if parked:
+        root.addHandler(parked)
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+            if handler is not parked:
+                handler.close()
+        root.setLevel(level)
+        for name, logger in list(logging.root.manager.loggerDict.items()):
+            if isinstance(logger, logging.Logger):
+                logger.setLevel(levels.get(name, logging.NOTSET))
+
+
+def run_open_clip_train(argv: list[str]) -> None:
+    from open_clip_train.main import main
+
+    register_model_configs()
+    with _restore_logging():
+        if main(argv) == -1:  # its only failure signal is a printed message and -1
+            raise RuntimeError(f"open_clip_train refused to start (see the message above); argv: {argv}")
+
+
+def _pretrained(cfg: CLIPTrainConfig) -> tuple[str, str | None]:
+    """(architecture name, pretrained argument) for the first phase."""
+    if not cfg.pretrained:
+        return cfg.model, None
+    path = Path(cfg.pretrained)
+    if path.is_dir():
+        return cfg.model, str(path / WEIGHTS_FILE)
+    if path.is_file():
+        return cfg.model, str(path)
+    return PRETRAINED_BASE.get(cfg.model, cfg.model), cfg.pretrained
+
+
+def open_clip_argv(cfg: CLIPTrainConfig, logs: Path, phase: str, data_args: list[str], epochs: int,
+                   model: str, pretrained: str | None) -> list[str]:
+    import torch
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = cfg.precision if cfg.precision != "auto" else ("amp" if device == "cuda" else "fp32")
+    argv = [*data_args, "--model", model, "--logs", str(logs), "--name", phase, "--epochs", str(epochs),
+            "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr), "--warmup", str(cfg.warmup),
+            "--wd", str(cfg.wd), "--precision", precision, "--device", device, "--workers", str(cfg.workers),
+            "--seed", str(cfg.seed), "--save-frequency", str(cfg.save_frequency), "--report-to", "tensorboard",
+            "--log-every-n-steps", str(cfg.log_every_n_steps)]
+    if pretrained:
+        argv += ["--pretrained", pretrained]
+    if cfg.resume == "auto":
+        argv += ["--resume", "latest"]  # open_clip_train picks the newest epoch_N.pt of logs/<phase>, if any
+    return argv + list(cfg.extra_args)
+
+
+def loss_curve(tensorboard_dir: Path) -> list[tuple[int, float]]:
+    """(step, train/loss) pairs open_clip_train logged, over every resumed session of the phase."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if "train/loss" not in events.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in events.Scalars("train/loss")]
+
+
+# ------------------------------------------------------------------------------------------------- phases
+
+
+def _finished_phase(registry: Registry, run: str, phase: str):
+    for entry in registry.entries(STAGE):
+        if entry.get("run") == run and (entry.get("extra") or {}).get("phase") == phase:
+            return entry
+    return None
+
+
+def evaluate_zero_shot(cfg: CLIPTrainConfig, folder: Path) -> dict:
+    if not (cfg.zeroshot_dir and cfg.zeroshot_prompts):
+        return {}
+    from pathoclip.metrics import zero_shot
+
+    model, preprocess, tokenizer = load_exported(folder)
+    result = zero_shot(model, preprocess, tokenizer, cfg.zeroshot_dir, cfg.zeroshot_prompts)
+    return {"zeroshot_accuracy": result["accuracy"], "zeroshot_chance": result["chance"]}
+
+
+def train_phase(cfg, registry, dataset, phase, rows, *, logs, model, pretrained, parent, step_offset):
+    """One open_clip_train run on ``rows``, exported as a registry entry. Returns the entry's manifest."""
+    epochs = cfg.epochs_a if phase == "a" else cfg.epochs_b
+    if cfg.resume == "never" and (logs / phase).exists():
+        raise RuntimeError(f"{logs / phase} already exists: pass resume=auto to continue run {cfg.run!r} "
+                           f"or choose another run=NAME")
+    data_args = prepare_data(dataset, rows, logs / "data" / phase, cfg.data_format, cfg.shard_size)
+    run_open_clip_train(open_clip_argv(cfg, logs, phase, data_args, epochs, model, pretrained))
+    checkpoint = logs / phase / "checkpoints" / f"epoch_{epochs}.pt"
+    if not checkpoint.is_file():
+        raise RuntimeError(f"open_clip_train finished without writing {checkpoint}")
+    curve = loss_curve(logs / phase / "tensorboard")
+    steps = curve[-1][0] + 1 if curve else 0
+    if int(os.environ.get("RANK", "0")) != 0:  # one writer per run
+        return None
+    corpus_file = cfg.data if Path(cfg.data).is_file() else None  # fingerprint the index, not every image
+    with registry.writer(STAGE, cfg.run, step_offset + steps, parent=parent, config=to_dict(cfg),
+                         data=corpus_file, kind="open_clip") as writer:
+        export_checkpoint(checkpoint, model, writer.path)
+        writer.extra.update(phase=phase, open_clip_model=model, open_clip_checkpoint=str(checkpoint))
+        writer.metrics.update(phase_steps=steps, samples=len(rows), epochs=epochs,
+                              loss_first=curve[0][1] if curve else None, loss_final=curve[-1][1] if curve else None,
+                              **evaluate_zero_shot(cfg, writer.path))
+    return _finished_phase(registry, cfg.run, phase)
+
+
+def train(cfg: CLIPTrainConfig) -> Path | None:
+    """Run the phases that are not finished yet; returns the final registry entry (None on ranks > 0)."""
+    with _restore_logging(quiet_between=True):
+        return _train(cfg)
+
+
+def _train(cfg: CLIPTrainConfig) -> Path | None:
+    from corpora.readers import load_pairs
+
+    cfg = resolve_corpus(cfg)
+    registry, logs = Registry(), home() / "logs" / STAGE / cfg.run
+    dataset = load_pairs(cfg.data)
+    model, pretrained = _pretrained(cfg)
+    parent, step = None, 0
+    for phase, rows in phase_rows(len(dataset), cfg.subset_fraction, cfg.seed).items():
+        entry = _finished_phase(registry, cfg.run, phase) if cfg.resume == "auto" else None
+        if entry is None:
+            entry = train_phase(cfg, registry, dataset, phase, rows, logs=logs, model=model, pretrained=pretrained,
+                                parent=parent, step_offset=step)
+            if entry is None:
+                return None
+            print(f"pathoclip phase {phase}: {entry['metrics']} -> {entry['path']}")
+        else:
+            print(f"pathoclip phase {phase}: already finished ({entry['ref']}), skipped")
+        parent, step = entry["ref"], entry["step"]
+        pretrained = str(Path(entry["path"]) / WEIGHTS_FILE)  # the next phase starts from these weights
+    return Path(entry["path"])
+
+
+def main(argv=None) -> int:
+    cfg = load_config_or_exit(CLIPTrainConfig, argv, prog="python -m pathoclip.train")
+    print(train(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

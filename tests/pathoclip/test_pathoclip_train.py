@@ -1,0 +1,131 @@
+"""PathoCLIP training on the tiny config: learning, registry entries, export, resume, TensorBoard, errors."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stages.config import ConfigError, config_class_of, load_config
+from stages.registry import Registry
+
+from pathoclip.export import read_training_checkpoint
+from pathoclip.train import CLIPTrainConfig, phase_rows, train
+
+CONFIGS = sorted((Path(__file__).parents[2] / "pathoclip" / "configs").glob("*.yaml"))
+
+
+def _entries(home):
+    return {e["extra"]["phase"]: e for e in Registry(home).entries("pathoclip")}
+
+
+def test_two_phases_learn_and_chain_in_the_registry(trained):
+    home, final, _ = trained
+    a, b = _entries(home)["a"], _entries(home)["b"]
+    assert Path(b["path"]) == final and b["parent"] == a["ref"] and a["parent"] is None
+    assert b["step"] == a["step"] + b["metrics"]["phase_steps"] > a["step"] > 0
+    assert a["metrics"]["samples"] == 96 and b["metrics"]["samples"] == 192
+    assert b["kind"] == "open_clip" and b["config"]["model"] == "PathoCLIP-Tiny"
+    # the contrastive loss falls and the classes are learned: zero-shot well above chance (4 classes)
+    assert b["metrics"]["loss_final"] < b["metrics"]["loss_first"] - 0.3
+    assert b["metrics"]["zeroshot_chance"] == 0.25
+    assert b["metrics"]["zeroshot_accuracy"] >= 0.45
+
+
+def test_phase_b_starts_from_phase_a_weights(trained):
+    home, _, _ = trained
+    params = (home / "logs" / "pathoclip" / "t" / "b" / "params.txt").read_text()
+    assert f"pretrained: {_entries(home)['a']['path']}/open_clip_model.safetensors" in params
+
+
+def test_export_is_open_clip_hf_hub_layout_and_loads_with_plain_open_clip(trained):
+    import open_clip
+
+    _, final, _ = trained
+    assert sorted(p.name for p in final.iterdir()) == [
+        "manifest.json", "open_clip_config.json", "open_clip_model.safetensors"]
+    config = json.loads((final / "open_clip_config.json").read_text())
+    assert config["model_cfg"]["vision_cfg"]["image_size"] == 56 and "mean" in config["preprocess_cfg"]
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{final}")
+    saved = load_file(str(final / "open_clip_model.safetensors"))
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    # the export holds the trained weights of the last open_clip_train checkpoint, not a fresh init
+    last = read_training_checkpoint(final.parents[2] / "logs" / "pathoclip" / "t" / "b" / "checkpoints" / "epoch_3.pt")
+    assert torch.equal(last["visual.conv1.weight"], saved["visual.conv1.weight"])
+    assert preprocess.transforms[0].size in (56, (56, 56))
+
+
+def test_tensorboard_logs_under_home_logs(trained):
+    home, _, _ = trained
+    for phase in "ab":
+        assert list((home / "logs" / "pathoclip" / "t" / phase / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_auto_skips_finished_phases(trained, monkeypatch, capsys):
+    home, final, args = trained
+    monkeypatch.setenv("PATHOR1_HOME", str(home))
+    before = len(Registry(home).entries("pathoclip"))
+    assert train(load_config(CLIPTrainConfig, args)) == final
+    assert "already finished" in capsys.readouterr().out
+    assert len(Registry(home).entries("pathoclip")) == before
+
+
+def test_resume_never_refuses_an_existing_run(trained, monkeypatch):
+    home, _, args = trained
+    monkeypatch.setenv("PATHOR1_HOME", str(home))
+    with pytest.raises(RuntimeError, match=r"logs/pathoclip/t/a already exists: pass resume=auto"):
+        train(load_config(CLIPTrainConfig, [*args, "resume=never"]))
+
+
+def test_resume_continues_an_interrupted_phase_from_its_newest_checkpoint(tmp_path, monkeypatch):
+    # a one-phase run of 2 epochs, "interrupted" after epoch 1: its registry entry and epoch_2.pt are gone
+    from corpora.demo import build_demo
+
+    monkeypatch.setenv("PATHOR1_HOME", str(tmp_path))
+    demo = build_demo(tmp_path / "demo", n_train=32, n_eval=4)
+    args = [f"data={demo.pairs}", "subset_fraction=0", "epochs_b=2", "batch_size=16", "run=r"]
+    first = train(load_config(CLIPTrainConfig, args))
+    checkpoints = tmp_path / "logs" / "pathoclip" / "r" / "b" / "checkpoints"
+    shutil.rmtree(first)
+    (checkpoints / "epoch_2.pt").unlink()
+    again = train(load_config(CLIPTrainConfig, args))
+    log = (checkpoints.parent / "out.log").read_text()
+    assert "resuming checkpoint" in log and "epoch_1.pt' (epoch 1)" in log
+    assert again.name == first.name and (checkpoints / "epoch_2.pt").is_file()
+
+
+def test_weights_only_load_refuses_arbitrary_pickles(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Path("x")}, path)
+    with pytest.raises(ValueError, match=r"evil.pt: not a loadable open_clip_train checkpoint"):
+        read_training_checkpoint(path)
+
+
+def test_phase_rows_draw_a_seeded_subset():
+    rows = phase_rows(10, 0.3, seed=1)
+    assert len(rows["a"]) == 3 and rows["b"] == list(range(10))
+    assert rows == phase_rows(10, 0.3, seed=1) and rows["a"] != phase_rows(10, 0.3, seed=2)["a"]
+    assert list(phase_rows(10, 0.0, seed=1)) == ["b"]
+
+
+def test_bad_config_values_are_reported():
+    with pytest.raises(ConfigError, match="subset_fraction must be in"):
+        load_config(CLIPTrainConfig, ["subset_fraction=1"])
+    with pytest.raises(ConfigError, match="data_format"):
+        load_config(CLIPTrainConfig, ["data_format=parquet"])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_training_configs_load(path):
+    assert config_class_of(path) is CLIPTrainConfig
+    cfg = load_config(CLIPTrainConfig, ["--config", str(path)])
+    assert (Path(__file__).parents[2] / "pathoclip" / "configs" / f"{cfg.model}.json").is_file()
+
+
+def test_cli_help_lists_fields(capsys):
+    from pathoclip.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "subset_fraction" in capsys.readouterr().out
