@@ -343,11 +343,18 @@ class StageTrainer(Trainer):
     def _save_checkpoint(self, model, trial):
         # Same files as Trainer._save_checkpoint, written through the registry (manifest last, atomic rename),
         # with the resume state in trainer_state/ so the checkpoint folder itself stays a plain HF folder.
+        self.store_flos()  # both are collective under DDP: every rank takes part
+        metrics = self._metrics()
+        # One writer per checkpoint (a second rank would race the main process for the same entry); the other
+        # ranks wait at the barrier so nobody trains on while the checkpoint is being written.
+        if self.args.should_save:
+            self._write_entry(metrics)
+        self.accelerator.wait_for_everyone()
+
+    def _write_entry(self, metrics: dict) -> None:
         ck, step = self.checkpointing, self.state.global_step
         if (self.registry.root / ck.stage / ck.run / step_dir(step)).exists():
             return  # resumed exactly at a saved step: nothing new to write
-        self.store_flos()
-        metrics = self._metrics()
         with self.registry.writer(ck.stage, ck.run, step, parent=ck.parent, config=ck.config, data=ck.data) as w:
             save_weights(self.model, w.path)
             self.processing_class.save_pretrained(w.path)
@@ -417,6 +424,7 @@ def training_arguments(cfg: StageConfig, log_dir: Path) -> TrainingArguments:
         dataloader_num_workers=0,
         bf16=bf16,
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # without it a torchrun/accelerate job on CPU trains each rank alone
         **({"activation_checkpointing": True} if cfg.gradient_checkpointing else {}),
         disable_tqdm=False,
     )

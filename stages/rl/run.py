@@ -154,7 +154,9 @@ def run(cfg: RLConfig) -> Path:
         trainer.add_callback(StopAfter())
     trainer.train(resume_from_checkpoint=str(resume_from / TRAINER_STATE_DIR) if resume_from else None)
     final = registry.latest(STAGE, cfg.run)
-    if final is None or int(final.name.split("-")[-1]) != trainer.state.global_step:
+    missing = final is None or int(final.name.split("-")[-1]) != trainer.state.global_step
+    trainer.accelerator.wait_for_everyone()  # every rank looks before rank 0 writes, so all agree on `missing`
+    if missing:
         trainer._save_checkpoint(trainer.model, None)
         final = registry.latest(STAGE, cfg.run)
     return final

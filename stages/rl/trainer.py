@@ -147,6 +147,13 @@ class PathoGRPOTrainer(GRPOTrainer):
 
         registry = Registry()
         step = self.state.global_step
+        if self.args.should_save:
+            self._write_entry(registry, target, step)
+        # One writer per checkpoint: the other ranks would race the main process for the same entry (and write
+        # one without weights); they wait here so nobody trains on while the checkpoint is still being written.
+        self.accelerator.wait_for_everyone()
+
+    def _write_entry(self, registry, target: dict, step: int) -> None:
         with registry.writer("rl", target["run"], step, parent=target["parent"], config=target["config"],
                              data=target["data"]) as w:
             self.accelerator.unwrap_model(self.model).save_pretrained(w.path)
