@@ -1,0 +1,111 @@
+"""Run a pathor1 entry point (``recipes.sft``, ``pathoclip.train``, ...) with test probes, then as ``__main__``.
+
+    python -m tests.reliability.launch recipes.sft data=... max_steps=4
+    torchrun --nproc_per_node 2 -m tests.reliability.launch recipes.rl ...
+
+The entry point runs unchanged; the probes only observe or slow it, each switched on by an environment variable:
+
+- ``PATHOR1_PROBE_SAMPLES=DIR``: every rank appends ``rank world sample`` lines to ``DIR/rank-<R>.txt`` for each
+  training sample it consumes, and one ``rank world weights <sha256>`` line after ``train()`` (a digest of its
+  parameters: equal on all ranks only if DDP synchronised the gradients).
+- ``PATHOR1_PROBE_COMMIT_DELAY=SECONDS``: a registry checkpoint of step >= 2 waits this long after its payload
+  is written and before its manifest is -- a window in which a test can SIGKILL the process mid-write.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import runpy
+import sys
+import time
+from pathlib import Path
+
+
+def token_parity_reward(completions, completion_ids, **columns) -> list[float]:
+    """An RL reward a random tiny model can move (the share of even token ids), so advantages are non-zero."""
+    return [sum(1 for t in ids if t % 2 == 0) / max(len(ids), 1) for ids in completion_ids]
+
+
+def rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), 1  # a torchrun rank without a process group trains alone
+
+
+def record(folder: Path, *words) -> None:
+    rank, world = rank_and_world()
+    with open(folder / f"rank-{os.environ.get('RANK', 0)}.txt", "a") as fh:
+        fh.write(" ".join(str(w) for w in (rank, world, *words)) + "\n")
+
+
+def parameter_digest(model) -> str:
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        digest.update(name.encode() + p.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def probe_samples(folder: Path) -> None:
+    import json
+
+    from transformers import Trainer
+
+    from stages.engine import ChatCollator
+    from stages.rl.trainer import PathoGRPOTrainer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    collate, rewards, train = ChatCollator.__call__, PathoGRPOTrainer._calculate_rewards, Trainer.train
+
+    def collate_and_record(self, rows):  # SFT / pretraining rows have no id: name them by image + text
+        for r in rows:
+            text = hashlib.sha256(json.dumps(r["messages"], sort_keys=True).encode()).hexdigest()[:12]
+            record(folder, "sample", f"{Path(r['images'][0]).name}:{text}")
+        return collate(self, rows)
+
+    def rewards_and_record(self, inputs, *args):  # RL: one line per completion scored on this rank
+        for row in inputs:
+            record(folder, "sample", row["id"])
+        return rewards(self, inputs, *args)
+
+    def train_and_record(self, *args, **kwargs):
+        out = train(self, *args, **kwargs)
+        record(folder, "weights", parameter_digest(self.accelerator.unwrap_model(self.model)))
+        return out
+
+    ChatCollator.__call__, PathoGRPOTrainer._calculate_rewards, Trainer.train = (
+        collate_and_record, rewards_and_record, train_and_record)
+
+
+def delay_commits(seconds: float) -> None:
+    from stages.registry import CheckpointWriter
+
+    commit = CheckpointWriter._commit
+
+    def slow_commit(self):
+        if self.step >= 2:
+            marker = self.path / ".probe-payload-written"  # tells the test the window is open
+            marker.touch()
+            time.sleep(seconds)
+            marker.unlink()
+        return commit(self)
+
+    CheckpointWriter._commit = slow_commit
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    module, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
+    import stages  # noqa: F401  (the torchvision fix, before anything imports torchvision)
+
+    if os.environ.get("PATHOR1_PROBE_SAMPLES"):
+        probe_samples(Path(os.environ["PATHOR1_PROBE_SAMPLES"]))
+    if os.environ.get("PATHOR1_PROBE_COMMIT_DELAY"):
+        delay_commits(float(os.environ["PATHOR1_PROBE_COMMIT_DELAY"]))
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

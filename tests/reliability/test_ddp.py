@@ -1,0 +1,81 @@
+"""SFT and RL as real 2-rank gloo DDP jobs on CPU (``torchrun --standalone --nproc_per_node 2``).
+
+Checked: both processes joined one process group of 2 and trained on different samples; after training both
+hold the same weights (gradients were all-reduced), which are the weights of the last checkpoint; only rank 0
+wrote: exactly one complete registry entry per saved step, no staging folder left, LATEST on the last step.
+"""
+from collections import defaultdict
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from stages.registry import Registry
+from tests.reliability.children import run_child
+from tests.reliability.launch import parameter_digest
+
+pytestmark = pytest.mark.slow
+RANKS = 2
+
+
+def probe_lines(folder):
+    """{rank: {"world": {...}, "samples": [...], "weights": [...]}} from the probe files of every rank."""
+    seen = defaultdict(lambda: {"world": set(), "samples": [], "weights": []})
+    for f in folder.glob("rank-*.txt"):
+        for line in f.read_text().splitlines():
+            rank, world, what, value = line.split(" ", 3)
+            seen[int(rank)]["world"].add(int(world))
+            seen[int(rank)]["samples" if what == "sample" else "weights"].append(value)
+    return seen
+
+
+def digest_of(folder) -> str:
+    return parameter_digest(AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32))
+
+
+def check_only_rank0_wrote(stage: str, run: str, steps: list[int]):
+    registry = Registry()
+    entries = registry.entries(stage)
+    assert [e["step"] for e in entries] == steps  # one entry per saved step, none twice
+    run_dir = registry.root / stage / run
+    assert sorted(p.name for p in run_dir.iterdir()) == ["LATEST"] + [f"step-{s:08d}" for s in steps]  # no staging
+    assert registry.latest(stage, run).name == f"step-{steps[-1]:08d}"
+    for e in entries:  # complete: weights, optimizer, and the RNG state of the one process that wrote it
+        state = {p.name for p in (run_dir / f"step-{e['step']:08d}" / "trainer_state").iterdir()}
+        assert {"optimizer.pt", "trainer_state.json", "rng_state_0.pth"} <= state and "rng_state_1.pth" not in state
+        assert (run_dir / f"step-{e['step']:08d}" / "model.safetensors").is_file()
+    return registry.latest(stage, run)
+
+
+def check_both_ranks_trained(probe, final, initial_digest: str, min_samples: int):
+    seen = probe_lines(probe)
+    assert sorted(seen) == list(range(RANKS)), f"ranks that trained: {sorted(seen)}"
+    for rank, s in seen.items():
+        assert s["world"] == {RANKS}, f"rank {rank} trained outside a {RANKS}-process group: world {s['world']}"
+        assert len(s["samples"]) >= min_samples, (rank, s["samples"])
+    assert not set(seen[0]["samples"]) & set(seen[1]["samples"]), "the ranks trained on the same samples"
+    digests = {s["weights"][-1] for s in seen.values()}
+    assert len(digests) == 1, "rank weights diverged: gradients were not synchronised"
+    assert digests == {digest_of(final)} and digests != {initial_digest}  # what rank 0 saved, and it moved
+
+
+def test_sft_two_ranks(demo, tiny, tmp_path):
+    steps, batch = 3, 2
+    run_child("recipes.sft", [f"data={demo.root}", f"init={tiny}", f"max_steps={steps}", "save_every=1",
+                              f"batch_size={batch}", "lr=1e-3", "warmup_ratio=0", "run=ddp"],
+              ranks=RANKS, samples=tmp_path / "probe")
+    final = check_only_rank0_wrote("sft", "ddp", [1, 2, 3])
+    check_both_ranks_trained(tmp_path / "probe", final, digest_of(tiny), min_samples=steps * batch)
+    assert Registry().manifest(final)["parent"] == str(tiny)
+
+
+def test_rl_two_ranks(demo, tiny, tmp_path):
+    steps, generations = 2, 4
+    run_child("recipes.rl", [f"data={demo.root}", f"init={tiny}", "algorithm=grpo", f"steps={steps}",
+                             "save_every=1", f"num_generations={generations}", "batch=1",
+                             "max_completion_length=8", "lr=1e-3", "log_completions=0", "run=ddp",
+                             "rewards=['tests.reliability.launch:token_parity_reward']", "reward_weights=[1.0]"],
+              ranks=RANKS, samples=tmp_path / "probe")
+    final = check_only_rank0_wrote("rl", "ddp", [1, 2])
+    # Each rank scores its own completions: one group of G per step here.
+    check_both_ranks_trained(tmp_path / "probe", final, digest_of(tiny), min_samples=steps * generations)
