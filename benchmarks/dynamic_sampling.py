@@ -38,7 +38,7 @@ def run_once(dynamic: bool, folder, dataset, a, work):
     from stages.model import ModelConfig, load_model
     from stages.rl.algos import informative_groups
     from stages.rl.config import RLConfig
-    from stages.rl.run import grpo_args
+    from stages.rl.training import grpo_args
     from stages.rl.trainer import PathoGRPOTrainer
 
     counts = {"informative_trained": 0, "groups_generated": 0}
@@ -73,7 +73,7 @@ def run_once(dynamic: bool, folder, dataset, a, work):
 def main(argv=None) -> int:
     a = parse(argv)
     from stages.model import build_tiny
-    from stages.rl.run import prompt_dataset
+    from stages.rl.training import prompt_dataset
 
     work = Path(tempfile.mkdtemp(prefix="dyn_sampling_"))
     folder = build_tiny("qwen2_5_vl", work / "tiny", image_size=112)

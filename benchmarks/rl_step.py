@@ -72,7 +72,7 @@ def time_trainer(cls, folder, dataset, args_fn, rewards, train, **extra):
     import torch
 
     from stages.model import ModelConfig, load_model
-    from stages.rl.run import TRAIN_POLICIES
+    from stages.rl.training import TRAIN_POLICIES
 
     freeze = dict(zip(("freeze_vision", "freeze_projector", "freeze_llm"), TRAIN_POLICIES[train]))
     model, processor = load_model(ModelConfig(name_or_path=str(folder), **freeze))
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     from stages.model import build_tiny
     from stages.rl.config import RLConfig
     from stages.rl.rewards import build_rewards
-    from stages.rl.run import grpo_args, prompt_dataset
+    from stages.rl.training import grpo_args, prompt_dataset
     from stages.rl.trainer import PathoGRPOTrainer
     from stages.rl.vision_share import sharing_stats
 

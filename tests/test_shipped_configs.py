@@ -3,6 +3,7 @@
 Convention: the first line of each YAML under ``*/configs/`` is ``# config: package.module:ClassName``
 (``stages.config.CONFIG_HEADER``; ``save_yaml`` writes it). A file without it fails here.
 """
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,9 @@ CONFIG_DIRS = ["recipes/configs", "stages/configs", "pathoclip/configs", "evalua
 FIXTURE_DIR = ROOT / "tests" / "fixtures" / "configs"
 # Launcher configs read by `accelerate launch --config_file`, not by stages.config: checked separately below.
 ACCELERATE_DIR = ROOT / "recipes" / "configs" / "accelerate"
+# pytest's importlib mode does not register test modules under their bare name; the fixture YAMLs name
+# `test_shipped_configs:ExampleConfig`, so make that importable.
+sys.modules.setdefault("test_shipped_configs", sys.modules[__name__])
 
 
 @dataclass

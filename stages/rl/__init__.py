@@ -8,7 +8,7 @@ from stages.rl.config import PRESETS, RLConfig
 
 
 def run(cfg: RLConfig):
-    from stages.rl.run import run as _run
+    from stages.rl.training import run as _run
 
     return _run(cfg)
 

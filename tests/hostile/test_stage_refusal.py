@@ -37,9 +37,9 @@ def _run_stage(stage: str, path: Path, batch_size: int = 1):
         from stages.sft import SFTConfig, run
 
         return run(SFTConfig(model=tiny, data=str(path), max_steps=1, batch_size=batch_size))
-    # stages.rl.run the module, not the package attribute: importing the module rebinds `stages.rl.run` to it
+    # the implementation module directly (stages.rl.run is the same function)
     from stages.rl.config import RLConfig
-    from stages.rl.run import run
+    from stages.rl.training import run
 
     return run(RLConfig(model=tiny, init="tiny:qwen2_vl", data=str(path), steps=1))
 

@@ -12,7 +12,7 @@ from datasets import Dataset
 
 from stages.model import ModelConfig, build_tiny, load_model
 from stages.rl.config import RLConfig
-from stages.rl.run import grpo_args
+from stages.rl.training import grpo_args
 from stages.rl.trainer import PathoGRPOTrainer
 
 G, L_MAX = 4, 8
@@ -123,3 +123,11 @@ def test_ratio_between_the_two_clip_limits_is_clipped_by_grpo_only(tiny, tmp_pat
     assert grpo_loss == pytest.approx(-1.2 / 2) and grpo_grad[0, 0] == 0
     assert dapo_loss == pytest.approx(-1.25 / 2) and dapo_grad[0, 0] == pytest.approx(-1.25 / 2)
     assert not math.isnan(dapo_loss)
+
+
+def test_stages_rl_run_stays_the_function_after_the_implementation_is_imported():
+    # stages.rl.run once shared its name with a submodule, which rebound it to the module on import.
+    import stages.rl
+    import stages.rl.training  # noqa: F401
+
+    assert callable(stages.rl.run) and stages.rl.run.__module__ == "stages.rl"
