@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
@@ -38,7 +38,7 @@ from corpora.chat import user_content
 from corpora.demo import build_demo
 from corpora.validate import validate
 
-from stages.model import ModelConfig, load_model
+from stages.model import ModelConfig, load_model, resolve_model_path
 from stages.registry import Registry, home, step_dir
 
 # train policy -> (freeze_vision, freeze_projector, freeze_llm)
@@ -66,7 +66,7 @@ class StageConfig:
         metadata={"help": "Training file or dataset folder; empty = the demo corpus under $PATHOR1_HOME/demo_corpus."},
     )
     template: str = field(default="cot", metadata={"help": "Prompt template from corpora/prompts."})
-    validate: Literal["strict", "lenient", "off"] = field(
+    validate: Literal["strict", "lenient", "skip"] = field(
         default="strict", metadata={"help": "Validate the data before training (corpora.validate policy)."})
     train: Literal["projector", "projector_llm", "all"] = field(
         default="projector_llm", metadata={"help": "Which towers train (sets model.freeze_*): projector only, projector + LLM "
@@ -158,7 +158,7 @@ def data_file(data: str, default_name: str) -> Path:
 
 def check_data(path: Path, kind: str, policy: str, template: str) -> None:
     """Fail before any model is loaded if the data has problems (file:line: code: message)."""
-    if policy != "off":
+    if policy != "skip":
         validate(path, kind, policy=policy, template=template).raise_if_errors()
 
 
@@ -446,7 +446,9 @@ def prepare_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) 
 
     # Resuming full weights: load them from the checkpoint; LoRA: the same base, the adapter comes later.
     weights = resume_from if resume_from is not None and not cfg.model.lora.enabled else init
-    model, processor = load_model(cfg.model_config(str(weights)))
+    weights = resolve_model_path(str(weights))  # may build the tiny preset, which seeds torch itself
+    set_seed(cfg.seed)  # LoRA initialises its A matrices when the model loads, before the Trainer seeds anything
+    model, processor = load_model(cfg.model_config(weights))
     if cfg.group_by_length:
         rows = add_lengths(rows, processor)
     train_rows, eval_rows = split_by_image(rows, cfg.eval_fraction, cfg.seed)
