@@ -129,3 +129,18 @@ def test_cli_help_lists_fields(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "subset_fraction" in capsys.readouterr().out
+
+
+def test_webdataset_shards_written_by_corpora_feed_open_clip_train(tmp_path, monkeypatch):
+    from corpora.demo import build_demo
+
+    monkeypatch.setenv("PATHOR1_HOME", str(tmp_path))
+    demo = build_demo(tmp_path / "demo", n_train=32, n_eval=4)
+    args = [f"data={demo.pairs}", "data_format=webdataset", "shard_size=16", "subset_fraction=0", "epochs_b=1",
+            "batch_size=16", "log_every_n_steps=1", "run=w"]
+    entry = Registry(tmp_path).manifest(train(load_config(CLIPTrainConfig, args)))
+    shards = sorted(p.name for p in (tmp_path / "logs" / "pathoclip" / "w" / "data" / "b").glob("*.tar"))
+    assert shards == ["shard-000000.tar", "shard-000001.tar"]
+    assert entry["metrics"]["phase_steps"] == 2 and entry["metrics"]["loss_final"] is not None
+    params = (tmp_path / "logs" / "pathoclip" / "w" / "b" / "params.txt").read_text()
+    assert "dataset_type: webdataset" in params and "train_num_samples: 32" in params
