@@ -110,3 +110,24 @@ def write_metrics(out_dir: Path, metrics: dict, cfg) -> Path:
     tmp.write_text(json.dumps(metrics, indent=2, default=str))
     os.replace(tmp, out_dir / "metrics.json")  # a reader never sees half a file
     return out_dir / "metrics.json"
+
+
+def subset_file(src: Path, name: str, *, keep=lambda row: True, limit: int | None = None) -> Path:
+    """Write the rows of JSONL ``src`` that ``keep`` accepts (at most ``limit``) to ``name`` beside it.
+
+    Beside it, so relative image paths resolve exactly as in ``src``. Written atomically; rewritten each run.
+    """
+    out = src.parent / name
+    rows = []
+    with open(src, encoding="utf-8") as f:
+        for line in f:
+            if line.strip() and keep(json.loads(line)):
+                rows.append(line if line.endswith("\n") else line + "\n")
+                if limit is not None and len(rows) >= limit:
+                    break
+    if not rows:
+        raise ValueError(f"{src}: no rows left for {name}")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    tmp.write_text("".join(rows), encoding="utf-8")
+    os.replace(tmp, out)
+    return out

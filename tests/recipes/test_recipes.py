@@ -1,0 +1,60 @@
+"""The recipes end to end at a reduced size: the no-argument demo's files and metrics keys, and the MedVLM-R1 /
+Med-R1 recipes on the demo corpus. Sizes are cut through the same key=value overrides a user has."""
+import json
+from pathlib import Path
+
+import pytest
+
+from stages.config import ConfigError, load_config
+
+TINY = ["demo.n_train=16", "demo.n_eval=8", "eval.max_new_tokens=12", "eval.batch_size=8"]
+
+
+def test_patho_r1_demo_writes_report_and_metrics(tmp_path):
+    from recipes.patho_r1 import PathoR1Config, run
+
+    cfg = load_config(PathoR1Config, TINY + ["pretrain.max_steps=2", "sft.max_steps=2", "rl.steps=1",
+                                             "rl.num_generations=2", "rl.batch=2", "rl.max_completion_length=8",
+                                             "clip.epochs_b=1"])
+    path = run(cfg)
+    assert path.name == "metrics.json"
+    metrics = json.loads(path.read_text())
+    for stage in ("base", "pretrain", "sft", "rl"):
+        mcq = metrics[stage]["mcq"]
+        assert mcq["n"] == 8 and 0.0 <= mcq["accuracy"] <= 1.0
+        lo, hi = mcq["ci95"]
+        assert lo <= mcq["accuracy"] <= hi
+    assert metrics["pathoclip"]["chance"] == pytest.approx(0.25)
+    assert 0.0 <= metrics["pathoclip"]["zero_shot_accuracy"] <= 1.0
+    assert metrics["wall_seconds"] > 0 and metrics["peak_memory_gib"] > 0
+    # lineage through the registry: each stage's input is the previous stage's output
+    from stages.registry import Registry
+
+    chain = [e.get("stage") for e in Registry().lineage(metrics["checkpoints"]["rl"])]
+    assert chain[:3] == ["rl", "sft", "pretrain"]
+    report = path.parent / "report.md"
+    assert report.exists() and "accuracy.png" in report.read_text()
+    assert (path.parent / "accuracy.png").stat().st_size > 5000
+
+
+def test_patho_r1_refuses_an_unknown_stage():
+    from recipes.patho_r1 import PathoR1Config
+
+    with pytest.raises(ConfigError, match="unknown stages"):
+        load_config(PathoR1Config, ["stages=[pretrain,dpo]"])
+
+
+@pytest.mark.slow
+def test_medvlm_r1_and_med_r1_run_on_the_demo(tmp_path):
+    from recipes import med_r1, medvlm_r1
+
+    small_rl = ["rl.steps=1", "rl.num_generations=2", "rl.batch=2", "rl.max_completion_length=8"]
+    cfg = load_config(medvlm_r1.MedVLMR1Config, TINY + small_rl + ["n_samples=8"])
+    metrics = json.loads(medvlm_r1.run(cfg).read_text())
+    assert metrics["rl"]["mcq"]["n"] == 8
+    assert sum(1 for _ in open(metrics["train_file"])) == 8
+    cfg = load_config(med_r1.MedR1Config, TINY + small_rl + ["subsets=[he,ihc]"])
+    metrics = json.loads(med_r1.run(cfg).read_text())
+    matrix = metrics["matrix"]
+    assert set(matrix["rows"]) == {"he", "ihc"}
+    assert Path(matrix["out_dir"], "matrix.png").stat().st_size > 5000
