@@ -171,7 +171,10 @@ class PathoGRPOTrainer(GRPOTrainer):
             registry.prune("rl", target["run"], target["keep_last"])
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # Registry entries keep the weights at the top and optimizer/RNG/trainer state in trainer_state/.
+        # Registry entries keep the weights at the top and optimizer/RNG/trainer state in trainer_state/. Full
+        # weights were loaded with the model (stages.rl.training); a LoRA adapter loads through peft here.
+        if not hasattr(self.model, "peft_config"):
+            return None
         folder = Path(resume_from_checkpoint)
         if folder.name == TRAINER_STATE_DIR:
             folder = folder.parent

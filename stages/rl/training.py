@@ -92,7 +92,7 @@ def run(cfg: RLConfig) -> Path:
     """Train with RL from `cfg.init`; returns the final registry checkpoint folder (rl/<run>/step-N)."""
     from corpora.readers import load_qa
     from stages.engine import data_file
-    from stages.model import load_model
+    from stages.model import load_model, resolve_model_path
     from stages.registry import Registry, home
     from stages.rl.rewards import build_rewards
     from stages.rl.trainer import TRAINER_STATE_DIR, PathoGRPOTrainer
@@ -121,9 +121,14 @@ def run(cfg: RLConfig) -> Path:
     dataset = prompt_dataset(load_qa(path), cfg.template)
 
     model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.name_or_path = init
+    # Resuming full weights: load them from the checkpoint here (the Trainer's own loader would skip them all:
+    # transformers 5 saves them under the original key names). LoRA: the same base, the adapter comes later.
+    full_resume = resume_from is not None and not cfg.model.lora.enabled
+    model_cfg.name_or_path = str(resume_from) if full_resume else init
     model_cfg.freeze_vision, model_cfg.freeze_projector, model_cfg.freeze_llm = TRAIN_POLICIES[cfg.train]
     model, processor = load_model(model_cfg)
+    if full_resume:  # TRL builds the KL reference model from this name: it stays the input model
+        model.config._name_or_path = resolve_model_path(init)
 
     rewards = build_rewards(cfg.resolved_rewards(), template=cfg.template,
                             max_completion_length=cfg.max_completion_length, overlong_cache=cfg.overlong_cache,
