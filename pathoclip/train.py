@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import shutil
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from stages.config import load_config_or_exit, to_dict
-from stages.registry import Registry, home
+from stages.registry import Registry, RegistryError, home
 
 from pathoclip.export import WEIGHTS_FILE, export_checkpoint, load_exported, register_model_configs
 
@@ -49,7 +50,8 @@ class CLIPTrainConfig:
     model: str = field(default="PathoCLIP-Tiny", metadata={"help": "open_clip architecture: a pathoclip/configs/*.json "
                                                                    "name or any open_clip built-in"})
     pretrained: str = field(default="", metadata={"help": "initial weights: an open_clip pretrained tag (e.g. openai), "
-                                                          "a weights file, or an exported folder; '' = random init"})
+                                                          "a weights file, an exported folder or a registry ref "
+                                                          "(pathoclip:RUN); '' = random init"})
     run: str = field(default="demo", metadata={"help": "run name (registry pathoclip/<run>, logs/pathoclip/<run>)"})
     subset_fraction: float = field(default=0.5, metadata={"help": "phase A trains on this fraction of the corpus; "
                                                                   "0 skips phase A"})
@@ -173,25 +175,48 @@ def _restore_logging(quiet_between: bool = False):
                 logger.setLevel(levels.get(name, logging.NOTSET))
 
 
+@contextmanager
+def _reuse_process_group():
+    """Under torchrun open_clip_train's main() creates the process group and never destroys it, so the next
+    phase's main() would fail creating it again; destroy + create does not rendezvous a second time either
+    (measured with gloo: it dials the first round's stale addresses). The group is kept and re-creation skipped."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    create = dist.init_process_group
+    dist.init_process_group = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        dist.init_process_group = create
+
+
 def run_open_clip_train(argv: list[str]) -> None:
     from open_clip_train.main import main
 
     register_model_configs()
-    with _restore_logging():
-        if main(argv) == -1:  # its only failure signal is a printed message and -1
-            raise RuntimeError(f"open_clip_train refused to start (see the message above); argv: {argv}")
+    with _restore_logging(), _reuse_process_group():
+        status = main(argv)
+    if status == -1:  # its only failure signal is a printed message and -1
+        raise RuntimeError(f"open_clip_train refused to start (see the message above); argv: {argv}")
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _pretrained(cfg: CLIPTrainConfig) -> tuple[str, str | None]:
     """(architecture name, pretrained argument) for the first phase."""
     if not cfg.pretrained:
         return cfg.model, None
-    path = Path(cfg.pretrained)
-    if path.is_dir():
-        return cfg.model, str(path / WEIGHTS_FILE)
-    if path.is_file():
-        return cfg.model, str(path)
-    return PRETRAINED_BASE.get(cfg.model, cfg.model), cfg.pretrained
+    if Path(cfg.pretrained).is_file():
+        return cfg.model, cfg.pretrained
+    try:  # an exported folder or a registry ref such as pathoclip:other-run
+        return cfg.model, str(Registry().resolve(cfg.pretrained) / WEIGHTS_FILE)
+    except RegistryError:
+        return PRETRAINED_BASE.get(cfg.model, cfg.model), cfg.pretrained  # an open_clip pretrained tag
 
 
 def open_clip_argv(cfg: CLIPTrainConfig, logs: Path, phase: str, data_args: list[str], epochs: int,
@@ -233,6 +258,16 @@ def _finished_phase(registry: Registry, run: str, phase: str):
     return None
 
 
+def _wait_for_phase(registry: Registry, run: str, phase: str, timeout_s: float = 3600.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while (entry := _finished_phase(registry, run, phase)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {os.environ.get('RANK')}: rank 0 wrote no registry entry for phase {phase} "
+                               f"of run {run!r} within {timeout_s:.0f}s")
+        time.sleep(2)
+    return entry
+
+
 def evaluate_zero_shot(cfg: CLIPTrainConfig, folder: Path) -> dict:
     if not (cfg.zeroshot_dir and cfg.zeroshot_prompts):
         return {}
@@ -256,8 +291,8 @@ def train_phase(cfg, registry, dataset, phase, rows, *, logs, model, pretrained,
         raise RuntimeError(f"open_clip_train finished without writing {checkpoint}")
     curve = loss_curve(logs / phase / "tensorboard")
     steps = curve[-1][0] + 1 if curve else 0
-    if int(os.environ.get("RANK", "0")) != 0:  # one writer per run
-        return None
+    if not is_main_process():  # rank 0 alone exports; the others wait for its entry to start the next phase
+        return _wait_for_phase(registry, cfg.run, phase)
     corpus_file = cfg.data if Path(cfg.data).is_file() else None  # fingerprint the index, not every image
     with registry.writer(STAGE, cfg.run, step_offset + steps, parent=parent, config=to_dict(cfg),
                          data=corpus_file, kind="open_clip") as writer:
@@ -270,7 +305,7 @@ def train_phase(cfg, registry, dataset, phase, rows, *, logs, model, pretrained,
 
 
 def train(cfg: CLIPTrainConfig) -> Path | None:
-    """Run the phases that are not finished yet; returns the final registry entry (None on ranks > 0)."""
+    """Run the phases that are not finished yet; returns the final registry entry's folder."""
     with _restore_logging(quiet_between=True):
         return _train(cfg)
 
@@ -288,8 +323,6 @@ def _train(cfg: CLIPTrainConfig) -> Path | None:
         if entry is None:
             entry = train_phase(cfg, registry, dataset, phase, rows, logs=logs, model=model, pretrained=pretrained,
                                 parent=parent, step_offset=step)
-            if entry is None:
-                return None
             print(f"pathoclip phase {phase}: {entry['metrics']} -> {entry['path']}")
         else:
             print(f"pathoclip phase {phase}: already finished ({entry['ref']}), skipped")
