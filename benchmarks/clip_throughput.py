@@ -66,7 +66,8 @@ def main(argv=None) -> dict:
     from stages.config import load_config
 
     from pathoclip.export import CONFIG_DIR
-    from pathoclip.train import CLIPTrainConfig, open_clip_argv, prepare_data
+    from pathoclip.data import prepare_data
+    from pathoclip.train import CLIPTrainConfig, open_clip_argv
 
     tmp = Path(tempfile.mkdtemp(prefix="clip_bench_"))
     demo = build_demo(tmp / "demo", n_train=a.n_train, n_eval=4)

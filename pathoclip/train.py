@@ -15,14 +15,8 @@ entries ``pathoclip/<run>/step-N``.
 """
 from __future__ import annotations
 
-import csv
-import logging
 import os
-import random
-import shutil
 import time
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,12 +24,13 @@ from typing import Literal
 from stages.config import load_config_or_exit, to_dict
 from stages.registry import Registry, RegistryError, home
 
-from pathoclip.export import WEIGHTS_FILE, export_checkpoint, load_exported, register_model_configs
+from pathoclip.data import phase_rows, prepare_data
+from pathoclip.export import WEIGHTS_FILE, export_checkpoint, load_exported
+from pathoclip.launch import is_main_process, loss_curve, restore_logging, run_open_clip_train
 
 STAGE = "pathoclip"
 # Our copies of open_clip's architectures: open_clip finds a pretrained TAG by architecture name.
 PRETRAINED_BASE = {"PathoCLIP-ViT-B-16": "ViT-B-16", "PathoCLIP-ViT-L-14": "ViT-L-14"}
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,128 +78,17 @@ class CLIPTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-# ------------------------------------------------------------------------------------------------- data
-
-
 def resolve_corpus(cfg: CLIPTrainConfig) -> CLIPTrainConfig:
     """Build the demo corpus once under $PATHOR1_HOME/data when asked for, and point zero-shot at it."""
     if cfg.data != "demo":
         return cfg
-    from corpora.demo import DemoCorpus, build_demo
+    from corpora.demo import build_demo
 
-    root = home() / "data" / f"demo-seed{cfg.seed}"
-    demo = DemoCorpus.at(root) if (root / "demo.json").is_file() else build_demo(root, seed=cfg.seed)
+    demo = build_demo(home() / "data" / f"demo-seed{cfg.seed}", seed=cfg.seed)  # reused once built
     cfg.data = str(demo.pairs)
     cfg.zeroshot_dir = cfg.zeroshot_dir or str(demo.zeroshot)
     cfg.zeroshot_prompts = cfg.zeroshot_prompts or str(demo.zeroshot_prompts)
     return cfg
-
-
-def phase_rows(n: int, fraction: float, seed: int) -> dict[str, list[int]]:
-    """Row indices per phase: A a seeded random subset, B every row."""
-    rows = list(range(n))
-    subset = sorted(random.Random(seed).sample(rows, max(1, round(n * fraction)))) if fraction else []
-    return {"a": subset, "b": rows} if subset else {"b": rows}
-
-
-@contextmanager
-def _atomic_path(final: Path):
-    """Yield a private temporary path; move it to ``final`` on success (safe with several ranks writing)."""
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another rank already put an identical folder in place
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-
-
-def prepare_data(dataset, rows: list[int], out: Path, fmt: str, shard_size: int) -> list[str]:
-    """open_clip_train arguments for these rows: a tab-separated CSV or WebDataset shards (one image per pair)."""
-    subset = dataset.select(rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        path = out.with_suffix(".csv")
-        if not path.is_file():
-            with _atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-                writer = csv.writer(f, delimiter="\t")
-                writer.writerow(["filepath", "title"])
-                writer.writerows((images[0], caption) for images, caption in zip(subset["images"], subset["caption"]))
-        return ["--train-data", str(path), "--dataset-type", "csv", "--csv-separator", "\t",
-                "--csv-img-key", "filepath", "--csv-caption-key", "title"]
-    from corpora.readers import write_webdataset
-
-    if not out.is_dir():
-        with _atomic_path(out) as tmp:
-            write_webdataset(subset, tmp, shard_size=shard_size)
-    shards = sorted(out.glob("*.tar"))
-    return ["--train-data", "::".join(map(str, shards)), "--dataset-type", "webdataset",
-            "--train-num-samples", str(len(rows))]
-
-
-# ---------------------------------------------------------------------------------------- open_clip_train
-
-
-@contextmanager
-def _restore_logging(quiet_between: bool = False):
-    """open_clip_train adds root handlers (stdout + its out.log) per call: drop them afterwards so phases don't
-    print twice or log into each other's out.log. ``quiet_between`` parks a NullHandler on the root for the
-    duration, so a bare ``logging.info`` between phases cannot trigger ``basicConfig``'s extra handler."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    # it also sets EVERY logger to INFO (torch's included, which then log at interpreter exit)
-    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
-    parked = logging.NullHandler() if quiet_between else None
-    if parked:
-        root.addHandler(parked)
-    try:
-        yield
-    finally:
-        for handler in [h for h in root.handlers if h not in handlers]:
-            root.removeHandler(handler)
-            if handler is not parked:
-                handler.close()
-        root.setLevel(level)
-        for name, logger in list(logging.root.manager.loggerDict.items()):
-            if isinstance(logger, logging.Logger):
-                logger.setLevel(levels.get(name, logging.NOTSET))
-
-
-@contextmanager
-def _reuse_process_group():
-    """Under torchrun open_clip_train's main() creates the process group and never destroys it, so the next
-    phase's main() would fail creating it again; destroy + create does not rendezvous a second time either
-    (measured with gloo: it dials the first round's stale addresses). The group is kept and re-creation skipped."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        yield
-        return
-    create = dist.init_process_group
-    dist.init_process_group = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        dist.init_process_group = create
-
-
-def run_open_clip_train(argv: list[str]) -> None:
-    from open_clip_train.main import main
-
-    register_model_configs()
-    with _restore_logging(), _reuse_process_group():
-        status = main(argv)
-    if status == -1:  # its only failure signal is a printed message and -1
-        raise RuntimeError(f"open_clip_train refused to start (see the message above); argv: {argv}")
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _pretrained(cfg: CLIPTrainConfig) -> tuple[str, str | None]:
@@ -235,17 +119,6 @@ def open_clip_argv(cfg: CLIPTrainConfig, logs: Path, phase: str, data_args: list
     if cfg.resume == "auto":
         argv += ["--resume", "latest"]  # open_clip_train picks the newest epoch_N.pt of logs/<phase>, if any
     return argv + list(cfg.extra_args)
-
-
-def loss_curve(tensorboard_dir: Path) -> list[tuple[int, float]]:
-    """(step, train/loss) pairs open_clip_train logged, over every resumed session of the phase."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    if "train/loss" not in events.Tags()["scalars"]:
-        return []
-    return [(e.step, e.value) for e in events.Scalars("train/loss")]
 
 
 # ------------------------------------------------------------------------------------------------- phases
@@ -306,7 +179,7 @@ def train_phase(cfg, registry, dataset, phase, rows, *, logs, model, pretrained,
 
 def train(cfg: CLIPTrainConfig) -> Path | None:
     """Run the phases that are not finished yet; returns the final registry entry's folder."""
-    with _restore_logging(quiet_between=True):
+    with restore_logging(quiet_between=True):
         return _train(cfg)
 
 

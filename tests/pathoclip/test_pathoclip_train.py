@@ -11,7 +11,8 @@ from stages.config import ConfigError, config_class_of, load_config
 from stages.registry import Registry
 
 from pathoclip.export import read_training_checkpoint
-from pathoclip.train import CLIPTrainConfig, phase_rows, train
+from pathoclip.data import phase_rows
+from pathoclip.train import CLIPTrainConfig, train
 
 CONFIGS = sorted((Path(__file__).parents[2] / "pathoclip" / "configs").glob("*.yaml"))
 

@@ -1,0 +1,82 @@
+"""Running open_clip_train's ``main(argv)`` in-process, more than once, and reading back what it logged.
+
+Its ``main`` is written to run once per interpreter: it adds logging handlers and raises every logger to INFO
+on each call, and under torchrun creates the process group without ever destroying it. The shims below undo
+or sidestep exactly that; the training itself is untouched.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from pathoclip.export import register_model_configs
+
+
+@contextmanager
+def restore_logging(quiet_between: bool = False):
+    """open_clip_train adds root handlers (stdout + its out.log) per call: drop them afterwards so phases don't
+    print twice or log into each other's out.log. ``quiet_between`` parks a NullHandler on the root for the
+    duration, so a bare ``logging.info`` between phases cannot trigger ``basicConfig``'s extra handler."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    # it also sets EVERY logger to INFO (torch's included, which then log at interpreter exit)
+    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    parked = logging.NullHandler() if quiet_between else None
+    if parked:
+        root.addHandler(parked)
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+            if handler is not parked:
+                handler.close()
+        root.setLevel(level)
+        for name, logger in list(logging.root.manager.loggerDict.items()):
+            if isinstance(logger, logging.Logger):
+                logger.setLevel(levels.get(name, logging.NOTSET))
+
+
+@contextmanager
+def _reuse_process_group():
+    """Under torchrun open_clip_train's main() creates the process group and never destroys it, so the next
+    phase's main() would fail creating it again; destroy + create does not rendezvous a second time either
+    (measured with gloo: it dials the first round's stale addresses). The group is kept and re-creation skipped."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    create = dist.init_process_group
+    dist.init_process_group = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        dist.init_process_group = create
+
+
+def run_open_clip_train(argv: list[str]) -> None:
+    from open_clip_train.main import main
+
+    register_model_configs()
+    with restore_logging(), _reuse_process_group():
+        status = main(argv)
+    if status == -1:  # its only failure signal is a printed message and -1
+        raise RuntimeError(f"open_clip_train refused to start (see the message above); argv: {argv}")
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def loss_curve(tensorboard_dir: Path) -> list[tuple[int, float]]:
+    """(step, train/loss) pairs open_clip_train logged, over every resumed session of the phase."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if "train/loss" not in events.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in events.Scalars("train/loss")]
