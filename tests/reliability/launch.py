@@ -8,6 +8,8 @@ The entry point runs unchanged; the probes only observe or slow it, each switche
 - ``PATHOR1_PROBE_SAMPLES=DIR``: every rank appends ``rank world sample`` lines to ``DIR/rank-<R>.txt`` for each
   training sample it consumes, and one ``rank world weights <sha256>`` line after ``train()`` (a digest of its
   parameters: equal on all ranks only if DDP synchronised the gradients).
+- ``PATHOR1_PROBE_EPOCH_DELAY=SECONDS``: open_clip_train waits this long before each epoch after the first
+  (touching ``<logs>/<phase>/.probe-epoch-<N>``), so a test can SIGKILL PathoCLIP between its checkpoints.
 - ``PATHOR1_PROBE_COMMIT_DELAY=SECONDS``: a registry checkpoint of step >= 2 waits this long after its payload
   is written and before its manifest is -- a window in which a test can SIGKILL the process mid-write.
 """
@@ -94,6 +96,20 @@ def delay_commits(seconds: float) -> None:
     CheckpointWriter._commit = slow_commit
 
 
+def delay_epochs(seconds: float) -> None:
+    import open_clip_train.main as open_clip_main
+
+    train_one_epoch = open_clip_main.train_one_epoch
+
+    def slow_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, **kwargs):
+        if epoch >= 1:
+            (Path(args.logs) / args.name / f".probe-epoch-{epoch}").touch()
+            time.sleep(seconds)
+        return train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, **kwargs)
+
+    open_clip_main.train_one_epoch = slow_epoch
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -104,6 +120,8 @@ def main() -> None:
         probe_samples(Path(os.environ["PATHOR1_PROBE_SAMPLES"]))
     if os.environ.get("PATHOR1_PROBE_COMMIT_DELAY"):
         delay_commits(float(os.environ["PATHOR1_PROBE_COMMIT_DELAY"]))
+    if os.environ.get("PATHOR1_PROBE_EPOCH_DELAY"):
+        delay_epochs(float(os.environ["PATHOR1_PROBE_EPOCH_DELAY"]))
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 

@@ -160,3 +160,46 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(stage, demo, tiny,
     steps_trained.clear()
     final = run_in_process(recipe, [*args, "run=full", "resume=auto"], capsys)
     assert final.name == f"step-{planned:08d}" and steps_trained == list(range(1, planned))
+
+
+CLIP_ARGS = ["subset_fraction=0.5", "epochs_a=1", "epochs_b=3", "batch_size=4", "lr=0.001", "warmup=2",
+             "log_every_n_steps=1"]
+
+
+def test_pathoclip_sigkill_mid_phase_then_resume_auto(demo, tmp_path, capsys):
+    from pathoclip import train as clip_train
+    from pathoclip.export import WEIGHTS_FILE, load_exported
+
+    args = [f"data={demo.pairs}", *CLIP_ARGS]
+    log = tmp_path / "child.log"
+    child = start_child("pathoclip.train", [*args, "run=crash"], log, epoch_delay=120)
+    phase_b = Registry().root / "logs" / "pathoclip" / "crash" / "b"
+    deadline = time.monotonic() + 240
+    while not (phase_b / ".probe-epoch-1").exists():  # phase A registered, phase B saved epoch_1.pt
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            pytest.fail(f"pathoclip never reached phase B epoch 2:\n{log.read_text()[-4000:]}")
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(timeout=30) == -signal.SIGKILL
+
+    registry = Registry()
+    entries = registry.entries("pathoclip")
+    assert [e["extra"]["phase"] for e in entries] == ["a"]  # phase B left nothing visible
+    latest = registry.latest("pathoclip", "crash")
+    assert latest == Path(entries[0]["path"]) and MANIFEST_KEYS <= set(registry.manifest(latest))
+    load_exported(latest)
+    assert (phase_b / "checkpoints" / "epoch_1.pt").is_file()
+
+    assert clip_train.main([*args, "run=crash"]) == 0  # resume=auto is the default
+    resumed = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    out_log = (phase_b / "out.log").read_text()
+    assert "epoch_1.pt' (epoch 1)" in out_log, "phase B did not resume from its newest checkpoint"
+    assert [e["extra"]["phase"] for e in registry.entries("pathoclip")] == ["a", "b"]
+
+    assert clip_train.main([*args, "run=reference"]) == 0
+    reference = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert resumed.name == reference.name  # the same number of steps
+    wa, wb = load_file(resumed / WEIGHTS_FILE), load_file(reference / WEIGHTS_FILE)
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-5, msg=lambda m: f"{key}: {m}")
