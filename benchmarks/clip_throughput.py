@@ -36,7 +36,7 @@ def parse(argv=None):
     p.add_argument("--n-train", type=int, default=256, help="demo training pairs")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=1, help="runs of each side (alternating)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each side (alternating)")
     return p.parse_args(argv)
 
 

@@ -177,7 +177,7 @@ def retrieval_recalls(similarity, text_to_image: Sequence[int] | None = None, ks
     # rank of the best-ranked correct caption per image / of the correct image per text
     i2t_rank = torch.where(is_match.gather(1, i2t_order), torch.arange(n_texts), n_texts).min(1).values
     t2i_rank = (t2i_order == owner[None, :]).float().argmax(0)
-    recall = lambda ranks, k: float((ranks < k).float().mean())  # noqa: E731
+    recall = lambda ranks, k: float((ranks < k).double().mean())  # noqa: E731
     return {"image_to_text": {f"R@{k}": recall(i2t_rank, k) for k in ks},
             "text_to_image": {f"R@{k}": recall(t2i_rank, k) for k in ks},
             "n_images": n_images, "n_texts": n_texts}
