@@ -145,3 +145,18 @@ def test_webdataset_shards_written_by_corpora_feed_open_clip_train(tmp_path, mon
     assert entry["metrics"]["phase_steps"] == 2 and entry["metrics"]["loss_final"] is not None
     params = (tmp_path / "logs" / "pathoclip" / "w" / "b" / "params.txt").read_text()
     assert "dataset_type: webdataset" in params and "train_num_samples: 32" in params
+
+
+def test_pretrained_may_be_a_tag_a_file_an_export_or_a_registry_ref(trained, tmp_path, monkeypatch):
+    from pathoclip.train import _pretrained
+
+    home, final, _ = trained
+    monkeypatch.setenv("PATHOR1_HOME", str(home))
+    weights = str(final / "open_clip_model.safetensors")
+    pick = lambda **kw: _pretrained(load_config(CLIPTrainConfig, [f"{k}={v}" for k, v in kw.items()]))  # noqa: E731
+    assert pick() == ("PathoCLIP-Tiny", None)
+    assert pick(pretrained=weights) == ("PathoCLIP-Tiny", weights)
+    assert pick(pretrained=str(final)) == ("PathoCLIP-Tiny", weights)
+    assert pick(pretrained="pathoclip:t") == ("PathoCLIP-Tiny", weights)
+    # a tag is looked up by open_clip under the architecture it was published for
+    assert pick(model="PathoCLIP-ViT-B-16", pretrained="openai") == ("ViT-B-16", "openai")
