@@ -160,3 +160,16 @@ def test_pretrained_may_be_a_tag_a_file_an_export_or_a_registry_ref(trained, tmp
     assert pick(pretrained="pathoclip:t") == ("PathoCLIP-Tiny", weights)
     # a tag is looked up by open_clip under the architecture it was published for
     assert pick(model="PathoCLIP-ViT-B-16", pretrained="openai") == ("ViT-B-16", "openai")
+
+
+@pytest.mark.parametrize("ours, base", [("PathoCLIP-ViT-B-16", "ViT-B-16"), ("PathoCLIP-ViT-L-14", "ViT-L-14")])
+def test_shipped_big_architectures_match_open_clip_so_its_pretrained_weights_load(ours, base):
+    import open_clip
+
+    from pathoclip.export import register_model_configs
+    from pathoclip.train import PRETRAINED_BASE
+
+    register_model_configs()
+    assert PRETRAINED_BASE[ours] == base
+    assert open_clip.get_model_config(ours) == open_clip.get_model_config(base)
+    assert open_clip.list_pretrained_tags_by_model(base)  # e.g. openai: the tags a user can pass
