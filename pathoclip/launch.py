@@ -87,6 +87,29 @@ def run_open_clip_train(argv: list[str]) -> None:
         raise RuntimeError(f"open_clip_train refused to start (see the message above); argv: {argv}")
 
 
+def set_aside_incomplete_checkpoints(folder: Path) -> list[Path]:
+    """Rename ``epoch_N.pt`` files that are not whole zip archives to ``*.pt.incomplete``; returns the new names.
+
+    open_clip_train writes ``epoch_N.pt`` in place, so a process killed mid-save leaves a truncated newest file
+    that ``--resume latest`` would pick and fail to load on every restart. torch.save writes the zip directory
+    last, so a truncated file is exactly one ``zipfile`` does not recognise; the phase then resumes from the
+    newest whole checkpoint. Every rank may call this: a rename another rank already did is skipped."""
+    import zipfile
+
+    moved = []
+    for path in sorted(Path(folder).glob("*.pt")):
+        if not zipfile.is_zipfile(path):
+            target = path.with_name(path.name + ".incomplete")
+            try:
+                os.replace(path, target)
+            except FileNotFoundError:
+                continue
+            logging.getLogger(__name__).warning("%s is incomplete (killed while saving?): set aside as %s",
+                                                path, target.name)
+            moved.append(target)
+    return moved
+
+
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 

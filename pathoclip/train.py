@@ -26,7 +26,8 @@ from stages.registry import Registry, RegistryError, home
 
 from pathoclip.data import phase_rows, prepare_data
 from pathoclip.export import WEIGHTS_FILE, export_checkpoint, load_exported
-from pathoclip.launch import is_main_process, loss_curve, restore_logging, run_open_clip_train
+from pathoclip.launch import (is_main_process, loss_curve, restore_logging, run_open_clip_train,
+                             set_aside_incomplete_checkpoints)
 
 STAGE = "pathoclip"
 # Our copies of open_clip's architectures: open_clip finds a pretrained TAG by architecture name.
@@ -158,6 +159,7 @@ def train_phase(cfg, registry, dataset, phase, rows, *, logs, model, pretrained,
         raise RuntimeError(f"{logs / phase} already exists: pass resume=auto to continue run {cfg.run!r} "
                            f"or choose another run=NAME")
     data_args = prepare_data(dataset, rows, logs / "data" / phase, cfg.data_format, cfg.shard_size)
+    set_aside_incomplete_checkpoints(logs / phase / "checkpoints")
     run_open_clip_train(open_clip_argv(cfg, logs, phase, data_args, epochs, model, pretrained))
     checkpoint = logs / phase / "checkpoints" / f"epoch_{epochs}.pt"
     if not checkpoint.is_file():

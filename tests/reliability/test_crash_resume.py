@@ -12,6 +12,7 @@ byte-identical, LATEST still names it, no staging folder is left, and the run re
 import errno
 import hashlib
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -203,3 +204,28 @@ def test_pathoclip_sigkill_mid_phase_then_resume_auto(demo, tmp_path, capsys):
     wa, wb = load_file(resumed / WEIGHTS_FILE), load_file(reference / WEIGHTS_FILE)
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-5, msg=lambda m: f"{key}: {m}")
+
+
+def test_pathoclip_checkpoint_truncated_by_a_kill_is_set_aside(demo, capsys):
+    # A kill inside open_clip_train's own (in-place) torch.save of epoch_2.pt: simulated by truncating the file
+    # after a complete 2-epoch phase and removing the registry entry the killed run never wrote.
+    from pathoclip import train as clip_train
+    from pathoclip.export import WEIGHTS_FILE
+
+    args = [f"data={demo.pairs}", "subset_fraction=0", "epochs_b=2", "batch_size=4", "lr=0.001", "warmup=2",
+            "run=r"]
+    assert clip_train.main(args) == 0
+    first = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = load_file(first / WEIGHTS_FILE)
+    shutil.rmtree(first)
+    checkpoints = Registry().root / "logs" / "pathoclip" / "r" / "b" / "checkpoints"
+    whole = (checkpoints / "epoch_2.pt").read_bytes()
+    (checkpoints / "epoch_2.pt").write_bytes(whole[: len(whole) // 2])
+
+    assert clip_train.main(args) == 0
+    again = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (checkpoints / "epoch_2.pt.incomplete").stat().st_size == len(whole) // 2
+    assert "epoch_1.pt' (epoch 1)" in (checkpoints.parent / "out.log").read_text()
+    got = load_file(again / WEIGHTS_FILE)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5, msg=lambda m: f"{key}: {m}")
