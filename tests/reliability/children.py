@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+CPU_DDP_CONFIG = REPO / "recipes" / "configs" / "accelerate" / "cpu_ddp2.yaml"
 
 
 def child_env(**probes) -> dict:
@@ -19,17 +21,30 @@ def child_env(**probes) -> dict:
     return env
 
 
-def launch_argv(module: str, args: list[str], *, ranks: int = 1) -> list[str]:
-    """``python -m tests.reliability.launch MODULE ARGS``, under ``torchrun --standalone`` for several ranks."""
-    runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] \
-        if ranks > 1 else [sys.executable]
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_argv(module: str, args: list[str], *, ranks: int = 1, launcher: str = "torchrun") -> list[str]:
+    """``python -m tests.reliability.launch MODULE ARGS``; for several ranks under ``torchrun --standalone`` or
+    ``accelerate launch`` with the 2-rank CPU config (on a free port: other jobs may hold its default)."""
+    if ranks == 1:
+        runner = [sys.executable]
+    elif launcher == "torchrun":
+        runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    else:
+        runner = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_DDP_CONFIG),
+                  "--num_processes", str(ranks), "--main_process_port", str(free_port())]
     return [*runner, "-m", "tests.reliability.launch", module, *args]
 
 
-def run_child(module: str, args: list[str], *, ranks: int = 1, timeout: int = 300, **probes):
+def run_child(module: str, args: list[str], *, ranks: int = 1, launcher: str = "torchrun", timeout: int = 300,
+              **probes):
     """Run to completion; fail the test with the child's output tail if it did not exit 0."""
-    proc = subprocess.run(launch_argv(module, args, ranks=ranks), cwd=REPO, env=child_env(**probes),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(launch_argv(module, args, ranks=ranks, launcher=launcher), cwd=REPO,
+                          env=child_env(**probes), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         pytest.fail(f"{module} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-6000:]}")
     return proc

@@ -1,4 +1,5 @@
-"""SFT and RL as real 2-rank gloo DDP jobs on CPU (``torchrun --standalone --nproc_per_node 2``).
+"""SFT and RL as real 2-rank gloo DDP jobs on CPU: SFT under ``accelerate launch`` with
+``recipes/configs/accelerate/cpu_ddp2.yaml``, RL under ``torchrun --standalone --nproc_per_node 2``.
 
 Checked: both processes joined one process group of 2 and trained on different samples; after training both
 hold the same weights (gradients were all-reduced), which are the weights of the last checkpoint; only rank 0
@@ -63,7 +64,7 @@ def test_sft_two_ranks(demo, tiny, tmp_path):
     steps, batch = 3, 2
     run_child("recipes.sft", [f"data={demo.root}", f"init={tiny}", f"max_steps={steps}", "save_every=1",
                               f"batch_size={batch}", "lr=1e-3", "warmup_ratio=0", "run=ddp"],
-              ranks=RANKS, samples=tmp_path / "probe")
+              ranks=RANKS, launcher="accelerate", samples=tmp_path / "probe")
     final = check_only_rank0_wrote("sft", "ddp", [1, 2, 3])
     check_both_ranks_trained(tmp_path / "probe", final, digest_of(tiny), min_samples=steps * batch)
     assert Registry().manifest(final)["parent"] == str(tiny)
