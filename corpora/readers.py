@@ -29,11 +29,17 @@ FEATURES = {
 }
 
 
-def iter_samples(path, kind: str, template: str = "cot", root=None):
-    """Normalised samples of `kind` from `path`, in file order; the first bad record raises DataError."""
+def iter_samples(path, kind: str, template: str = "cot", root=None, skip=()):
+    """Normalised samples of `kind` from `path`, in file order; the first bad record raises DataError.
+
+    `skip` holds `(file, line)` locations to leave out: the bad records a lenient validation reported
+    (`corpora.validate.Report.bad_locations`), so training reads only the records validation accepted."""
     kind = canonical_kind(kind)
     extra = {"template": template} if kind == "sft" else {}
+    skip = {(str(f), int(n)) for f, n in skip}
     for record in iter_raw(path, root):
+        if (str(record.file), record.line) in skip:
+            continue
         where = f"{record.file}:{record.line}"
         if record.error is not None:
             raise DataError(f"{where}: {record.error.code}: {record.error.message}")
@@ -43,13 +49,13 @@ def iter_samples(path, kind: str, template: str = "cot", root=None):
             raise DataError(f"{where}: {e.code}: {e.message}") from None
 
 
-def _generate(path: str, kind: str, template: str, root: str | None, data_fingerprint: str):
+def _generate(path: str, kind: str, template: str, root: str | None, data_fingerprint: str, skip=()):
     # `data_fingerprint` is unused here but part of the generator kwargs, so the Arrow cache is keyed
-    # by the data's content stamp and a changed file is read again.
-    yield from iter_samples(path, kind, template, root)
+    # by the data's content stamp and a changed file is read again (`skip` is part of the key too).
+    yield from iter_samples(path, kind, template, root, skip)
 
 
-def load(path, kind: str, *, streaming: bool = False, template: str = "cot", root=None):
+def load(path, kind: str, *, streaming: bool = False, template: str = "cot", root=None, skip=()):
     """Samples of `kind` (pairs, sft, qa; rl and eval are qa) from `path` as a datasets object.
 
     Relative image paths resolve against `root` (default: the data file's folder, or the nearest
@@ -59,7 +65,8 @@ def load(path, kind: str, *, streaming: bool = False, template: str = "cot", roo
     if not path.exists():
         raise FileNotFoundError(f"data not found: {path}")
     kwargs = {"path": str(path), "kind": kind, "template": template,
-              "root": None if root is None else str(Path(root).resolve()), "data_fingerprint": fingerprint(path)}
+              "root": None if root is None else str(Path(root).resolve()), "data_fingerprint": fingerprint(path),
+              "skip": sorted((str(f), int(n)) for f, n in skip)}
     if streaming:
         return datasets.IterableDataset.from_generator(_generate, features=FEATURES[kind], gen_kwargs=kwargs)
     try:
@@ -71,19 +78,19 @@ def load(path, kind: str, *, streaming: bool = False, template: str = "cot", roo
         raise
 
 
-def load_pairs(path, *, streaming: bool = False, root=None):
+def load_pairs(path, *, streaming: bool = False, root=None, skip=()):
     """Image-caption pairs: id, images, caption, label."""
-    return load(path, "pairs", streaming=streaming, root=root)
+    return load(path, "pairs", streaming=streaming, root=root, skip=skip)
 
 
-def load_sft(path, *, template: str = "cot", streaming: bool = False, root=None):
+def load_sft(path, *, template: str = "cot", streaming: bool = False, root=None, skip=()):
     """Chat samples: id, images, messages; QA records are rendered through prompt `template`."""
-    return load(path, "sft", streaming=streaming, template=template, root=root)
+    return load(path, "sft", streaming=streaming, template=template, root=root, skip=skip)
 
 
-def load_qa(path, *, streaming: bool = False, root=None):
+def load_qa(path, *, streaming: bool = False, root=None, skip=()):
     """Questions with ground truth (RL and evaluation): id, images, question, options, answer, kind, ..."""
-    return load(path, "qa", streaming=streaming, root=root)
+    return load(path, "qa", streaming=streaming, root=root, skip=skip)
 
 
 def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:

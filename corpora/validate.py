@@ -60,6 +60,11 @@ class Report:
         return (f"{self.path}: {self.records} {self.kind} records, {len(self.problems)} problems in "
                 f"{self.bad_records} records, {good} usable{skipped} ({self.policy}): {verdict}")
 
+    @property
+    def bad_locations(self) -> set[tuple[str, int]]:
+        """`(file, line)` of every bad record: what a lenient run leaves out (`corpora.readers.load(skip=...)`)."""
+        return {(p.file, p.line) for p in self.problems if p.line > 0}
+
     def raise_if_errors(self) -> None:
         """Raise DataError listing every problem when the data is refused under the policy."""
         if not self.ok:

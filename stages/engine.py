@@ -156,10 +156,18 @@ def data_file(data: str, default_name: str) -> Path:
     return path
 
 
-def check_data(path: Path, kind: str, policy: str, template: str) -> None:
-    """Fail before any model is loaded if the data has problems (file:line: code: message)."""
-    if policy != "skip":
-        validate(path, kind, policy=policy, template=template).raise_if_errors()
+def check_data(path: Path, kind: str, policy: str, template: str) -> set[tuple[str, int]]:
+    """Fail before any model is loaded if the data has problems (file:line: code: message).
+
+    Returns the ``(file, line)`` records to leave out: none under ``strict`` (any problem refuses the data),
+    the bad ones under ``lenient`` (pass them to the reader's ``skip=``), none under ``skip``."""
+    if policy == "skip":
+        return set()
+    report = validate(path, kind, policy=policy, template=template)
+    report.raise_if_errors()
+    if report.bad_records:
+        print(f"{report.summary()}\n" + "\n".join(str(p) for p in report.problems[:20]))
+    return report.bad_locations
 
 
 def split_by_image(rows, fraction: float, seed: int):

@@ -42,7 +42,7 @@ def caption_rows(pairs, template: str):
 def run(cfg: PretrainConfig) -> Path:
     """Train and return the final registry checkpoint folder (parent: the input model)."""
     path = data_file(cfg.data, "pairs.jsonl")
-    check_data(path, "pairs", cfg.validate, cfg.template)
-    rows = caption_rows(load_pairs(path), cfg.template)
+    bad = check_data(path, "pairs", cfg.validate, cfg.template)
+    rows = caption_rows(load_pairs(path, skip=bad), cfg.template)
     init = cfg.model.name_or_path if cfg.init == "auto" else cfg.init
     return run_stage(cfg, stage=STAGE, rows=rows, init=init, data_files=[path])

@@ -45,7 +45,9 @@ class RLConfig:
                                   "Replaces model.name_or_path.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model loading, freezing, LoRA."})
     data: str = _f("", "QA file (kind qa, JSONL) or folder holding rl.jsonl; empty = the demo corpus.")
-    validate: Literal["strict", "lenient", "off"] = _f("strict", "Validate the data first (corpora.validate).")
+    validate: Literal["strict", "lenient", "skip"] = _f(
+        "strict", "Validate the data first (corpora.validate): strict refuses any problem, lenient leaves bad records "
+                  "out, skip does not check.")
     template: str = _f("cot", "Prompt template (corpora/prompts); the format reward checks its response format.")
     run: str = _f("default", "Run name: checkpoints go to rl/<run>/step-N.")
     resume: str = _f("auto", "auto = continue this run from its newest checkpoint; never; or a registry ref.")

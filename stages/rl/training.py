@@ -91,7 +91,7 @@ def _resume_point(cfg: RLConfig):
 def run(cfg: RLConfig) -> Path:
     """Train with RL from `cfg.init`; returns the final registry checkpoint folder (rl/<run>/step-N)."""
     from corpora.readers import load_qa
-    from stages.engine import data_file
+    from stages.engine import check_data, data_file
     from stages.model import load_model, resolve_model_path
     from stages.registry import Registry, home
     from stages.rl.rewards import build_rewards
@@ -114,11 +114,8 @@ def run(cfg: RLConfig) -> Path:
         resume_from = None
 
     path = data_file(cfg.data, "rl.jsonl")
-    if cfg.validate != "off":
-        from corpora.validate import validate
-
-        validate(path, "qa", policy=cfg.validate).raise_if_errors()  # file:line problems before any model loads
-    dataset = prompt_dataset(load_qa(path), cfg.template)
+    bad = check_data(path, "qa", cfg.validate, cfg.template)  # file:line problems before any model loads
+    dataset = prompt_dataset(load_qa(path, skip=bad), cfg.template)
 
     model_cfg = copy.deepcopy(cfg.model)
     # Resuming full weights: load them from the checkpoint here (the Trainer's own loader would skip them all:

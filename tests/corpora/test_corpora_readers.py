@@ -142,3 +142,23 @@ def test_unknown_kind_and_format(root):
     (root / "x.parquet").write_bytes(b"")
     with pytest.raises(ValueError, match="unsupported data format '.parquet'"):
         load_pairs(root / "x.parquet")
+
+
+def test_lenient_validation_tells_the_reader_which_records_to_leave_out(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from corpora.readers import load_pairs
+    from corpora.validate import validate
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    rows = [{"id": "a", "image": "good.png", "caption": "one"}, {"id": "b", "image": "bad.png", "caption": "two"},
+            {"id": "c", "image": "good.png", "caption": "three"}]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = validate(data, "pairs", policy="lenient")
+    assert report.ok and report.bad_locations == {(str(data), 2)}
+    assert load_pairs(data, skip=report.bad_locations)["caption"] == ["one", "three"]
+    assert load_pairs(data)["caption"] == ["one", "two", "three"]  # the reader alone checks records, not pixels
