@@ -395,5 +395,11 @@ def load_model(cfg: ModelConfig):
         model = get_peft_model(model, PeftLoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
             target_modules=_lora_targets(model, cfg.lora), task_type="CAUSAL_LM"))
+        if not cfg.freeze_projector and not cfg.lora.include_vision:
+            # peft freezes every base weight; the projector is small and is what stage 1 exists to align,
+            # so unless it gets adapters itself it keeps training in full (it is saved with the merged weights).
+            for name, p in model.named_parameters():
+                if tower_of(name) == "projector":
+                    p.requires_grad_(True)
     _freeze(model, cfg)
     return model, processor

@@ -112,12 +112,24 @@ def train_one_step(model, processor):
 
 
 def test_lora_trains_only_adapters_on_the_language_model(tiny):
-    model, processor = load_model(ModelConfig(name_or_path=str(tiny["qwen2_5_vl"]), lora=LoraConfig(enabled=True, r=4)))
+    model, processor = load_model(ModelConfig(name_or_path=str(tiny["qwen2_5_vl"]), freeze_projector=True,
+                                              lora=LoraConfig(enabled=True, r=4)))
     changed, trainable = train_one_step(model, processor)
     assert trainable and all("lora_" in n for n in trainable)
     assert all(factory.tower_of(n) == "llm" for n in trainable)  # include_vision=False keeps the vision tower out
     # lora_B starts at zero, so after one step every lora_B changed and nothing outside the adapters moved.
     assert {n for n in trainable if "lora_B" in n} <= changed <= trainable
+
+
+def test_lora_keeps_an_unfrozen_projector_training_in_full(tiny):
+    # peft freezes every base weight; a projector the policy trains must still learn (stage 1's whole point)
+    model, processor = load_model(ModelConfig(name_or_path=str(tiny["qwen2_5_vl"]), freeze_vision=True,
+                                              lora=LoraConfig(enabled=True, r=4)))
+    changed, trainable = train_one_step(model, processor)
+    projector = {n for n, _ in model.named_parameters() if factory.tower_of(n) == "projector"}
+    assert projector and projector <= trainable and projector & changed
+    assert all("lora_" in n for n in trainable - projector)
+    assert not any(factory.tower_of(n) == "vision" for n in trainable)
 
 
 def test_lora_include_vision_adapts_vision_linears(tiny):
@@ -129,7 +141,8 @@ def test_lora_include_vision_adapts_vision_linears(tiny):
 
 @pytest.mark.parametrize("bits, layer", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
 def test_qlora_trains_one_step_on_cpu(tiny, bits, layer):
-    cfg = ModelConfig(name_or_path=str(tiny["qwen2_5_vl"]), quantization=bits, lora=LoraConfig(enabled=True, r=4))
+    cfg = ModelConfig(name_or_path=str(tiny["qwen2_5_vl"]), quantization=bits, freeze_projector=True,
+                      lora=LoraConfig(enabled=True, r=4))
     model, processor = load_model(cfg)
     quantised = {n for n, m in model.named_modules() if type(m).__name__ == layer}
     assert quantised and all(factory.tower_of(n + ".") == "llm" for n in quantised)
