@@ -9,6 +9,7 @@ from collections import defaultdict
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from stages.registry import Registry
@@ -62,12 +63,22 @@ def check_both_ranks_trained(probe, final, initial_digest: str, min_samples: int
 
 def test_sft_two_ranks(demo, tiny, tmp_path):
     steps, batch = 3, 2
-    run_child("recipes.sft", [f"data={demo.root}", f"init={tiny}", f"max_steps={steps}", "save_every=1",
-                              f"batch_size={batch}", "lr=1e-3", "warmup_ratio=0", "run=ddp"],
-              ranks=RANKS, launcher="accelerate", samples=tmp_path / "probe")
+    args = [f"data={demo.root}", f"init={tiny}", f"max_steps={steps}", "save_every=1", f"batch_size={batch}",
+            "lr=1e-3", "warmup_ratio=0"]
+    run_child("recipes.sft", [*args, "run=ddp"], ranks=RANKS, launcher="accelerate", samples=tmp_path / "probe")
     final = check_only_rank0_wrote("sft", "ddp", [1, 2, 3])
     check_both_ranks_trained(tmp_path / "probe", final, digest_of(tiny), min_samples=steps * batch)
     assert Registry().manifest(final)["parent"] == str(tiny)
+
+    # Stopped after step 1 and resumed on 2 ranks: each rank skips exactly the batches it already trained on,
+    # so the run ends with the weights of the uninterrupted one.
+    run_child("recipes.sft", [*args, "run=part", "stop_after=1"], ranks=RANKS)
+    run_child("recipes.sft", [*args, "run=part"], ranks=RANKS)
+    resumed = Registry().latest("sft", "part")
+    assert resumed.name == final.name
+    a, b = load_file(final / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=lambda m: f"{key}: {m}")
 
 
 def test_rl_two_ranks(demo, tiny, tmp_path):
