@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -147,13 +148,22 @@ class PathoGRPOTrainer(GRPOTrainer):
 
         registry = Registry()
         step = self.state.global_step
+        # Each rank samples its own completions, so each rank's RNG state goes into the checkpoint: every rank
+        # drops it in a hidden folder beside the run; the main process moves them into the entry it writes.
+        rng_dir = registry.root / "rl" / target["run"] / f".rng-step-{step:08d}"
+        rng_dir.mkdir(parents=True, exist_ok=True)
+        self._save_rng_state(str(rng_dir))
+        self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            self._write_entry(registry, target, step)
+            try:
+                self._write_entry(registry, target, step, rng_dir)
+            finally:
+                shutil.rmtree(rng_dir, ignore_errors=True)
         # One writer per checkpoint: the other ranks would race the main process for the same entry (and write
         # one without weights); they wait here so nobody trains on while the checkpoint is still being written.
         self.accelerator.wait_for_everyone()
 
-    def _write_entry(self, registry, target: dict, step: int) -> None:
+    def _write_entry(self, registry, target: dict, step: int, rng_dir: Path) -> None:
         with registry.writer("rl", target["run"], step, parent=target["parent"], config=target["config"],
                              data=target["data"]) as w:
             self.accelerator.unwrap_model(self.model).save_pretrained(w.path)
@@ -162,7 +172,8 @@ class PathoGRPOTrainer(GRPOTrainer):
             state_dir.mkdir()
             self._save_optimizer_and_scheduler(str(state_dir))
             self._save_scaler(str(state_dir))
-            self._save_rng_state(str(state_dir))
+            for rng_file in rng_dir.iterdir():  # rng_state.pth, or rng_state_<rank>.pth for every rank
+                shutil.copy2(rng_file, state_dir / rng_file.name)
             self.state.save_to_json(str(state_dir / "trainer_state.json"))
             w.metrics.update({k: v for k, v in getattr(self, "_last_logs", {}).items()
                               if isinstance(v, (int, float))})

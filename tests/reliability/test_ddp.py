@@ -35,16 +35,16 @@ def digest_of(folder) -> str:
     return parameter_digest(AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32))
 
 
-def check_only_rank0_wrote(stage: str, run: str, steps: list[int]):
+def check_only_rank0_wrote(stage: str, run: str, steps: list[int], rng_states: set[str]):
     registry = Registry()
     entries = registry.entries(stage)
     assert [e["step"] for e in entries] == steps  # one entry per saved step, none twice
     run_dir = registry.root / stage / run
     assert sorted(p.name for p in run_dir.iterdir()) == ["LATEST"] + [f"step-{s:08d}" for s in steps]  # no staging
     assert registry.latest(stage, run).name == f"step-{steps[-1]:08d}"
-    for e in entries:  # complete: weights, optimizer, and the RNG state of the one process that wrote it
+    for e in entries:  # complete: weights, optimizer, trainer state, and the RNG states asked for
         state = {p.name for p in (run_dir / f"step-{e['step']:08d}" / "trainer_state").iterdir()}
-        assert {"optimizer.pt", "trainer_state.json", "rng_state_0.pth"} <= state and "rng_state_1.pth" not in state
+        assert {"optimizer.pt", "trainer_state.json"} <= state and {s for s in state if "rng" in s} == rng_states
         assert (run_dir / f"step-{e['step']:08d}" / "model.safetensors").is_file()
     return registry.latest(stage, run)
 
@@ -66,7 +66,7 @@ def test_sft_two_ranks(demo, tiny, tmp_path):
     args = [f"data={demo.root}", f"init={tiny}", f"max_steps={steps}", "save_every=1", f"batch_size={batch}",
             "lr=1e-3", "warmup_ratio=0"]
     run_child("recipes.sft", [*args, "run=ddp"], ranks=RANKS, launcher="accelerate", samples=tmp_path / "probe")
-    final = check_only_rank0_wrote("sft", "ddp", [1, 2, 3])
+    final = check_only_rank0_wrote("sft", "ddp", [1, 2, 3], {"rng_state_0.pth"})  # the engine keeps rank 0's only
     check_both_ranks_trained(tmp_path / "probe", final, digest_of(tiny), min_samples=steps * batch)
     assert Registry().manifest(final)["parent"] == str(tiny)
 
@@ -76,18 +76,27 @@ def test_sft_two_ranks(demo, tiny, tmp_path):
     run_child("recipes.sft", [*args, "run=part"], ranks=RANKS)
     resumed = Registry().latest("sft", "part")
     assert resumed.name == final.name
-    a, b = load_file(final / "model.safetensors"), load_file(resumed / "model.safetensors")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=lambda m: f"{key}: {m}")
+    assert_same_weights(final, resumed)
+
+
+def assert_same_weights(a, b):
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6, msg=lambda m: f"{key}: {m}")
 
 
 def test_rl_two_ranks(demo, tiny, tmp_path):
     steps, generations = 2, 4
-    run_child("recipes.rl", [f"data={demo.root}", f"init={tiny}", "algorithm=grpo", f"steps={steps}",
-                             "save_every=1", f"num_generations={generations}", "batch=1",
-                             "max_completion_length=8", "lr=1e-3", "log_completions=0", "run=ddp",
-                             "rewards=['tests.reliability.launch:token_parity_reward']", "reward_weights=[1.0]"],
-              ranks=RANKS, samples=tmp_path / "probe")
-    final = check_only_rank0_wrote("rl", "ddp", [1, 2])
+    args = [f"data={demo.root}", f"init={tiny}", "algorithm=grpo", f"steps={steps}", "save_every=1",
+            f"num_generations={generations}", "batch=1", "max_completion_length=8", "lr=1e-3", "log_completions=0",
+            "rewards=['tests.reliability.launch:token_parity_reward']", "reward_weights=[1.0]"]
+    run_child("recipes.rl", [*args, "run=ddp"], ranks=RANKS, samples=tmp_path / "probe")
+    final = check_only_rank0_wrote("rl", "ddp", [1, 2], {"rng_state_0.pth", "rng_state_1.pth"})
     # Each rank scores its own completions: one group of G per step here.
     check_both_ranks_trained(tmp_path / "probe", final, digest_of(tiny), min_samples=steps * generations)
+
+    # Stopped after step 1 and resumed: every rank samples its completions from its own restored RNG state.
+    run_child("recipes.rl", [*args, "run=part", "stop_after=1"], ranks=RANKS)
+    run_child("recipes.rl", [*args, "run=part"], ranks=RANKS)
+    assert_same_weights(final, Registry().latest("rl", "part"))
