@@ -8,6 +8,11 @@ export PATHOR1_HOME ?= $(CURDIR)/runs
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 ARGS ?=
+# `make pretrain sft rl` runs the stages one by one on the demo corpus, each starting from the previous
+# stage's newest registry entry; point these at your own YAML (or add ARGS="key=value ...") for real runs.
+PRETRAIN_CONFIG ?= stages/configs/pretrain_demo.yaml
+SFT_CONFIG      ?= stages/configs/sft_demo.yaml
+RL_CONFIG       ?= stages/configs/rl_dapo.yaml
 
 .PHONY: install test test-slow test-all demo pretrain sft rl clip eval report bench lint clean
 
@@ -37,22 +42,22 @@ demo: $(STAMP)
 	$(PY) -m recipes.patho_r1 $(ARGS)
 
 pretrain: $(STAMP)
-	$(PY) -m recipes.pretrain $(ARGS)
+	$(PY) -m recipes.pretrain --config $(PRETRAIN_CONFIG) $(ARGS)
 
 sft: $(STAMP)
-	$(PY) -m recipes.sft $(ARGS)
+	$(PY) -m recipes.sft --config $(SFT_CONFIG) $(ARGS)
 
 rl: $(STAMP)
-	$(PY) -m recipes.rl $(ARGS)
+	$(PY) -m recipes.rl --config $(RL_CONFIG) $(ARGS)
 
 clip: $(STAMP)
 	$(PY) -m pathoclip.train $(ARGS)
 
 eval: $(STAMP)
-	$(PY) -m evaluation.run $(ARGS)
+	$(PY) -m evaluation.run $(or $(ARGS),--model rl:latest --suite demo-mcq)
 
 report: $(STAMP)
-	$(PY) -m evaluation.report $(ARGS)
+	$(PY) -m evaluation.report $(or $(ARGS),rl:latest)
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
