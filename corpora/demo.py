@@ -94,11 +94,20 @@ class DemoCorpus:
 
 
 def _findings(tissue: str, subset: str) -> str:
-    """The visible findings of an image, as the SFT reasoning and captions cite them."""
+    """The visible findings of an image, style included, as the captions cite them."""
     text = f"This {STAIN[subset]} shows {NUCLEI[tissue]} and {ARCHITECTURE[tissue]}."
     if subset == "ihc":
         text += f" There are {DAB_FINDING[tissue]}."
     return text
+
+
+def _decisive_findings(tissue: str) -> str:
+    """The SFT reasoning: the findings that decide the class, first, then the diagnosis they point to.
+
+    Short on purpose: the imaging style (which a tiny model picks up first, from colour alone) decides no
+    answer, so it is left out; every remaining token is one the image decides.
+    """
+    return f"{NUCLEI[tissue].capitalize()}, {ARCHITECTURE[tissue]}: {DISPLAY[tissue]}."
 
 
 def _caption(rng: np.random.Generator, tissue: str, subset: str) -> str:
@@ -113,7 +122,7 @@ def mcq_sample(image_id: str, image: str, tissue: str, subset: str, family: str)
     letter = "ABCD"[options.index(truth[tissue])]
     return {"id": f"{image_id}-{family}", "images": [image], "question": question, "options": options,
             "answer": letter, "kind": "mcq", "solution": f"<answer> {letter} </answer>", "subset": subset,
-            "reasoning": f"{_findings(tissue, subset)} So the answer is {truth[tissue]}."}
+            "reasoning": f"{_decisive_findings(tissue)} So the answer is {truth[tissue]}."}
 
 
 def yesno_sample(image_id: str, image: str, tissue: str, subset: str, family: str) -> dict:
@@ -121,7 +130,7 @@ def yesno_sample(image_id: str, image: str, tissue: str, subset: str, family: st
     answer = "yes" if tissue in yes_classes else "no"
     return {"id": f"{image_id}-{family}", "images": [image], "question": question, "options": [],
             "answer": answer, "kind": "yesno", "solution": f"<answer> {answer} </answer>", "subset": subset,
-            "reasoning": f"{_findings(tissue, subset)} So the answer is {answer}."}
+            "reasoning": f"{_decisive_findings(tissue)} So the answer is {answer}."}
 
 
 def _plan(rng: np.random.Generator, n: int, subsets: list[str]) -> list[tuple[str, str, str, str]]:
@@ -193,12 +202,16 @@ def build_demo(out_dir, seed: int = 0, *, n_train: int = 400, n_eval: int = 160,
         writer.writerow(["image_path", "caption", "label"])
         writer.writerows([p["images"][0], p["caption"], p["label"]] for p in pairs)
     families = list(MCQ_FAMILIES)
+
+    def family(r, shift):  # the image's own family, rotated: each stage asks an image other questions
+        return families[(families.index(r["family"]) + shift) % len(families)]
+
+    # SFT asks every training image two MCQ families (more supervision per image than one MCQ and one
+    # yes/no: the held-out test is MCQ), RL a third: same images, new questions.
     _write_jsonl(corpus.sft, [s for r in train for s in (
         mcq_sample(r["id"], r["image"], r["tissue"], r["subset"], r["family"]),
-        yesno_sample(r["id"], r["image"], r["tissue"], r["subset"], r["yesno_family"]))])
-    # RL asks each training image a different MCQ family than SFT did: same images, new questions.
-    _write_jsonl(corpus.rl, [mcq_sample(r["id"], r["image"], r["tissue"], r["subset"],
-                                        families[(families.index(r["family"]) + 1) % len(families)]) for r in train])
+        mcq_sample(r["id"], r["image"], r["tissue"], r["subset"], family(r, 2)))])
+    _write_jsonl(corpus.rl, [mcq_sample(r["id"], r["image"], r["tissue"], r["subset"], family(r, 1)) for r in train])
     _write_jsonl(corpus.eval_mcq, [mcq_sample(r["id"], r["image"], r["tissue"], r["subset"], r["family"])
                                    for r in held_out])
     _write_jsonl(corpus.eval_yesno, [yesno_sample(r["id"], r["image"], r["tissue"], r["subset"], r["yesno_family"])
