@@ -30,16 +30,19 @@ STAGES = ("pretrain", "sft", "rl", "pathoclip")
 
 def _demo_pretrain() -> PretrainConfig:
     # The tiny model starts from random weights: a high learning rate and a few epochs of captions.
-    return PretrainConfig(lr=1e-3, warmup_ratio=0.05, epochs=1, batch_size=8, eval_fraction=0.1, train="all")
+    return PretrainConfig(lr=1e-3, warmup_ratio=0.05, epochs=3, batch_size=8, eval_fraction=0.1, train="all")
 
 
 def _demo_sft() -> SFTConfig:
-    return SFTConfig(lr=1e-3, warmup_ratio=0.05, epochs=2, batch_size=8, train="all")
+    # 2 MCQ per training image; 3 epochs = 300 steps (each ~0.1 s on one CPU thread).
+    return SFTConfig(lr=1e-3, warmup_ratio=0.05, epochs=3, batch_size=8, train="all")
 
 
 def _demo_rl() -> RLConfig:
-    return RLConfig(algorithm="dapo", num_generations=8, batch=4, max_completion_length=64, steps=20, lr=2e-5,
-                    temperature=1.0)
+    # A tiny policy trained from scratch needs a far larger step than a 7B one; SFT completions are ~40 tokens,
+    # so 64 never clips them. The reward targets the one token SFT's loss barely weighs: the class decision.
+    return RLConfig(algorithm="dapo", num_generations=8, batch=4, max_completion_length=64, steps=30, lr=1e-4,
+                    temperature=1.0, train="all")
 
 
 def _demo_clip() -> CLIPTrainConfig:
