@@ -20,7 +20,7 @@ from pathlib import Path
 from evaluation.metrics import metrics_table
 from evaluation.plots import accuracy_bars, curves, heatmap
 
-DEFAULT_REWARD_TAGS = ("train/reward", "train/rewards/*")
+DEFAULT_REWARD_TAGS = ("train/reward", "train/rewards/*/mean")  # the std series would share the reward axis
 
 
 def _read(path: Path) -> dict | None:
