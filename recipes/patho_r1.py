@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pathoclip.train import CLIPTrainConfig
+from stages import pretrain, rl, sft
 from stages.config import load_config_or_exit
 from stages.model import resolve_model_path
 from stages.pretrain import PretrainConfig
@@ -84,14 +85,13 @@ def run(cfg: PathoR1Config) -> Path:
 
     checkpoints = {"base": str(base)}
     parent = str(base)
-    for stage, module, stage_cfg, data in (("pretrain", "stages.pretrain", cfg.pretrain, corpus / "pairs.jsonl"),
-                                           ("sft", "stages.sft", cfg.sft, corpus / "sft.jsonl"),
-                                           ("rl", "stages.rl", cfg.rl, corpus / "rl.jsonl")):
+    for stage, train, stage_cfg, data in (("pretrain", pretrain.run, cfg.pretrain, corpus / "pairs.jsonl"),
+                                          ("sft", sft.run, cfg.sft, corpus / "sft.jsonl"),
+                                          ("rl", rl.run, cfg.rl, corpus / "rl.jsonl")):
         if stage not in cfg.stages:
             continue
         print(f"== {stage} (init {parent})", flush=True)
-        mod = __import__(module, fromlist=["run"])
-        parent = str(mod.run(stage_config(stage_cfg, run=cfg.run, data=data, init=parent)))
+        parent = str(train(stage_config(stage_cfg, run=cfg.run, data=data, init=parent)))
         checkpoints[stage] = parent
         t = timer.mark(stage, t)
 
