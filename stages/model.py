@@ -367,6 +367,11 @@ def _lora_targets(model, lora: LoraConfig) -> list[str]:
     return targets
 
 
+def _projector_modules(model) -> list[str]:
+    """Full names of the projector's top modules (``model.visual.merger``, Qwen3-VL's deepstack mergers)."""
+    return [name for name, _ in model.named_modules() if re.search(r"(^|\.)visual\.(merger|deepstack_merger_list)$", name)]
+
+
 def load_model(cfg: ModelConfig):
     """Load ``cfg.name_or_path`` as ``(model, processor)`` with the dtype, attention, freezing and adapters asked for."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
@@ -392,14 +397,12 @@ def load_model(cfg: ModelConfig):
     if cfg.lora.enabled:
         from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
+        # peft freezes every base weight; the projector is small and is what stage 1 exists to align, so
+        # unless it gets adapters itself it trains in full as a peft "module to save" (kept in the adapter
+        # file, so resume restores it, and merged into the saved weights).
+        full = [] if cfg.freeze_projector or cfg.lora.include_vision else _projector_modules(model)
         model = get_peft_model(model, PeftLoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=_lora_targets(model, cfg.lora), task_type="CAUSAL_LM"))
-        if not cfg.freeze_projector and not cfg.lora.include_vision:
-            # peft freezes every base weight; the projector is small and is what stage 1 exists to align,
-            # so unless it gets adapters itself it keeps training in full (it is saved with the merged weights).
-            for name, p in model.named_parameters():
-                if tower_of(name) == "projector":
-                    p.requires_grad_(True)
+            target_modules=_lora_targets(model, cfg.lora), modules_to_save=full or None, task_type="CAUSAL_LM"))
     _freeze(model, cfg)
     return model, processor
