@@ -29,8 +29,21 @@ def prompt_dataset(qa, template: str):
     return ds.cast_column("images", List(Image()))
 
 
-def grpo_args(cfg: RLConfig, output_dir: Path):
-    """TRL's GRPOConfig from a resolved RLConfig (every preset value filled in)."""
+# Tokens a completion must never contain: a sampled <|image_pad|> (or a vision start/end) makes the policy
+# forward count more image tokens than the prompt has images, and Qwen-VL's rope-index code fails on it.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def vision_token_ids(processor) -> list[int]:
+    tokenizer = getattr(processor, "tokenizer", processor)
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
+
+
+def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] = ()):
+    """TRL's GRPOConfig from a resolved RLConfig (every preset value filled in).
+
+    ``suppress_token_ids`` are never sampled (transformers generation; vLLM gets no such option here)."""
     import torch
     from trl import GRPOConfig
 
@@ -74,6 +87,8 @@ def grpo_args(cfg: RLConfig, output_dir: Path):
         log_completions=False,
         disable_tqdm=False,
         dataloader_num_workers=0,
+        generation_kwargs={"suppress_tokens": list(suppress_token_ids)} if suppress_token_ids and not cfg.use_vllm
+        else None,
     )
 
 
@@ -134,7 +149,7 @@ def run(cfg: RLConfig) -> Path:
     trainer = PathoGRPOTrainer(
         model=model,
         reward_funcs=rewards,
-        args=grpo_args(cfg, output_dir),
+        args=grpo_args(cfg, output_dir, suppress_token_ids=vision_token_ids(processor)),
         train_dataset=dataset,
         processing_class=processor,
         dynamic_sampling=cfg.dynamic_sampling,

@@ -131,3 +131,17 @@ def test_stages_rl_run_stays_the_function_after_the_implementation_is_imported()
     import stages.rl.training  # noqa: F401
 
     assert callable(stages.rl.run) and stages.rl.run.__module__ == "stages.rl"
+
+
+def test_rollouts_never_sample_vision_tokens(tmp_path):
+    # a sampled <|image_pad|> breaks Qwen-VL's rope index in the policy forward (seen at 112 px in the demo)
+    from stages.model import resolve_model_path
+    from stages.rl.config import RLConfig
+    from stages.rl.training import grpo_args, vision_token_ids
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(resolve_model_path("tiny:qwen2_5_vl"))
+    ids = vision_token_ids(processor)
+    assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") in ids and len(ids) >= 4
+    args = grpo_args(RLConfig().resolved(), tmp_path, suppress_token_ids=ids)
+    assert args.generation_kwargs == {"suppress_tokens": ids}
