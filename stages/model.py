@@ -200,7 +200,10 @@ def _tiny_processor(family: str, tok, image_size: int):
 
 def _tiny_settings(family: str, seed: int, image_size: int) -> dict:
     corpus = hashlib.sha256(_CORPUS.read_bytes()).hexdigest()[:12]
-    return dict(family=family, seed=seed, image_size=image_size, version=_PRESET_VERSION, corpus=corpus)
+    # The architecture itself is part of the key: editing a preset must never silently reuse an old cached build.
+    spec = json.dumps({"text": _TINY_TEXT, "family": _TINY[family]}, sort_keys=True, default=str)
+    return dict(family=family, seed=seed, image_size=image_size, version=_PRESET_VERSION, corpus=corpus,
+                spec=hashlib.sha256(spec.encode()).hexdigest()[:12])
 
 
 def build_tiny(family: str, out_dir, *, seed: int = 0, image_size: int = 112) -> Path:

@@ -255,3 +255,14 @@ def test_build_folder_once_loser_of_a_race_keeps_the_winner(tmp_path):
     assert factory.build_folder_once(final, racing, marker="done") == final
     assert (final / "done").read_text() == "theirs"
     assert [p.name for p in tmp_path.iterdir()] == ["thing"]
+
+
+def test_tiny_cache_key_follows_the_architecture(monkeypatch):
+    # editing a preset must build a new base, not silently reuse the cached folder of the old architecture
+    before = resolve_model_path("tiny:qwen2_vl")
+    monkeypatch.setitem(factory._TINY_TEXT, "num_hidden_layers", 3)
+    after = resolve_model_path("tiny:qwen2_vl")
+    assert after != before
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(after).text_config.num_hidden_layers == 3
