@@ -40,6 +40,14 @@ def vision_token_ids(processor) -> list[int]:
     return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
 
 
+def pad_prompts_left(processor) -> None:
+    """TRL left-pads the prompt ids but builds the forward's ``mm_token_type_ids`` with the processor's own
+    padding side. With a right-padding processor the image-token types of shorter prompts sit at the wrong
+    positions: Qwen-VL's rope index then silently misplaces the image (or fails once the padding is longer than
+    the text before the image). TRL sets "left" only on processors it loads itself."""
+    getattr(processor, "tokenizer", processor).padding_side = "left"
+
+
 def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] = ()):
     """TRL's GRPOConfig from a resolved RLConfig (every preset value filled in).
 
@@ -139,6 +147,7 @@ def run(cfg: RLConfig) -> Path:
     model_cfg.name_or_path = str(resume_from) if full_resume else init
     model_cfg.freeze_vision, model_cfg.freeze_projector, model_cfg.freeze_llm = TRAIN_POLICIES[cfg.train]
     model, processor = load_model(model_cfg)
+    pad_prompts_left(processor)
     if full_resume:  # TRL builds the KL reference model from this name: it stays the input model
         model.config._name_or_path = resolve_model_path(init)
 

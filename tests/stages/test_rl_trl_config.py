@@ -4,6 +4,7 @@ TRL computes the math (we do not re-implement it); these tests pin down that OUR
 what the algorithms prescribe: group-normalised vs unnormalised advantages, clipping at 0.2 / 0.28,
 sequence- vs token-level normalisation, Dr. GRPO's constant normaliser.
 """
+import json
 import math
 
 import pytest
@@ -145,3 +146,25 @@ def test_rollouts_never_sample_vision_tokens(tmp_path):
     assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") in ids and len(ids) >= 4
     args = grpo_args(RLConfig().resolved(), tmp_path, suppress_token_ids=ids)
     assert args.generation_kwargs == {"suppress_tokens": ids}
+
+
+def test_rollout_processor_types_line_up_with_the_image_tokens_of_short_prompts():
+    # TRL builds the forward's mm_token_type_ids with the processor's padding side while it left-pads the prompt
+    # ids; a right-padding processor put the image types of shorter prompts at the wrong positions (the demo's
+    # RL crashed in Qwen-VL's rope index at 112 px)
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from stages.model import resolve_model_path
+    from stages.rl.training import pad_prompts_left
+
+    processor = AutoProcessor.from_pretrained(resolve_model_path("tiny:qwen2_5_vl"))
+    chat = lambda q: processor.apply_chat_template(  # noqa: E731
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}], add_generation_prompt=True)
+    texts = [chat("Short?"), chat("A much longer question about the nuclei, the glands and the stroma? " * 3)]
+    images = [[Image.new("RGB", (112, 112), "red")], [Image.new("RGB", (112, 112), "blue")]]
+    pad_prompts_left(processor)
+    out = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    assert out["attention_mask"][0, 0] == 0  # the short prompt is padded on the left, like TRL's prompt ids
+    image = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert torch.equal(out["mm_token_type_ids"] == 1, out["input_ids"] == image)
