@@ -18,10 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import os
 import random
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,7 +35,7 @@ from corpora.chat import user_content
 from corpora.demo import build_demo
 from corpora.validate import validate
 
-from stages.model import ModelConfig, load_model, resolve_model_path
+from stages.model import ModelConfig, build_folder_once, load_model, resolve_model_path
 from stages.registry import Registry, home, step_dir
 
 # train policy -> (freeze_vision, freeze_projector, freeze_llm)
@@ -127,22 +124,13 @@ class StageConfig:
 
 
 # ----------------------------------------------------------------------------------------------- data
+DEMO_IMAGE_SIZE = 112  # 16 image tokens for the tiny preset; at 56 px (4 tokens) it never learnt to read the class
+
+
 def demo_corpus() -> Path:
     """The demo corpus under $PATHOR1_HOME/demo_corpus, built once (atomically: concurrent runs never see half)."""
-    final = Path(home()) / "demo_corpus"
-    if (final / "demo.json").exists():
-        return final
-    staging = final.parent / f".staging-demo-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    try:
-        build_demo(staging)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not (final / "demo.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
+    return build_folder_once(Path(home()) / "demo_corpus", lambda out: build_demo(out, image_size=DEMO_IMAGE_SIZE),
+                             marker="demo.json")
 
 
 def data_file(data: str, default_name: str) -> Path:
