@@ -56,7 +56,7 @@ def run(cfg: MedR1Config) -> Path:
 
     timer = Timer()
     out_dir = home() / "reports" / "med_r1" / cfg.run
-    corpus = corpus_dir(cfg.data, cfg.demo, cfg.run)
+    corpus = corpus_dir(cfg.data, cfg.demo)
     validate_corpus(corpus)
     init = cfg.init
     if init == "auto":

@@ -52,7 +52,7 @@ class MedVLMR1Config:
 def run(cfg: MedVLMR1Config) -> Path:
     timer = Timer()
     out_dir = home() / "reports" / "medvlm_r1" / cfg.run
-    corpus = corpus_dir(cfg.data, cfg.demo, cfg.run)
+    corpus = corpus_dir(cfg.data, cfg.demo)
     validate_corpus(corpus)
     train_file = subset_file(corpus / "rl.jsonl", f"rl.mcq-{cfg.n_samples}.jsonl",
                              keep=lambda r: r.get("kind") == "mcq", limit=cfg.n_samples)

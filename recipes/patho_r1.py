@@ -80,7 +80,7 @@ def run(cfg: PathoR1Config) -> Path:
     timer = Timer()
     out_dir = home() / "reports" / "patho_r1" / cfg.run
     t = timer.t0
-    corpus = corpus_dir(cfg.data, cfg.demo, cfg.run)
+    corpus = corpus_dir(cfg.data, cfg.demo)
     validate_corpus(corpus)
     base = resolve_model_path(cfg.base)
     t = timer.mark("corpus_and_base", t)

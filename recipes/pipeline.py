@@ -38,7 +38,7 @@ class EvalConfig:
     template: str = field(default="cot", metadata={"help": "Prompt template used for every checkpoint."})
 
 
-def corpus_dir(data: str, demo: DemoCorpusConfig, run: str) -> Path:
+def corpus_dir(data: str, demo: DemoCorpusConfig) -> Path:
     """``data`` if given, else the demo corpus for these sizes (built once, reused by later runs)."""
     if data:
         return Path(data)
