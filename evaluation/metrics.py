@@ -70,3 +70,38 @@ def markdown_summary(metrics: dict) -> str:
         body += ["## by subset", ""] + metrics_table(metrics["by_subset"]) + [""]
     body += ["## by question kind", ""] + metrics_table(metrics["by_kind"]) + [""]
     return "\n".join(head + body)
+
+
+def paired_comparison(before: dict[str, bool], after: dict[str, bool]) -> dict:
+    """How much ``after`` beats ``before`` on the SAME questions (``id -> correct``), with a paired 95% CI.
+
+    Two checkpoints scored on one split are not independent samples, so comparing their separate Wilson
+    intervals is needlessly weak: what matters is the questions one gets right and the other wrong. This
+    returns the difference of accuracies with Newcombe's paired interval (hybrid score method 10, Stat. Med.
+    1998) and the exact two-sided McNemar p-value on the discordant pairs. Newcombe's interval is written by hand
+    because no library in our stack has it (scipy has the binomial test, not this). ``supported`` = the CI lies
+    above zero.
+    """
+    ids = sorted(set(before) & set(after))
+    if not ids or set(before) != set(after):
+        raise ValueError(f"paired_comparison needs the same questions on both sides: {len(before)} before, "
+                         f"{len(after)} after, {len(ids)} shared")
+    n = len(ids)
+    both = sum(before[i] and after[i] for i in ids)
+    fixed = sum(after[i] and not before[i] for i in ids)  # wrong before, right after
+    broken = sum(before[i] and not after[i] for i in ids)  # right before, wrong after
+    neither = n - both - fixed - broken
+    p_after, p_before = (both + fixed) / n, (both + broken) / n
+    l1, u1 = wilson_interval(both + fixed, n)
+    l2, u2 = wilson_interval(both + broken, n)
+    denom = (both + fixed) * (broken + neither) * (both + broken) * (fixed + neither)
+    phi = (both * neither - fixed * broken) / math.sqrt(denom) if denom else 0.0
+    diff = p_after - p_before
+    lower = diff - math.sqrt(max(0.0, (p_after - l1) ** 2 - 2 * phi * (p_after - l1) * (u2 - p_before)
+                                 + (u2 - p_before) ** 2))
+    upper = diff + math.sqrt(max(0.0, (u1 - p_after) ** 2 - 2 * phi * (u1 - p_after) * (p_before - l2)
+                                 + (p_before - l2) ** 2))
+    discordant = fixed + broken
+    tail = sum(math.comb(discordant, k) for k in range(min(fixed, broken) + 1)) / 2 ** discordant if discordant else 1.0
+    return {"n": n, "difference": diff, "ci95": [max(-1.0, lower), min(1.0, upper)], "fixed": fixed,
+            "broken": broken, "mcnemar_p": min(1.0, 2 * tail), "supported": lower > 0}
