@@ -81,7 +81,30 @@ def evaluate_checkpoints(checkpoints: dict[str, str], ev: EvalConfig, corpus: Pa
             "by_subset": {k: v["accuracy"] for k, v in m["by_subset"].items()}}}
         print(f"eval {name:9s} accuracy {o['accuracy']:.3f}  95% CI [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}]  "
               f"n={o['n']}  format {o['format_rate']:.2f}")
+    table["comparisons"] = compare_stages(list(checkpoints), out_dir / "eval")
     return table
+
+
+def _correct_by_id(predictions: Path) -> dict[str, bool]:
+    with open(predictions, encoding="utf-8") as f:
+        return {row["id"]: bool(row["correct"]) for row in map(json.loads, f) if row}
+
+
+def compare_stages(names: list[str], eval_dir: Path) -> dict:
+    """Each stage against the one before it, on the same questions (paired 95% CI + McNemar p):
+    ``{"sft_vs_pretrain": {...}, ...}``. This is the test of "each step by a margin the CI supports"."""
+    from evaluation.metrics import paired_comparison
+
+    out = {}
+    for before, after in zip(names, names[1:]):
+        c = paired_comparison(_correct_by_id(eval_dir / before / "predictions.jsonl"),
+                              _correct_by_id(eval_dir / after / "predictions.jsonl"))
+        out[f"{after}_vs_{before}"] = c
+        lo, hi = c["ci95"]
+        print(f"paired {after:>8s} - {before:<8s} {c['difference']:+.3f}  95% CI [{lo:+.3f}, {hi:+.3f}]  "
+              f"fixed {c['fixed']} broken {c['broken']}  McNemar p={c['mcnemar_p']:.3g}"
+              f"{'  (supported)' if c['supported'] else ''}")
+    return out
 
 
 def peak_memory_gib() -> float:

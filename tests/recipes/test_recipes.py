@@ -24,6 +24,14 @@ def test_patho_r1_demo_writes_report_and_metrics(tmp_path):
         assert mcq["n"] == 8 and 0.0 <= mcq["accuracy"] <= 1.0
         lo, hi = mcq["ci95"]
         assert lo <= mcq["accuracy"] <= hi
+    # each stage against the one before it, paired on the same 8 questions
+    comparisons = metrics["comparisons"]
+    assert list(comparisons) == ["pretrain_vs_base", "sft_vs_pretrain", "rl_vs_sft"]
+    for name, c in comparisons.items():
+        after, before = name.split("_vs_")
+        assert c["n"] == 8
+        assert c["difference"] == pytest.approx(metrics[after]["mcq"]["accuracy"] - metrics[before]["mcq"]["accuracy"])
+        assert c["ci95"][0] <= c["difference"] <= c["ci95"][1] and c["supported"] == (c["ci95"][0] > 0)
     assert metrics["pathoclip"]["chance"] == pytest.approx(0.25)
     assert 0.0 <= metrics["pathoclip"]["zero_shot_accuracy"] <= 1.0
     assert metrics["wall_seconds"] > 0 and metrics["peak_memory_gib"] > 0
