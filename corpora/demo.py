@@ -5,7 +5,7 @@ Built so that a tiny VLM can learn it on CPU in minutes while a text-only guess 
 classes are balanced and every question family has a fixed option set in a fixed order, so the
 answer letter is decided by the image alone. Train and eval never share an image.
 
-    python -m corpora.demo OUT [--seed 0] [--n-train 400] [--n-eval 160] [--image-size 56]
+    python -m corpora.demo OUT [--seed 0] [--n-train 400] [--n-eval 160] [--image-size 112]
 """
 from __future__ import annotations
 
@@ -256,7 +256,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=400, help="training images")
     parser.add_argument("--n-eval", type=int, default=160, help="held-out images")
-    parser.add_argument("--image-size", type=int, default=56, help="pixels per side (Qwen-VL patches are 14 px)")
+    parser.add_argument("--image-size", type=int, default=112,
+                        help="pixels per side (Qwen-VL patches are 14 px); 112 = the demo recipe's size")
     parser.add_argument("--subsets", nargs="+", default=SUBSETS, choices=SUBSETS, help="imaging styles")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if an identical corpus exists")
     args = parser.parse_args(argv)
