@@ -94,10 +94,15 @@ class StageConfig:
     logging_steps: int = field(default=1, metadata={"help": "Log the loss every N steps (TensorBoard + manifest)."})
     seed: int = field(default=0, metadata={"help": "Seed for init, data order and dropout."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
+    center_image_features: bool = field(
+        default=False, metadata={"help": "Batch-centre the image tokens in training and fold the mean into the "
+                                         "projector bias (stages/centering.py): for small models trained from scratch."})
 
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
+        if self.center_image_features and self.model.lora.enabled:
+            raise ValueError("center_image_features edits the projector in place and does not work with lora.enabled")
         if self.train not in TRAIN_POLICIES:
             raise ValueError(f"train must be one of {'|'.join(TRAIN_POLICIES)}, got {self.train!r}")
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -452,11 +457,20 @@ def prepare_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) 
     trainer = StageTrainer(
         model=model, args=training_arguments(cfg, log_dir), train_dataset=train_rows, eval_dataset=eval_rows,
         processing_class=processor, data_collator=ChatCollator(processor, max_length=cfg.max_length),
-        callbacks=[StopAfter(cfg.stop_after)] if cfg.stop_after else None,
+        callbacks=stage_callbacks(cfg, model),
         checkpointing=Checkpointing(stage, cfg.run, init, dataclasses.replace(cfg, init=init), list(data_files),
                                     cfg.template, cfg.keep_last),
     )
     return trainer, resume_from
+
+
+def stage_callbacks(cfg: StageConfig, model) -> list:
+    callbacks = [StopAfter(cfg.stop_after)] if cfg.stop_after else []
+    if cfg.center_image_features:
+        from stages.centering import ImageFeatureCentering
+
+        callbacks.append(ImageFeatureCentering(model))
+    return callbacks
 
 
 def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> Path:

@@ -1,0 +1,74 @@
+"""center_image_features: image tokens stay centred in the saved weights (plain Qwen-VL, Auto classes), the
+optimiser no longer sees the shared direction, and LoRA is refused."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from corpora.demo import build_demo
+from recipes import pretrain as pretrain_recipe
+from stages.centering import ImageFeatureCentering, projector_output_layer
+from stages.config import ConfigError, load_config
+from stages.model import resolve_model_path
+from stages.sft import SFTConfig
+
+FAST = ["batch_size=4", "lr=1e-3", "warmup_ratio=0", "max_steps=8", "train=all", "validate=strict"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return build_demo(tmp_path_factory.mktemp("demo"), n_train=8, n_eval=4)
+
+
+def run(argv, capsys):
+    from pathlib import Path
+
+    assert pretrain_recipe.main(argv) == 0
+    return Path(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def image_tokens(model, processor, demo) -> torch.Tensor:
+    paths = [demo.root / json.loads(line)["images"][0] for line in open(demo.pairs)]
+    enc = processor.image_processor(images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt")
+    feats = model.model.get_image_features(enc["pixel_values"], enc["image_grid_thw"])
+    return torch.cat(list(getattr(feats, "pooler_output", feats)))
+
+
+@torch.no_grad()
+def mean_norm(folder, demo) -> float:
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()  # the plain HF class, no pathor1 code
+    return float(image_tokens(model, AutoProcessor.from_pretrained(folder), demo).mean(0).norm())
+
+
+def test_saved_weights_produce_centred_image_tokens(demo, capsys):
+    plain = run([f"data={demo.pairs}", "run=plain", *FAST], capsys)
+    centred = run([f"data={demo.pairs}", "run=centred", "center_image_features=true", *FAST], capsys)
+    drift, kept = mean_norm(plain, demo), mean_norm(centred, demo)
+    assert kept < 0.25 * drift, (kept, drift)
+
+
+def test_training_forward_is_centred_and_blind_to_the_shared_direction(demo):
+    folder = resolve_model_path("tiny:qwen2_5_vl")
+    model = AutoModelForImageTextToText.from_pretrained(folder).train()
+    processor = AutoProcessor.from_pretrained(folder)
+    callback = ImageFeatureCentering(model)
+    tokens = image_tokens(model, processor, demo)
+    assert tokens.mean(0).abs().max() < 1e-5  # centred over the batch in training
+    shared = torch.randn(tokens.shape[-1])
+    (tokens * shared).sum().backward()  # a loss that only moves every token along one shared direction
+    # ...gives the projector bias no gradient (uncentred it would be n_tokens * shared, here ~100 per entry)
+    assert projector_output_layer(model).bias.grad.abs().max() < 1e-3
+    bias = projector_output_layer(model).bias.detach().clone()
+    callback.on_step_end(None, None, None)
+    assert not torch.equal(bias, projector_output_layer(model).bias)  # the step's mean was folded in
+    model.eval()
+    with torch.no_grad():
+        raw = image_tokens(model, processor, demo)
+    assert raw.mean(0).norm() < 1e-4 * max(1.0, float(tokens.norm()))  # eval: the folded weights alone centre
+
+
+def test_centering_refuses_lora():
+    with pytest.raises(ConfigError, match="lora"):
+        load_config(SFTConfig, ["center_image_features=true", "model.lora.enabled=true"])
