@@ -8,8 +8,9 @@ told four solid colours apart as three classes, and never answered "stroma" on t
 after 12 SFT epochs); with the batch mean subtracted in training it reached 0.76 (docs/DEMO_LEARNING.md).
 
 How: in training, every projector output has its batch mean subtracted, gradient included (the gradient along
-the shared direction is projected out, so the optimiser stops growing it). After each step that mean is also
-subtracted from the projector's last bias. Batch centring ignores such a shift, so training is unchanged, but
+the shared direction is projected out, so the optimiser stops growing it). After each step a share of that mean
+(an exponential average over ~20 steps, since one length-grouped batch can hold one class) is also subtracted
+from the projector's last bias. Batch centring ignores such a shift, so training is unchanged, but
 the weights themselves now produce centred tokens: checkpoints stay plain Qwen-VL folders that load with the
 Auto classes and behave the same at inference, without this module. Written by hand; no library does it.
 Meant for small models trained from scratch (off by default); a pretrained Qwen-VL does not need it.
@@ -33,6 +34,9 @@ def projector_output_layer(model) -> torch.nn.Linear:
         raise ValueError(f"center_image_features: no projector output layer with a bias in {type(model).__name__} "
                          f"(supported: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, without LoRA)")
     return layer
+
+
+FOLD_RATE = 0.05  # share of each step's batch mean folded into the bias: an exponential average over ~20 steps
 
 
 class ImageFeatureCentering(TrainerCallback):
@@ -60,6 +64,6 @@ class ImageFeatureCentering(TrainerCallback):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(total)  # every rank folds the same vector, so replicas stay equal
             torch.distributed.all_reduce(count)
-        with torch.no_grad():
-            self.layer.bias.sub_((total / count).to(self.layer.bias.dtype))
+        with torch.no_grad():  # a fraction per step: one batch's mean can be class-specific (length grouping)
+            self.layer.bias.sub_((FOLD_RATE * total / count).to(self.layer.bias.dtype))
         self.total, self.count = None, 0
