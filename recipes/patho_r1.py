@@ -30,14 +30,16 @@ STAGES = ("pretrain", "sft", "rl", "pathoclip")
 
 
 def _demo_pretrain() -> PretrainConfig:
-    # The tiny model starts from random weights: a high learning rate and a few epochs of captions.
-    return PretrainConfig(lr=1e-3, warmup_ratio=0.05, epochs=3, batch_size=8, eval_fraction=0.1, train="all")
+    # The tiny model starts from random weights: a high learning rate and a few epochs of captions. Centred image
+    # tokens (stages/centering.py) let it read all four classes: without them it never told stroma from normal.
+    return PretrainConfig(lr=1e-3, warmup_ratio=0.05, epochs=3, batch_size=8, eval_fraction=0.1, train="all",
+                          center_image_features=True)
 
 
 def _demo_sft() -> SFTConfig:
     # 2 MCQ per training image; 6 epochs = 600 steps (each ~0.15 s on one CPU thread with 112 px images).
-    # Only the class decision depends on the image, so it is learnt late (dev split: 3 epochs 0.44, 6 epochs 0.51-0.61).
-    return SFTConfig(lr=1e-3, warmup_ratio=0.05, epochs=6, batch_size=8, train="all")
+    # Dev split (seed 1, never the eval split): 0.61 without centring (stroma always "normal"), 0.77 with it.
+    return SFTConfig(lr=1e-3, warmup_ratio=0.05, epochs=6, batch_size=8, train="all", center_image_features=True)
 
 
 def _demo_rl() -> RLConfig:
