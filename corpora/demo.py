@@ -33,6 +33,9 @@ SYNONYMS = {
     "stroma": ["fibrous stroma", "connective tissue", "collagenous stroma"],
 }
 SUBSETS = list(STYLES)
+# The size the demo recipe trains on: 16 image tokens with the tiny preset; at 56 px (4 tokens) the tiny VLM
+# never learnt to read the class. build_demo's own default stays small for fast tests.
+DEMO_IMAGE_SIZE = 112
 STAIN = {"he": "H&E-stained section", "ihc": "immunohistochemistry (DAB) section", "cytology": "cytology smear"}
 NUCLEI = {"normal": "sparse small round nuclei", "adenocarcinoma": "dense large pleomorphic nuclei",
           "lymphoma": "very dense small round nuclei", "stroma": "sparse elongated spindle nuclei"}
@@ -256,8 +259,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=400, help="training images")
     parser.add_argument("--n-eval", type=int, default=160, help="held-out images")
-    parser.add_argument("--image-size", type=int, default=112,
-                        help="pixels per side (Qwen-VL patches are 14 px); 112 = the demo recipe's size")
+    parser.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE,
+                        help="pixels per side (Qwen-VL patches are 14 px); default: the demo recipe's size")
     parser.add_argument("--subsets", nargs="+", default=SUBSETS, choices=SUBSETS, help="imaging styles")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if an identical corpus exists")
     args = parser.parse_args(argv)

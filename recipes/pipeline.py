@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corpora.demo import build_demo
+from corpora.demo import DEMO_IMAGE_SIZE, build_demo
 from corpora.validate import validate
 from stages.config import to_dict
 from stages.registry import home
@@ -23,8 +23,7 @@ from stages.registry import home
 class DemoCorpusConfig:
     n_train: int = field(default=400, metadata={"help": "Training images of the built-in demo corpus."})
     n_eval: int = field(default=160, metadata={"help": "Held-out images (MCQ, yes/no, zero-shot, retrieval)."})
-    # 112 px = 16 image tokens with the tiny preset (its image_size is 112 too); at 56 px (4 tokens) SFT stayed at chance.
-    image_size: int = field(default=112, metadata={"help": "Side of the demo images in pixels."})
+    image_size: int = field(default=DEMO_IMAGE_SIZE, metadata={"help": "Side of the demo images in pixels."})
     seed: int = field(default=0, metadata={"help": "Seed of the demo corpus."})
 
 

@@ -32,7 +32,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from corpora.chat import user_content
-from corpora.demo import build_demo
+from corpora.demo import DEMO_IMAGE_SIZE, build_demo
 from corpora.validate import validate
 
 from stages.model import ModelConfig, build_folder_once, load_model, resolve_model_path
@@ -129,9 +129,6 @@ class StageConfig:
 
 
 # ----------------------------------------------------------------------------------------------- data
-DEMO_IMAGE_SIZE = 112  # 16 image tokens for the tiny preset; at 56 px (4 tokens) it never learnt to read the class
-
-
 def demo_corpus() -> Path:
     """The demo corpus under $PATHOR1_HOME/demo_corpus, built once (atomically: concurrent runs never see half)."""
     return build_folder_once(Path(home()) / "demo_corpus", lambda out: build_demo(out, image_size=DEMO_IMAGE_SIZE),
