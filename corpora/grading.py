@@ -22,6 +22,7 @@ _ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 _ANSWER_TAG = re.compile(r"</?answer>", re.IGNORECASE)
 _THINK_TAG = re.compile(r"</?think>", re.IGNORECASE)
 _COT_FORMAT = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.IGNORECASE | re.DOTALL)
+_THINK_SPAN = re.compile(r"<think>(.*?)</think>", re.IGNORECASE | re.DOTALL)
 _ANSWER_ONLY_FORMAT = re.compile(r"\s*<answer>(.*?)</answer>\s*", re.IGNORECASE | re.DOTALL)
 # "answer: C", "the answer is (C)", "option C" -- a lead-in people and models write before the letter.
 _LEAD_IN = re.compile(r"^(?:(?:the\s+)?(?:final\s+)?(?:correct\s+)?(?:answer|option|choice)\s*(?:is|:)?\s*)", re.IGNORECASE)
@@ -151,6 +152,47 @@ def _reference_letter(answer: str, options) -> str | None:
     """The expected letter; references are letters, but tolerate `<answer> C </answer>` or option text."""
     inner = extract_answer(answer) if "<answer>" in answer.lower() else answer
     return match_option(inner or "", options)
+
+
+def reasoning_conclusion(completion: str, kind: str, options=()) -> str | None:
+    """What the `<think>` span concludes: for mcq the letter of the option it names last, for yesno the last
+    yes/no it says; None when it names none (or for open questions, which have no closed answer set).
+
+    "Last" is by where the mention ends, and on a tie the longer option wins ("very dense" over "dense").
+    """
+    if not completion or len(completion) > MAX_COMPLETION_CHARS:
+        return None
+    match = _THINK_SPAN.search(completion)
+    if match is None:
+        return None
+    text = f" {normalize_text(match.group(1))} "
+    if kind == "yesno":
+        words = [w for w in text.split() if w in ("yes", "no")]
+        return words[-1] if words else None
+    if kind != "mcq":
+        return None
+    best = None  # ((end, length), letter)
+    for i, option in enumerate(options):
+        said = normalize_text(option)
+        start = text.rfind(f" {said} ") if said else -1
+        if start >= 0 and (best is None or (start + len(said), len(said)) > best[0]):
+            best = ((start + len(said), len(said)), LETTERS[i])
+    return best[1] if best else None
+
+
+def answer_follows_reasoning(completion: str, kind: str, options=()) -> bool | None:
+    """Whether the final answer is the one the reasoning concluded; None for open questions.
+
+    False when either is missing: an answer the reasoning never reached earns no consistency credit.
+    """
+    if kind not in ("mcq", "yesno"):
+        return None
+    concluded = reasoning_conclusion(completion, kind, options)
+    extracted = extract_answer(completion)
+    if concluded is None or extracted is None:
+        return False
+    answered = match_option(extracted, options) if kind == "mcq" else yes_no(extracted)
+    return answered == concluded
 
 
 def grade(completion: str, answer: str, kind: str, options=(), *, template: str = "cot") -> Grade:

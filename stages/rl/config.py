@@ -31,7 +31,7 @@ PRESETS: dict[str, dict] = {
     "dr_grpo": dict(loss_type="dr_grpo", scale_rewards="none", beta=0.0, epsilon=0.2, epsilon_high=0.2,
                     mask_truncated_completions=False, dynamic_sampling=False, rewards=["format", "accuracy"]),
 }
-DEFAULT_WEIGHTS = {"format": 0.1, "accuracy": 0.9, "length_aware_accuracy": 1.0, "soft_overlong": 1.0}
+DEFAULT_WEIGHTS = {"format": 0.1, "accuracy": 0.9, "consistency": 0.5, "length_aware_accuracy": 1.0, "soft_overlong": 1.0}
 
 
 def _f(default, help, **kw):
@@ -84,8 +84,8 @@ class RLConfig:
     max_num_gen_batches: int = _f(4, "Dynamic sampling: at most this many generation rounds per step.")
     # -- rewards
     rewards: list[str] | None = _f(
-        None, "Reward names: format, accuracy, length_aware_accuracy, soft_overlong, or package.module:function.")
-    reward_weights: list[float] | None = _f(None, "One weight per reward; default format 0.1, accuracy 0.9, others 1.")
+        None, "Reward names: format, accuracy, consistency, length_aware_accuracy, soft_overlong, or package.module:function.")
+    reward_weights: list[float] | None = _f(None, "One weight per reward; default format 0.1, accuracy 0.9, consistency 0.5, others 1.")
     overlong_cache: int | None = _f(None, "L_cache of the soft overlong punishment; default max_completion_length // 4.")
     length_min: int = _f(0, "length_aware_accuracy: shortest completion (tokens) that can earn +1.")
     length_max: int | None = _f(None, "length_aware_accuracy: longest completion (tokens); default max_completion_length.")

@@ -3,7 +3,8 @@ import time
 
 import pytest
 
-from corpora.grading import MAX_COMPLETION_CHARS, extract_answer, format_ok, grade, match_option, token_f1
+from corpora.grading import (MAX_COMPLETION_CHARS, answer_follows_reasoning, extract_answer, format_ok, grade,
+                             match_option, reasoning_conclusion, token_f1)
 
 OPTS = ["normal colonic mucosa", "adenocarcinoma", "lymphoma", "fibrous stroma"]
 THINK = "<think>nuclei are dense and large</think>"
@@ -157,3 +158,28 @@ def test_grade_is_fast_enough_for_rl():
     for i in range(10_000):
         grade(completions[i % 3], "B", "mcq", OPTS)
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize(
+    "completion, kind, options, concluded",
+    [
+        ("<think>sparse... then very dense</think><answer>D</answer>", "mcq", ["sparse", "dense", "x", "very dense"], "D"),
+        ("<think>very dense? no: dense.</think>", "mcq", ["sparse", "dense", "x", "very dense"], "B"),
+        ("<think>Crowded irregular glands!</think>", "mcq", ["regular round glands", "crowded irregular glands"], "B"),
+        ("<think>densely packed</think>", "mcq", ["dense"], None),  # whole words only
+        ("<answer>A</answer>", "mcq", ["a"], None),  # no reasoning span
+        ("<think>glands, so yes; malignant? no</think>", "yesno", [], "no"),
+        ("<think>tubular adenoma</think>", "open", [], None),
+        ("<think>" + "dense " * 5000 + "</think>", "mcq", ["dense"], None),  # over MAX_COMPLETION_CHARS
+    ],
+)
+def test_reasoning_conclusion(completion, kind, options, concluded):
+    assert reasoning_conclusion(completion, kind, options) == concluded
+
+
+def test_answer_follows_reasoning():
+    opts = ["normal", "lymphoma"]
+    assert answer_follows_reasoning("<think>so lymphoma</think><answer>B</answer>", "mcq", opts) is True
+    assert answer_follows_reasoning("<think>so lymphoma</think><answer>A</answer>", "mcq", opts) is False
+    assert answer_follows_reasoning("<think>so lymphoma</think>", "mcq", opts) is False
+    assert answer_follows_reasoning("<think>x</think><answer>y</answer>", "open") is None

@@ -4,6 +4,7 @@ import pytest
 from stages.rl.config import RLConfig
 from stages.rl.rewards import (
     AccuracyReward,
+    ConsistencyReward,
     LengthAwareAccuracyReward,
     accuracy_reward,
     build_rewards,
@@ -129,3 +130,39 @@ def test_build_rewards_from_config_names_and_weights():
     assert cfg.reward_weights == [0.1, 0.9, 1.0] and cfg.overlong_cache == 25
     with pytest.raises(ValueError, match="unknown reward 'acc'"):
         build_rewards(["acc"])
+
+
+DENSITY = ["sparse", "moderate", "dense", "very dense"]
+DENSITY_MCQ = dict(answer=["D"], kind=["mcq"], options=[DENSITY])
+
+
+@pytest.mark.parametrize(
+    "completion, columns, expected",
+    [
+        ("<think>Very dense nuclei. So the answer is very dense.</think><answer>D</answer>", DENSITY_MCQ, 1.0),
+        # "dense" ends where "very dense" ends; the longer option wins the tie, so this one says C, answers D:
+        ("<think>Very dense nuclei? No. So the answer is dense.</think><answer>D</answer>", DENSITY_MCQ, 0.0),
+        # the last option named decides ("sparse" came first):
+        ("<think>Sparse? No, the nuclei are dense.</think><answer>C</answer>", DENSITY_MCQ, 1.0),
+        ("<think>nothing about density</think><answer>D</answer>", DENSITY_MCQ, 0.0),  # reasoning names no option
+        ("<think>So the answer is very dense.</think>", DENSITY_MCQ, 0.0),  # no answer
+        ("<think>So the answer is very dense.</think><answer>very dense</answer>", DENSITY_MCQ, 1.0),  # option text
+        (chat("<think>Glands are present, so yes.</think><answer>yes</answer>"),
+         dict(answer=["no"], kind=["yesno"], options=[[]]), 1.0),  # yes/no: agrees, even though wrong
+        ("<think>No glands... yes, it is malignant.</think><answer>no</answer>",
+         dict(answer=["no"], kind=["yesno"], options=[[]]), 0.0),  # the last yes/no said decides
+        ("<think>t</think><answer>adenoma</answer>", dict(solution=["<answer> tubular adenoma </answer>"]), None),
+        # open questions have no closed answer set: unscored (TRL's NaN)
+    ],
+)
+def test_consistency_reward_table(completion, columns, expected):
+    assert ConsistencyReward()([completion], **columns) == [expected]
+
+
+def test_consistency_reward_from_config_and_needs_a_reasoning_template():
+    cfg = RLConfig(algorithm="dapo", rewards=["format", "accuracy", "consistency"]).resolved()
+    assert cfg.reward_weights == [0.1, 0.9, 0.5]
+    assert [f.__name__ for f in build_rewards(cfg.rewards)] == ["format_reward", "accuracy_reward",
+                                                                 "consistency_reward"]
+    with pytest.raises(ValueError, match="no reasoning span"):
+        build_rewards(["consistency"], template="nothink")
