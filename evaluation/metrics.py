@@ -21,7 +21,11 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # At 0 or n correct one bound is exactly 0 or 1; in floating point centre - half is then ~1e-18 (n = 400),
+    # which put the point estimate outside its own interval and crashed matplotlib's error bars.
+    lower = 0.0 if correct == 0 else max(0.0, centre - half)
+    upper = 1.0 if correct == n else min(1.0, centre + half)
+    return (lower, upper)
 
 
 def group_metrics(rows: list[dict]) -> dict:

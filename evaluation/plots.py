@@ -34,8 +34,8 @@ def accuracy_bars(table: dict[str, dict[str, dict]], path: Path, title: str = "a
             a = 100 * m["accuracy"] if m else np.nan
             lo, hi = (100 * v for v in m["ci95"]) if m else (np.nan, np.nan)
             acc.append(a)
-            err[0].append(a - lo)
-            err[1].append(hi - a)
+            err[0].append(max(0.0, a - lo))  # never negative: matplotlib refuses negative error bars
+            err[1].append(max(0.0, hi - a))
         ax.bar(x + (k - (len(suites) - 1) / 2) * width, acc, width, yerr=err, capsize=3, label=suite)
     ax.set_xticks(x, checkpoints, rotation=20, ha="right")
     ax.set_ylabel("accuracy (%), 95% Wilson CI")

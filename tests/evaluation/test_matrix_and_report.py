@@ -122,3 +122,14 @@ def test_report_reward_tags_are_configurable_and_home_mode(tmp_path, capsys):
 def test_report_without_anything_says_so(tmp_path):
     md = render_report(home=tmp_path / "empty", out=tmp_path / "r").read_text()
     assert "no metrics.json found" in md and "no TensorBoard scalars" in md and "no matrix.json" in md
+
+
+def test_accuracy_bars_at_zero_and_full_accuracy_on_400_questions(tmp_path):
+    # the full demo's base model scores 0/400: its bar must render (it crashed the report once)
+    from evaluation.metrics import wilson_interval
+    from evaluation.plots import accuracy_bars
+
+    table = {name: {"demo-mcq": {"accuracy": k / 400, "ci95": list(wilson_interval(k, 400))}}
+             for name, k in (("base", 0), ("sft", 314), ("rl", 400))}
+    out = accuracy_bars(table, tmp_path / "accuracy.png")
+    assert Image.open(out).size[0] > 0

@@ -71,6 +71,14 @@ def test_wilson_interval_known_values():
     assert lo == pytest.approx(1 - hi)  # symmetric around 0.5
 
 
+@pytest.mark.parametrize("n", [20, 160, 400, 1000])
+def test_wilson_interval_contains_the_estimate_at_the_extremes(n):
+    # at n = 400 the float formula gave a lower bound of 8.7e-19 for 0 correct, above the estimate itself,
+    # and the report's error-bar plot crashed on the negative error (found in the full demo run)
+    assert wilson_interval(0, n)[0] == 0.0
+    assert wilson_interval(n, n)[1] == 1.0
+
+
 def test_summarize_breaks_down_by_subset_and_kind():
     rows = [
         {"correct": True, "score": 1.0, "format_ok": True, "n_tokens": 10, "subset": "CT", "kind": "mcq"},
