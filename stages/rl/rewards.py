@@ -57,12 +57,15 @@ def _reference(i, answers, kinds, options, solutions) -> tuple[str, str, tuple]:
     return answer, "open", opts
 
 
-def _grades(completions, template: str, columns: dict):
-    n = len(completions)
+def _references(columns: dict, n: int):
+    """(answer, kind, options) for each of the n completions, from the dataset columns TRL passes."""
     answers, kinds = _column(columns, "answer", n), _column(columns, "kind", n)
     options, solutions = _column(columns, "options", n), _column(columns, "solution", n)
-    for i, completion in enumerate(completions):
-        answer, kind, opts = _reference(i, answers, kinds, options, solutions)
+    return [_reference(i, answers, kinds, options, solutions) for i in range(n)]
+
+
+def _grades(completions, template: str, columns: dict):
+    for completion, (answer, kind, opts) in zip(completions, _references(columns, len(completions))):
         yield grade(completion_text(completion), answer, kind, opts, template=template)
 
 
@@ -102,12 +105,8 @@ class ConsistencyReward:
         self.__name__ = "consistency_reward"
 
     def __call__(self, completions, **columns) -> list[float | None]:
-        n = len(completions)
-        answers, kinds = _column(columns, "answer", n), _column(columns, "kind", n)
-        options, solutions = _column(columns, "options", n), _column(columns, "solution", n)
         out = []
-        for i, completion in enumerate(completions):
-            _, kind, opts = _reference(i, answers, kinds, options, solutions)
+        for completion, (_, kind, opts) in zip(completions, _references(columns, len(completions))):
             agrees = answer_follows_reasoning(completion_text(completion), kind, opts)
             out.append(None if agrees is None else float(agrees))
         return out
