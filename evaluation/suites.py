@@ -15,6 +15,9 @@ because the public releases differ between mirrors):
 * ``pathvqa``  PathVQA closed questions: parquet (HF ``image`` = ``{bytes, path}`` struct or a path) or
   JSON/JSONL with ``image, question, answer``; only yes/no answers are kept.
 * ``open``     open-ended VQA: the same PathVQA files (non yes/no rows) or QA-schema JSONL with ``kind: open``.
+* ``vqarad``, ``slake``, ``quiltvqa``, ``medxpertqa``, ``mmmu-med``  the medical VQA benchmarks in their
+  published formats: see ``evaluation/medical.py``.
+* ``vlmeval``  any VLMEvalKit TSV (``--data FILE.tsv``): see ``evaluation/vlmeval.py``.
 * ``demo-mcq``, ``demo-yesno``  the demo corpus's held-out splits (QA-schema JSONL, read by corpora).
 
 Images are looked up under ``image_root`` when given, else next to the data file and up to two folders
@@ -46,6 +49,9 @@ class Suite:
     load: Callable[..., list[dict]]
     default_data: Callable[[], Path]
     description: str
+    layout: tuple[str, ...] | None = None  # where its data sits under a --data-root folder
+    source: str = ""  # where the data comes from (README's suites table)
+    grading: str = ""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -331,14 +337,49 @@ def _home_data(*parts: str) -> Callable[[], Path]:
     return default
 
 
+def _lazy(module: str, function: str) -> Callable[..., list[dict]]:
+    """A loader from another module of this package, imported on first use (those modules import this one)."""
+    def load(data: Path, **options) -> list[dict]:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(data, **options)
+
+    return load
+
+
+_MED, _VLM = "evaluation.medical", "evaluation.vlmeval"
 SUITES: dict[str, Suite] = {s.name: s for s in [
-    Suite("pathmmu", load_pathmmu, _home_data("PathMMU", "data.json"), "PathMMU data.json (mcq)"),
-    Suite("omnimed", load_omnimed, _home_data("OmniMedVQA", "splits"), "OmniMedVQA / Med-R1 split json (mcq)"),
-    Suite("pmcvqa", load_pmcvqa, _home_data("PMC-VQA", "test_clean.csv"), "PMC-VQA csv (mcq)"),
-    Suite("pathvqa", load_pathvqa, _home_data("PathVQA"), "PathVQA closed yes/no (parquet/jsonl)"),
-    Suite("open", load_open, _home_data("PathVQA"), "open-ended VQA: token F1 / exact, optional LLM judge"),
-    Suite("demo-mcq", _load_corpora_qa, _demo_path("mcq.jsonl"), "demo corpus held-out mcq"),
-    Suite("demo-yesno", _load_corpora_qa, _demo_path("yesno.jsonl"), "demo corpus held-out yes/no"),
+    Suite("pathmmu", load_pathmmu, _home_data("PathMMU", "data.json"), "PathMMU data.json (mcq)",
+          ("PathMMU", "data.json"), "PathMMU release (jamessyx/PathMMU)", "mcq letter"),
+    Suite("omnimed", load_omnimed, _home_data("OmniMedVQA", "splits"), "OmniMedVQA / Med-R1 split json (mcq)",
+          ("OmniMedVQA", "splits"), "OmniMedVQA QA_information, or Med-R1 modality / question-type splits",
+          "mcq letter"),
+    Suite("pmcvqa", load_pmcvqa, _home_data("PMC-VQA", "test_clean.csv"), "PMC-VQA csv (mcq)",
+          ("PMC-VQA", "test_clean.csv"), "PMC-VQA test_clean.csv (xmcmic/PMC-VQA)", "mcq letter"),
+    Suite("pathvqa", load_pathvqa, _home_data("PathVQA"), "PathVQA closed yes/no (parquet/jsonl)",
+          ("PathVQA",), "HF flaviagiammarino/path-vqa parquet, or JSONL", "yes/no"),
+    Suite("open", load_open, _home_data("PathVQA"), "open-ended VQA: token F1 / exact, optional LLM judge",
+          ("PathVQA",), "PathVQA non-yes/no rows, or QA-schema JSONL with kind open",
+          "exact match + token F1 (or judge)"),
+    Suite("vqarad", _lazy(_MED, "load_vqarad"), _home_data("VQA-RAD"), "VQA-RAD public json (closed + open)",
+          ("VQA-RAD",), "VQA_RAD Dataset Public.json + VQA_RAD Image Folder (OSF release)",
+          "yes/no; other answers exact match + token F1"),
+    Suite("slake", _lazy(_MED, "load_slake"), _home_data("SLAKE"), "SLAKE English test.json (closed + open)",
+          ("SLAKE",), "SLAKE test.json + imgs/ (BoKelvin/SLAKE), q_lang en",
+          "yes/no; other answers exact match + token F1"),
+    Suite("quiltvqa", _lazy(_MED, "load_quiltvqa"), _home_data("Quilt-VQA"), "Quilt-VQA parquet/jsonl",
+          ("Quilt-VQA",), "HF wisdomik/Quilt_VQA parquet", "yes/no; open exact match + token F1"),
+    Suite("medxpertqa", _lazy(_MED, "load_medxpertqa"), _home_data("MedXpertQA", "MM"), "MedXpertQA-MM jsonl (mcq)",
+          ("MedXpertQA", "MM"), "MedXpertQA MM/test.jsonl + images/ (TsinghuaC3I/MedXpertQA)", "mcq letter (A-E)"),
+    Suite("mmmu-med", _lazy(_MED, "load_mmmu_med"), _home_data("MMMU"), "MMMU Health & Medicine (mcq, several images)",
+          ("MMMU",), "HF MMMU/MMMU parquet, the five Health & Medicine subjects", "mcq letter; open exact + F1"),
+    Suite("vlmeval", _lazy(_VLM, "load_vlmeval"), _home_data("vlmeval.tsv"), "any VLMEvalKit MCQ / yes-no / VQA TSV",
+          None, "VLMEvalKit TSV (base64 images), e.g. PathMMU / PathVQA / OmniMedVQA as the toolkit ships them",
+          "mcq letter, yes/no, or exact + token F1"),
+    Suite("demo-mcq", _load_corpora_qa, _demo_path("mcq.jsonl"), "demo corpus held-out mcq", None,
+          "built by corpora.demo", "mcq letter"),
+    Suite("demo-yesno", _load_corpora_qa, _demo_path("yesno.jsonl"), "demo corpus held-out yes/no", None,
+          "built by corpora.demo", "yes/no"),
 ]}
 
 
@@ -348,13 +389,25 @@ def get_suite(name: str) -> Suite:
     return SUITES[name]
 
 
+def suite_data(name: str, data: str | Path | None = None, data_root: str | Path | None = None) -> Path:
+    """The data path of suite ``name``: ``data``, else ``data_root``/its layout, else its default location."""
+    suite = get_suite(name)
+    if data is not None:
+        return Path(data)
+    if data_root is not None:
+        if suite.layout is None:
+            raise SuiteError(f"suite {name!r} has no place under --data-root; pass its file with --data {name}=FILE")
+        return Path(data_root).joinpath(*suite.layout)
+    return suite.default_data()
+
+
 def load_suite(name: str, data: str | Path | None = None, *, limit: int | None = None, **options) -> list[dict]:
     """Records of suite ``name`` from ``data`` (default: the suite's default location), first ``limit`` only.
 
     ``options``: ``image_root`` (all suites), ``split`` (pathmmu), ``subset_by`` (omnimed: modality|question_type).
     """
     suite = get_suite(name)
-    path = Path(data) if data is not None else suite.default_data()
+    path = suite_data(name, data)
     if not path.exists():
         raise SuiteError(f"{path}: no such file or folder (data for suite {name!r}; pass --data)")
     records = suite.load(path, **{k: v for k, v in options.items() if v is not None})
