@@ -68,9 +68,46 @@ def _load_images(paths: list[str]):
     return out
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How answers are generated; recorded with every score (decoding changes benchmark scores by points)."""
+    max_new_tokens: int = 256
+    samples: int = 1  # completions per question; above 1 they are sampled (pass@k, majority@k)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k cut
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if self.samples > 1 and self.temperature <= 0:
+            raise ValueError(f"sampling {self.samples} answers needs temperature > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.samples == 1
+
+    def record(self) -> dict:
+        if self.greedy:
+            return {"mode": "greedy", "max_new_tokens": self.max_new_tokens}
+        return {"mode": "sample", "samples": self.samples, "temperature": self.temperature, "top_p": self.top_p,
+                "top_k": self.top_k, "seed": self.seed, "max_new_tokens": self.max_new_tokens}
+
+
 def generate(model, processor, samples: list[dict], *, template: str = "cot", batch_size: int = 8,
              max_new_tokens: int = 256, progress: bool = True) -> list[Completion]:
     """Greedy completions for ``samples`` (QA records), in input order."""
+    runs = generate_many(model, processor, samples, Decoding(max_new_tokens=max_new_tokens), template=template,
+                         batch_size=batch_size, progress=progress)
+    return [r[0] for r in runs]
+
+
+def generate_many(model, processor, samples: list[dict], decoding: Decoding, *, template: str = "cot",
+                  batch_size: int = 8, progress: bool = True) -> list[list[Completion]]:
+    """``decoding.samples`` completions per sample (greedy when 1), in input order."""
     import torch
 
     prompts = [chat_prompt(processor, s, template) for s in samples]
@@ -80,7 +117,14 @@ def generate(model, processor, samples: list[dict], *, template: str = "cot", ba
     pad_id = processor.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = next(iter(eos), 0)
-    results: list[Completion | None] = [None] * len(samples)
+    k = decoding.samples
+    if decoding.greedy:
+        knobs = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        knobs = dict(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p,
+                     top_k=decoding.top_k or None, num_return_sequences=k)
+        torch.manual_seed(decoding.seed)
+    results: list[list[Completion] | None] = [None] * len(samples)
     bar = tqdm(total=len(samples), desc="generate", unit="sample", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
@@ -88,14 +132,16 @@ def generate(model, processor, samples: list[dict], *, template: str = "cot", ba
         inputs = processor(text=[prompts[i] for i in idx], images=images or None, padding=True,
                            return_tensors="pt").to(model.device)
         with torch.inference_mode():
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                                 temperature=None, top_p=None, top_k=None)
-        new_tokens = out[:, inputs["input_ids"].shape[1]:].tolist()
-        for i, toks in zip(idx, new_tokens):
-            stop = next((j for j, t in enumerate(toks) if t in eos), None)
-            toks = toks if stop is None else toks[: stop + 1]
-            text = processor.tokenizer.decode(toks, skip_special_tokens=True)
-            results[i] = Completion(text=text, n_tokens=len(toks))
+            out = model.generate(**inputs, max_new_tokens=decoding.max_new_tokens, pad_token_id=pad_id, **knobs)
+        new_tokens = out[:, inputs["input_ids"].shape[1]:].tolist()  # k consecutive rows per prompt
+        for j, i in enumerate(idx):
+            results[i] = [_completion(processor, toks, eos) for toks in new_tokens[j * k:(j + 1) * k]]
         bar.update(len(idx))
     bar.close()
     return results  # type: ignore[return-value]
+
+
+def _completion(processor, toks: list[int], eos: set[int]) -> Completion:
+    stop = next((j for j, t in enumerate(toks) if t in eos), None)
+    toks = toks if stop is None else toks[: stop + 1]
+    return Completion(text=processor.tokenizer.decode(toks, skip_special_tokens=True), n_tokens=len(toks))

@@ -70,6 +70,12 @@ def markdown_summary(metrics: dict) -> str:
             f"template `{metrics['template']}`, {metrics['overall']['n']} samples, "
             f"greedy, max_new_tokens {metrics['max_new_tokens']}", ""]
     body = metrics_table({"overall": metrics["overall"]}) + [""]
+    sampling = metrics.get("sampling") or {}
+    if sampling:
+        decoding = (metrics.get("settings") or {}).get("decoding", {}).get("sampling") or {}
+        knobs = ", ".join(f"{k} {v}" for k, v in decoding.items() if k not in ("mode", "max_new_tokens"))
+        body += [f"## sampled answers ({knobs})", "", "| metric | % |", "|---|---:|"]
+        body += [f"| {k} | {_pct(v)} |" for k, v in sampling.items() if k != "n_samples"] + [""]
     if len(metrics["by_subset"]) > 1 or "(none)" not in metrics["by_subset"]:
         body += ["## by subset", ""] + metrics_table(metrics["by_subset"]) + [""]
     body += ["## by question kind", ""] + metrics_table(metrics["by_kind"]) + [""]

@@ -1,8 +1,16 @@
 """Evaluate one checkpoint on one suite: ``python -m evaluation.run --model REF --suite NAME``.
 
 REF is a registry reference (``rl:latest``, ``sft:<run>/<step>``) or any HF model folder. Writes
-``predictions.jsonl``, ``metrics.json`` and ``summary.md`` to ``<checkpoint>/eval/<suite>/`` for our own
-(manifest-carrying, writable) checkpoints, else to ``$PATHOR1_HOME/reports/<model>/<suite>/``.
+``predictions.jsonl``, ``metrics.json`` (scores + the settings they were measured with), ``summary.md`` and
+``manifest.json`` (ids + image hashes) to ``$PATHOR1_HOME/reports/<checkpoint>/<suite>/`` -- never into the
+checkpoint folder, which may be published or read-only. ``<checkpoint>`` is ``<stage>/<run>/step-N`` for registry
+checkpoints, the folder name otherwise.
+
+``--samples K --temperature T`` adds pass@k and majority@K to greedy accuracy; ``--compare-templates cot,nothink``
+evaluates both templates on the same questions and reports their paired difference (95% CI, McNemar p);
+``--export vlmeval`` also writes VLMEvalKit's prediction TSV; ``--manifest FILE`` evaluates exactly the questions
+of an earlier evaluation's ``manifest.json``. Under ``accelerate launch`` / ``torchrun`` the questions are split
+across ranks and gathered; only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -10,7 +18,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -18,11 +25,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from evaluation.metrics import markdown_summary, summarize
-from evaluation.suites import SUITES, load_suite
+from evaluation import distributed
+from evaluation.generate import Completion, Decoding
+from evaluation.metrics import markdown_summary, paired_comparison, summarize
+from evaluation.sampling import majority_index, sampling_summary
+from evaluation.suites import SUITES, load_suite, suite_data
 
 log = logging.getLogger("evaluation")
 DEFAULT_TEMPLATE = "cot"
+BACKENDS = ("hf", "vllm")
+EXPORTS = ("vlmeval",)
 
 
 def resolve_model(model_ref: str | Path) -> tuple[Path, dict]:
@@ -42,13 +54,26 @@ def pick_template(manifest: dict, template: str | None) -> str:
     return template or trained_with or DEFAULT_TEMPLATE
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def checkpoint_key(model_path: Path, manifest: dict) -> str:
+    """``<stage>/<run>/step-NNNNNNNN`` for registry checkpoints, the folder name for any other model."""
+    if manifest.get("stage") and manifest.get("run") is not None and manifest.get("step") is not None:
+        return f"{_slug(manifest['stage'])}/{_slug(str(manifest['run']))}/step-{int(manifest['step']):08d}"
+    return _slug(model_path.name)
+
+
+def suite_key(suite: str, data: Path | None) -> str:
+    """The suite's folder name; a VLMEvalKit TSV adds its file name (every TSV is its own benchmark)."""
+    return f"{suite}-{_slug(data.stem)}" if suite == "vlmeval" and data is not None else suite
+
+
 def default_out_dir(model_path: Path, manifest: dict, suite: str) -> Path:
-    if manifest and os.access(model_path, os.W_OK):
-        return model_path / "eval" / suite
     from stages import registry
 
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", model_path.name) or "model"
-    return registry.home() / "reports" / name / suite
+    return registry.home() / "reports" / checkpoint_key(model_path, manifest) / suite
 
 
 def load_callable(dotted: str) -> Callable:
@@ -60,81 +85,252 @@ def load_callable(dotted: str) -> Callable:
         raise ValueError(f"cannot load callable {dotted!r}: {e}") from None
 
 
+def score_open(question: str, answer: str | None, reference: str, grade_score: float, grade_correct: bool,
+               judge: Callable | None = None) -> tuple[float, bool]:
+    """(score, correct) of an open answer: token F1 / normalised exact match from ``corpora.grading``, or the
+    judge's score ``judge(question, prediction, reference) -> float`` (correct when >= 0.5). The one place an
+    LLM judge plugs in."""
+    if judge is None:
+        return grade_score, grade_correct
+    score = float(judge(question, answer or "", reference))
+    return score, score >= 0.5
+
+
 def grade_rows(samples: list[dict], completions, template: str, judge: Callable | None = None) -> list[dict]:
-    """One prediction row per sample, graded by the shared corpora scorer (the RL reward uses it too).
-    A judge ``judge(question, prediction, reference) -> float`` replaces token F1 for open questions."""
+    """One prediction row per sample, graded by the shared corpora scorer (the RL reward uses it too)."""
     from corpora.grading import grade
 
     rows = []
     for s, c in zip(samples, completions):
         g = grade(c.text, s["answer"], s["kind"], s.get("options") or (), template=template)
         score, correct = float(g.score), bool(g.correct)
-        if judge is not None and s["kind"] == "open":
-            score = float(judge(s["question"], g.extracted if g.extracted is not None else c.text, s["answer"]))
-            correct = score >= 0.5
-        rows.append({
+        if s["kind"] == "open":
+            score, correct = score_open(s["question"], g.extracted if g.extracted is not None else c.text,
+                                        s["answer"], score, correct, judge)
+        row = {
             "id": s["id"], "subset": s.get("subset", ""), "kind": s["kind"], "question": s["question"],
             "options": list(s.get("options") or []), "answer": s["answer"], "images": list(s["images"]),
             "prediction": c.text, "extracted": g.extracted, "correct": correct, "score": score,
             "format_ok": g.format_ok, "n_tokens": c.n_tokens,
-        })
+        }
+        if s.get("meta"):
+            row["meta"] = s["meta"]
+        rows.append(row)
     return rows
 
 
-def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:
+def add_sample_columns(rows: list[dict], samples: list[dict], sampled: list[list[Completion]], template: str,
+                       judge: Callable | None = None) -> None:
+    """``samples`` (each sampled answer graded) and ``majority_correct`` on every row."""
+    for row, sample, completions in zip(rows, samples, sampled):
+        graded = grade_rows([sample] * len(completions), completions, template, judge)
+        row["samples"] = [{k: g[k] for k in ("prediction", "extracted", "correct", "score", "n_tokens")}
+                          for g in graded]
+        top = majority_index([g["extracted"] for g in graded], sample["kind"], sample.get("options") or ())
+        row["majority_correct"] = top is not None and graded[top]["correct"]
+
+
+def write_results(out_dir: Path, rows: list[dict], metrics: dict, manifest: dict | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "predictions.jsonl").open("w") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "summary.md").write_text(markdown_summary(metrics))
+    if manifest is not None:
+        (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+class _HFGenerator:
+    def __init__(self, model_path: Path, device: str | None, dtype: str, batch_size: int, progress: bool):
+        from evaluation.generate import load_model
+
+        self.model, self.processor = load_model(model_path, device=device, dtype=dtype)
+        self.dtype = str(self.model.dtype).removeprefix("torch.")
+        self.batch_size, self.progress = batch_size, progress
+
+    def __call__(self, samples: list[dict], decoding: Decoding, template: str) -> list[list[Completion]]:
+        from evaluation.generate import generate_many
+
+        return generate_many(self.model, self.processor, samples, decoding, template=template,
+                             batch_size=self.batch_size, progress=self.progress)
+
+
+class _VLLMGenerator:
+    def __init__(self, model_path: Path, dtype: str, batch_size: int):
+        self.model_path, self.batch_size = model_path, batch_size
+        self.dtype = "bfloat16" if dtype == "auto" else dtype
+
+    def __call__(self, samples: list[dict], decoding: Decoding, template: str) -> list[list[Completion]]:
+        from evaluation.vllm_backend import generate_vllm
+
+        return generate_vllm(self.model_path, samples, decoding, template=template, dtype=self.dtype,
+                             batch_size=self.batch_size)
+
+
+class Evaluation:
+    """One checkpoint on one suite's questions: loaded once, run with one or several templates."""
+
+    def __init__(self, model_ref, suite: str, data=None, limit=None, batch_size: int = 8, *, max_new_tokens=256,
+                 judge=None, device=None, dtype="auto", progress=True, samples=1, temperature=1.0, top_p=1.0,
+                 top_k=0, seed=0, backend="hf", manifest=None, data_root=None, **suite_options):
+        from evaluation.provenance import apply_manifest
+
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+        self.suite, self.model_ref = suite, str(model_ref)
+        self.data = suite_data(suite, data, data_root)
+        self.records = load_suite(suite, self.data, limit=None if manifest else limit, **suite_options)
+        if manifest:
+            self.records = apply_manifest(self.records, manifest)[:limit] if limit else apply_manifest(self.records,
+                                                                                                      manifest)
+        self.model_path, self.checkpoint = resolve_model(model_ref)
+        self.greedy = Decoding(max_new_tokens=max_new_tokens)
+        self.sampling = Decoding(max_new_tokens=max_new_tokens, samples=samples, temperature=temperature,
+                                 top_p=top_p, top_k=top_k, seed=seed) if samples > 1 else None
+        self.judge_name = judge if isinstance(judge, str) else getattr(judge, "__name__", None)
+        self.judge = load_callable(judge) if isinstance(judge, str) else judge
+        self.batch_size, self.backend, self.manifest_file = batch_size, backend, manifest
+        self.rank, self.world = distributed.world()
+        if backend == "vllm":
+            if self.world > 1:
+                raise ValueError("--backend vllm runs in one process (vLLM spreads a model over GPUs itself); "
+                                 "do not start it under torchrun / accelerate launch")
+            self.generator = _VLLMGenerator(self.model_path, dtype, batch_size)
+        else:
+            device = distributed.device_for_rank(device, self.world)
+            self.generator = _HFGenerator(self.model_path, device, dtype, batch_size, progress and self.rank == 0)
+
+    def _generate(self, decoding: Decoding, template: str) -> list[list[Completion]]:
+        local = distributed.shard(self.records, self.rank, self.world)
+        return distributed.gather(self.generator(local, decoding, template), self.rank, self.world)
+
+    def settings(self, template: str) -> dict:
+        from evaluation.provenance import data_fingerprint, ids_hash, library_versions
+
+        return {
+            "suite": self.suite, "data": str(self.data), "data_sha256": data_fingerprint(self.data),
+            "n": len(self.records), "ids_sha256": ids_hash([r["id"] for r in self.records]),
+            "manifest": str(self.manifest_file) if self.manifest_file else None, "template": template,
+            "decoding": {"greedy": self.greedy.record(), "sampling": self.sampling and self.sampling.record()},
+            "dtype": self.generator.dtype, "batch_size": self.batch_size, "backend": self.backend,
+            "world_size": self.world, "judge": self.judge_name, "libraries": library_versions(self.backend),
+        }
+
+    def run(self, template: str, out: Path | None = None, export: str | None = None) -> dict:
+        """Generate, grade, summarise; rank 0 writes ``out`` (default: the reports folder) and returns metrics."""
+        from evaluation.provenance import manifest
+
+        t0 = time.perf_counter()
+        greedy = [c[0] for c in self._generate(self.greedy, template)]
+        rows = grade_rows(self.records, greedy, template, self.judge)
+        if self.sampling:
+            add_sample_columns(rows, self.records, self._generate(self.sampling, template), template, self.judge)
+        seconds = time.perf_counter() - t0
+        out_dir = Path(out) if out else default_out_dir(self.model_path, self.checkpoint, suite_key(self.suite, self.data))
+        metrics = {
+            "suite": self.suite, "model": self.model_ref, "model_path": str(self.model_path), "template": template,
+            "data": str(self.data), "max_new_tokens": self.greedy.max_new_tokens, "batch_size": self.batch_size,
+            "judge": self.judge_name, "settings": self.settings(template),
+            "checkpoint": {k: self.checkpoint.get(k) for k in ("stage", "run", "step", "parent", "created")},
+            **summarize(rows), "sampling": sampling_summary(rows),
+            "seconds": seconds, "samples_per_s": len(rows) / seconds if seconds else None,
+            "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "out_dir": str(out_dir),
+        }
+        if self.rank == 0:
+            write_results(out_dir, rows, metrics, manifest(self.suite, self.records))
+            if export:
+                metrics["export"] = str(self.export(rows, out_dir, export))
+                (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+    def export(self, rows: list[dict], out_dir: Path, fmt: str) -> Path:
+        if fmt not in EXPORTS:
+            raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(EXPORTS)}")
+        from evaluation.vlmeval import export_vlmeval
+
+        model = _slug(checkpoint_key(self.model_path, self.checkpoint).replace("/", "-"))
+        dataset = self.data.stem if self.suite == "vlmeval" else self.suite
+        return export_vlmeval(rows, out_dir / "vlmeval" / f"{model}_{_slug(dataset)}.tsv")
 
 
 def evaluate(model_ref: str | Path, suite: str, data: str | Path | None = None, limit: int | None = None,
-             batch_size: int = 8, *, template: str | None = None, max_new_tokens: int = 256,
-             out: str | Path | None = None, judge: str | Callable | None = None, device: str | None = None,
-             dtype: str = "auto", progress: bool = True, **suite_options) -> dict:
+             batch_size: int = 8, *, template: str | None = None, out: str | Path | None = None,
+             export: str | None = None, **options) -> dict:
     """Evaluate ``model_ref`` on ``suite`` and return the metrics dict (also written to disk, see module doc).
 
-    ``suite_options``: ``image_root``, ``split`` (pathmmu), ``subset_by`` (omnimed).
+    ``options``: decoding (``max_new_tokens``, ``samples``, ``temperature``, ``top_p``, ``top_k``, ``seed``),
+    ``judge``, ``device``, ``dtype``, ``backend``, ``manifest``, ``data_root``, ``progress`` and the suite options
+    ``image_root``, ``split`` (pathmmu, vqarad), ``subset_by`` (omnimed).
     """
-    from evaluation.generate import generate, load_model
-
-    samples = load_suite(suite, data, limit=limit, **suite_options)
-    model_path, manifest = resolve_model(model_ref)
-    template = pick_template(manifest, template)
-    judge_fn = load_callable(judge) if isinstance(judge, str) else judge
-    model, processor = load_model(model_path, device=device, dtype=dtype)
-    t0 = time.perf_counter()
-    completions = generate(model, processor, samples, template=template, batch_size=batch_size,
-                           max_new_tokens=max_new_tokens, progress=progress)
-    seconds = time.perf_counter() - t0
-    rows = grade_rows(samples, completions, template, judge_fn)
-    out_dir = Path(out) if out else default_out_dir(model_path, manifest, suite)
-    metrics = {
-        "suite": suite, "model": str(model_ref), "model_path": str(model_path), "template": template,
-        "data": str(data) if data else None, "limit": limit, "max_new_tokens": max_new_tokens,
-        "batch_size": batch_size, "judge": judge if isinstance(judge, str) else None,
-        "checkpoint": {k: manifest.get(k) for k in ("stage", "run", "step", "parent", "created")},
-        **summarize(rows), "seconds": seconds, "samples_per_s": len(rows) / seconds if seconds else None,
-        "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "out_dir": str(out_dir),
-    }
-    write_results(out_dir, rows, metrics)
-    return metrics
+    ev = Evaluation(model_ref, suite, data, limit, batch_size, **options)
+    return ev.run(pick_template(ev.checkpoint, template), out, export)
 
 
-def add_eval_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that evaluates (run, matrix)."""
-    p.add_argument("--data", help="file or folder in the suite's format (default: the suite's default location)")
+def compare_templates(model_ref: str | Path, suite: str, data: str | Path | None = None, limit: int | None = None,
+                      batch_size: int = 8, *, templates: list[str], out: str | Path | None = None,
+                      export: str | None = None, **options) -> dict:
+    """One checkpoint, the same questions, two templates (e.g. ``cot,nothink``): each template's metrics and the
+    paired difference second - first with its 95% CI and McNemar p (``evaluation.metrics.paired_comparison``)."""
+    if len(templates) != 2 or templates[0] == templates[1]:
+        raise ValueError(f"--compare-templates needs two different templates, got {','.join(templates)}")
+    options.pop("template", None)
+    ev = Evaluation(model_ref, suite, data, limit, batch_size, **options)
+    base = Path(out) if out else default_out_dir(ev.model_path, ev.checkpoint, suite_key(suite, ev.data))
+    out_dir = base / f"compare-{templates[0]}-vs-{templates[1]}"
+    results = {t: ev.run(t, out_dir / t, export) for t in templates}
+    comparison = {}
+    if ev.rank == 0:  # the other ranks generated their share; rank 0 holds every prediction
+        before, after = ({r["id"]: r["correct"] for r in _read_rows(out_dir / t)} for t in templates)
+        comparison = paired_comparison(before, after)
+    report = {"suite": suite, "model": str(model_ref), "templates": templates, "comparison": comparison,
+              "accuracy": {t: m["overall"]["accuracy"] for t, m in results.items()},
+              "settings": {t: m["settings"] for t, m in results.items()}, "out_dir": str(out_dir)}
+    if ev.rank == 0:
+        (out_dir / "comparison.json").write_text(json.dumps(report, indent=2))
+        (out_dir / "comparison.md").write_text(comparison_markdown(report))
+    return report
+
+
+def _read_rows(out_dir: Path) -> list[dict]:
+    with open(out_dir / "predictions.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def comparison_markdown(report: dict) -> str:
+    a, b = report["templates"]
+    c = report["comparison"]
+    lo, hi = c["ci95"]
+    return "\n".join([
+        f"# {report['suite']} — {report['model']}: `{b}` vs `{a}`", "",
+        f"| template | accuracy % |", "|---|---:|",
+        *[f"| {t} | {100 * acc:.1f} |" for t, acc in report["accuracy"].items()], "",
+        f"paired difference ({b} - {a}) on the same {c['n']} questions: {100 * c['difference']:+.1f} points, "
+        f"95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}], McNemar p = {c['mcnemar_p']:.3g} "
+        f"({c['fixed']} right only with {b}, {c['broken']} right only with {a})", ""])
+
+
+def add_eval_options(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+    """Options shared by every command that evaluates (run, matrix, table)."""
+    if data:
+        p.add_argument("--data", help="file or folder in the suite's format (default: the suite's default location)")
+    p.add_argument("--data-root", help="folder holding each suite's data in its usual layout (README: suites)")
     p.add_argument("--limit", type=int, help="evaluate only the first N samples")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--template", help="prompt template (default: the checkpoint's training template, else cot)")
+    p.add_argument("--samples", type=int, default=1, help="sampled answers per question (>1: pass@k, majority@k)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --samples)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --samples)")
+    p.add_argument("--top-k", type=int, default=0, help="top-k sampling, 0 = off (with --samples)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--judge", help="dotted path of judge(question, prediction, reference) -> float for open questions")
-    p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--backend", default="hf", choices=BACKENDS, help="generate with transformers or vLLM (GPU)")
+    p.add_argument("--manifest", help="manifest.json of an earlier evaluation: evaluate exactly its questions")
+    p.add_argument("--device", help="cuda / cpu (default: cuda when available; one GPU per rank)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--image-root", help="folder the data file's relative image paths start from")
-    p.add_argument("--split", help="PathMMU split (default test)")
+    p.add_argument("--split", help="PathMMU split (default test); VQA-RAD test | train | all")
     p.add_argument("--subset-by", choices=["modality", "question_type"], help="OmniMedVQA subset field")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -143,20 +339,24 @@ def eval_kwargs(args: argparse.Namespace) -> dict:
     return dict(limit=args.limit, batch_size=args.batch_size, template=args.template,
                 max_new_tokens=args.max_new_tokens, judge=args.judge, device=args.device, dtype=args.dtype,
                 progress=not args.no_progress, image_root=args.image_root, split=args.split,
-                subset_by=args.subset_by)
+                subset_by=args.subset_by, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k, seed=args.seed, backend=args.backend, manifest=args.manifest,
+                data_root=args.data_root)
 
 
 def run_cli(call: Callable[[], dict], render: Callable[[dict], str]) -> int:
-    """Run a command; bad input (data, suite, registry ref) is one clear line on stderr and exit code 2."""
+    """Run a command; bad input (data, suite, registry ref) is one clear line on stderr and exit code 2.
+    Under several ranks only rank 0 prints."""
     from evaluation.suites import SuiteError
 
     try:
         result = call()
-    except (SuiteError, LookupError, ValueError) as e:  # LookupError: unknown registry ref
+    except (SuiteError, LookupError, ValueError, RuntimeError) as e:  # LookupError: unknown registry ref
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(render(result))
-    print(f"written to {result['out_dir']}")
+    if distributed.world()[0] == 0:
+        print(render(result))
+        print(f"written to {result['out_dir']}")
     return 0
 
 
@@ -165,12 +365,19 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="registry ref (rl:latest, sft:<run>/<step>) or a model folder")
     p.add_argument("--suite", required=True, help=f"one of: {', '.join(SUITES)}")
-    p.add_argument("--out", help="output folder (default: <checkpoint>/eval/<suite> or $PATHOR1_HOME/reports/...)")
+    p.add_argument("--out", help="output folder (default: $PATHOR1_HOME/reports/<checkpoint>/<suite>)")
+    p.add_argument("--export", choices=EXPORTS, help="also write the predictions in this toolkit's format")
+    p.add_argument("--compare-templates", metavar="A,B",
+                   help="evaluate with both templates on the same questions; report B - A (paired CI, McNemar p)")
     add_eval_options(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run_cli(lambda: evaluate(args.model, args.suite, args.data, out=args.out, **eval_kwargs(args)),
-                   markdown_summary)
+    if args.compare_templates:
+        templates = [t.strip() for t in args.compare_templates.split(",") if t.strip()]
+        return run_cli(lambda: compare_templates(args.model, args.suite, args.data, out=args.out, export=args.export,
+                                                 templates=templates, **eval_kwargs(args)), comparison_markdown)
+    return run_cli(lambda: evaluate(args.model, args.suite, args.data, out=args.out, export=args.export,
+                                    **eval_kwargs(args)), markdown_summary)
 
 
 if __name__ == "__main__":

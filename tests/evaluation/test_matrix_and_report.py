@@ -80,7 +80,8 @@ def write_history(tmp_path):
     for path, stage, step, accs in ((sft, "sft", 2, (0.55, 0.6)), (rl, "rl", 5, (0.7, 0.8))):
         ck = {"stage": stage, "run": path.parent.name, "step": step, "created": f"2026-01-0{step}"}
         for suite, acc in zip(("demo-mcq", "demo-yesno"), accs):
-            write_results(path / "eval" / suite, [], fake_metrics(path, suite, acc, checkpoint=ck))
+            key = f"{stage}/{path.parent.name}/{path.name}"
+            write_results(home() / "reports" / key / suite, [], fake_metrics(path, suite, acc, checkpoint=ck))
     write_results(home() / "reports" / "unrelated" / "demo-mcq", [], fake_metrics(tmp_path / "unrelated", "demo-mcq", 0.9))
     tb = SummaryWriter(str(home() / "logs" / "rl" / "r1" / "runs" / "x"))
     for step in range(1, 21):

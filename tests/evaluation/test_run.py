@@ -26,14 +26,17 @@ def registry_checkpoint(model_dir, template):
     return w.path
 
 
-def test_registry_checkpoint_uses_its_template_and_writes_next_to_it(tiny_model_dir, yesno_data):
+def test_registry_checkpoint_uses_its_template_and_writes_under_reports(tiny_model_dir, yesno_data):
     ckpt = registry_checkpoint(tiny_model_dir(), "nothink")
+    before = sorted(p.name for p in ckpt.rglob("*"))
     m = evaluate("rl:latest", "pathvqa", yesno_data, batch_size=3, max_new_tokens=8, progress=False)
     assert m["template"] == "nothink"
     assert m["checkpoint"]["stage"] == "rl" and m["checkpoint"]["step"] == 3
-    out = ckpt / "eval" / "pathvqa"
+    out = home() / "reports" / "rl" / "r1" / "step-00000003" / "pathvqa"  # keyed by checkpoint and suite
     assert m["out_dir"] == str(out)
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.jsonl", "summary.md"]
+    assert sorted(p.name for p in ckpt.rglob("*")) == before  # the checkpoint folder is never written into
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "metrics.json", "predictions.jsonl",
+                                                     "summary.md"]
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["answer"] for r in rows] == ["yes", "no", "no", "yes"]
     assert all(1 <= r["n_tokens"] <= 8 and isinstance(r["prediction"], str) for r in rows)
