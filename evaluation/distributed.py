@@ -51,5 +51,10 @@ def gather(local: list, rank: int, world_size: int) -> list:
 
     parts: list = [None] * world_size
     dist.all_gather_object(parts, local)
-    total = sum(len(p) for p in parts)
+    return interleave(parts)
+
+
+def interleave(parts: list[list]) -> list:
+    """The inverse of ``shard``: ``parts[r]`` holds items r, r + world, …"""
+    world_size, total = len(parts), sum(len(p) for p in parts)
     return [parts[i % world_size][i // world_size] for i in range(total)]

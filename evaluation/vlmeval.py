@@ -126,7 +126,9 @@ def load_vlmeval(data: Path, **_) -> list[dict]:
 def export_vlmeval(rows: list[dict], path: Path) -> Path:
     """Write prediction ``rows`` (``predictions.jsonl`` rows) as VLMEvalKit's post-inference TSV."""
     n_options = max((len(r.get("options") or []) for r in rows), default=0)
-    header = ["index", "question", *LETTERS[:n_options], "answer", *META_COLUMNS, "image_path", "prediction",
+    present = {"category"} | {c for r in rows for c in (r.get("meta") or {})}
+    meta_columns = [c for c in META_COLUMNS if c in present]  # the source's columns, no invented empty ones
+    header = ["index", "question", *LETTERS[:n_options], "answer", *meta_columns, "image_path", "prediction",
               "extracted"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -137,7 +139,7 @@ def export_vlmeval(rows: list[dict], path: Path) -> Path:
             meta = {"category": r.get("subset", ""), **(r.get("meta") or {})}
             images = r["images"][0] if len(r["images"]) == 1 else repr(list(r["images"]))
             w.writerow([r["id"], r["question"], *options, *[""] * (n_options - len(options)), r["answer"],
-                        *[meta.get(c, "") for c in META_COLUMNS], images, r["prediction"], r.get("extracted") or ""])
+                        *[meta.get(c, "") for c in meta_columns], images, r["prediction"], r.get("extracted") or ""])
     return path
 
 
