@@ -39,8 +39,14 @@ def ids_hash(ids: list[str]) -> str:
     return "sha256:" + hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
-@lru_cache(maxsize=65536)
 def image_hash(path: str) -> str:
+    """SHA-256 of an image file's bytes (cached while the file's size and mtime stay the same)."""
+    st = Path(path).stat()
+    return _image_hash(str(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=65536)
+def _image_hash(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

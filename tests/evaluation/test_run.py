@@ -1,6 +1,7 @@
 """evaluate() / the CLI end to end on a tiny model: where results go, which template is used, what is written."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,81 @@ def test_cli(tiny_model_dir, yesno_data, tmp_path, capsys):
     rc = main(["--model", str(tiny_model_dir()), "--suite", "pathvqa", "--data", str(yesno_data), "--limit", "2",
                "--max-new-tokens", "4", "--out", str(out), "--no-progress"])
     assert rc == 0 and json.loads((out / "metrics.json").read_text())["overall"]["n"] == 2
+
+
+def read_rows(out_dir):
+    return [json.loads(x) for x in (out_dir / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_every_score_carries_its_settings(tiny_model_dir, yesno_data):
+    m = evaluate(tiny_model_dir(), "pathvqa", yesno_data, batch_size=3, max_new_tokens=5, progress=False)
+    s = json.loads((home() / "reports" / tiny_model_dir().name / "pathvqa" / "metrics.json").read_text())["settings"]
+    from stages.registry import fingerprint_files
+
+    assert s["data_sha256"] == fingerprint_files(yesno_data) and s["n"] == 4
+    assert s["template"] == "cot" and s["dtype"] == "float32" and s["batch_size"] == 3 and s["backend"] == "hf"
+    assert s["decoding"] == {"greedy": {"mode": "greedy", "max_new_tokens": 5}, "sampling": None}
+    assert s["judge"] is None and s["world_size"] == 1 and s["manifest"] is None
+    assert {"python", "torch", "transformers"} <= set(s["libraries"]) and s["libraries"]["transformers"]
+    # a different question set has a different ids hash
+    assert evaluate(tiny_model_dir(), "pathvqa", yesno_data, limit=2, max_new_tokens=5, progress=False,
+                    out=yesno_data.parent / "o")["settings"]["ids_sha256"] != s["ids_sha256"]
+    assert m["settings"] == s
+
+
+def test_manifest_fixes_the_questions_and_their_images(tiny_model_dir, yesno_data, tmp_path, capsys):
+    m = evaluate(tiny_model_dir(), "pathvqa", yesno_data, max_new_tokens=4, progress=False)
+    written = json.loads((tmp_path / "pathor1_home" / "reports" / tiny_model_dir().name / "pathvqa" /
+                          "manifest.json").read_text())
+    assert [q["id"] for q in written["questions"]] == [r["id"] for r in read_rows(tmp_path / "pathor1_home" /
+                                                                                  "reports" / tiny_model_dir().name /
+                                                                                  "pathvqa")]
+    assert all(len(q["images"]) == 1 and len(q["images"][0]) == 64 for q in written["questions"])
+    lab_b = tmp_path / "subset.json"  # another lab keeps two questions, in its own order
+    lab_b.write_text(json.dumps({**written, "questions": [written["questions"][3], written["questions"][1]]}))
+    sub = evaluate(tiny_model_dir(), "pathvqa", yesno_data, max_new_tokens=4, progress=False, manifest=lab_b,
+                   out=tmp_path / "sub")
+    assert [r["id"] for r in read_rows(tmp_path / "sub")] == [written["questions"][3]["id"],
+                                                               written["questions"][1]["id"]]
+    assert sub["settings"]["manifest"] == str(lab_b) and m["overall"]["n"] == 4 and sub["overall"]["n"] == 2
+    # the same ids with a different image are refused
+    from PIL import Image
+
+    image = json.loads((yesno_data).read_text().splitlines()[1])["image"]
+    Image.new("RGB", (84, 64), (1, 2, 3)).save(image)
+    assert main(["--model", str(tiny_model_dir()), "--suite", "pathvqa", "--data", str(yesno_data),
+                 "--manifest", str(lab_b), "--max-new-tokens", "4", "--no-progress"]) == 2
+    assert f"{lab_b}: questions[1]: the images of id " in capsys.readouterr().err
+
+
+def test_sampling_adds_pass_at_k_and_majority(tiny_model_dir, yesno_data):
+    m = evaluate(tiny_model_dir(), "pathvqa", yesno_data, max_new_tokens=6, progress=False, samples=3,
+                 temperature=1.0, top_p=0.9, seed=3)
+    rows = read_rows(Path(m["out_dir"]))
+    assert all(len(r["samples"]) == 3 for r in rows)
+    assert m["settings"]["decoding"]["sampling"] == {"mode": "sample", "samples": 3, "temperature": 1.0,
+                                                     "top_p": 0.9, "top_k": 0, "seed": 3, "max_new_tokens": 6}
+    right = [sum(s["correct"] for s in r["samples"]) for r in rows]
+    assert m["sampling"]["pass@1"] == pytest.approx(sum(right) / 12)
+    assert m["sampling"]["pass@3"] == pytest.approx(sum(c > 0 for c in right) / 4)
+    assert m["sampling"]["majority@3"] == sum(r["majority_correct"] for r in rows) / 4
+    assert len({s["prediction"] for r in rows for s in r["samples"]}) > 4  # really sampled, not greedy copies
+    assert "pass@3" in (Path(m["out_dir"]) / "summary.md").read_text()
+
+
+def test_compare_templates_pairs_the_same_questions(tiny_model_dir, yesno_data, capsys):
+    out = yesno_data.parent / "cmp"
+    assert main(["--model", str(tiny_model_dir()), "--suite", "pathvqa", "--data", str(yesno_data),
+                 "--compare-templates", "cot,nothink", "--max-new-tokens", "6", "--out", str(out),
+                 "--no-progress"]) == 0
+    folder = out / "compare-cot-vs-nothink"
+    report = json.loads((folder / "comparison.json").read_text())
+    cot, nothink = ({r["id"]: r["correct"] for r in read_rows(folder / t)} for t in ("cot", "nothink"))
+    from evaluation.metrics import paired_comparison
+
+    assert report["comparison"] == paired_comparison(cot, nothink) and report["comparison"]["n"] == 4
+    assert report["settings"]["cot"]["template"] == "cot" and report["settings"]["nothink"]["template"] == "nothink"
+    assert report["settings"]["cot"]["ids_sha256"] == report["settings"]["nothink"]["ids_sha256"]
+    assert "McNemar p" in capsys.readouterr().out
+    assert main(["--model", str(tiny_model_dir()), "--suite", "pathvqa", "--data", str(yesno_data),
+                 "--compare-templates", "cot"]) == 2
