@@ -181,7 +181,7 @@ def _literal_list(value, where: str) -> list[str]:
 
 def load_mmmu_med(data: Path, *, image_root=None, subjects: tuple[str, ...] = MMMU_HEALTH_MEDICINE, **_) -> list[dict]:
     files = _files(data, ("*.parquet", "*.jsonl"))
-    if data.is_dir():  # the HF layout: one folder per subject; keep Health & Medicine
+    if data.is_dir() and data.name not in subjects:  # the HF layout: one folder per subject; keep Health & Medicine
         files = [f for f in files if set(f.relative_to(data).parts[:-1]) & set(subjects)]
         if not files:
             raise SuiteError(f"{data}: no subject folder of {', '.join(subjects)}")

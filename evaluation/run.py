@@ -180,10 +180,10 @@ class Evaluation:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
         self.suite, self.model_ref = suite, str(model_ref)
         self.data = suite_data(suite, data, data_root)
-        self.records = load_suite(suite, self.data, limit=None if manifest else limit, **suite_options)
-        if manifest:
-            self.records = apply_manifest(self.records, manifest)[:limit] if limit else apply_manifest(self.records,
-                                                                                                      manifest)
+        records = load_suite(suite, self.data, **suite_options)
+        if manifest:  # the manifest picks the questions; --limit then cuts its list
+            records = apply_manifest(records, manifest)
+        self.records = records[:limit] if limit else records
         self.model_path, self.checkpoint = resolve_model(model_ref)
         self.greedy = Decoding(max_new_tokens=max_new_tokens)
         self.sampling = Decoding(max_new_tokens=max_new_tokens, samples=samples, temperature=temperature,

@@ -155,3 +155,8 @@ def test_data_root_layout(tmp_path):
     assert suite_data("slake", "x.json", data_root=tmp_path) == Path("x.json")
     with pytest.raises(SuiteError, match="suite 'vlmeval' has no place under --data-root"):
         suite_data("vlmeval", data_root=tmp_path)
+
+
+def test_mmmu_one_subject_folder(tmp_path):
+    recs = load_suite("mmmu-med", mmmu_parquet(tmp_path) / "Pharmacy")
+    assert [r["id"] for r in recs] == ["validation_Pharmacy_1", "validation_Pharmacy_2"]
