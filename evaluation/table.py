@@ -49,6 +49,8 @@ def benchmark_table(models: dict[str, str], suites: list[str], *, data: dict[str
     unknown = sorted(set(data) - set(suites))
     if unknown:
         raise ValueError(f"--data names suites not in --suites: {', '.join(unknown)}")
+    if eval_options.get("manifest") and len(suites) > 1:
+        raise ValueError("--manifest fixes the questions of one suite; give the table one suite or no manifest")
     results = {label: {s: evaluate(ref, s, data.get(s), **eval_options) for s in suites}
                for label, ref in models.items()}
     rows = list(models)
