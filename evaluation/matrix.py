@@ -4,8 +4,8 @@ model evaluated on every subset of a suite.
 ``python -m evaluation.matrix --suite omnimed --data splits/modality/test --model CT=rl:ct --model MRI=rl:mri``
 
 Each model is evaluated once on the whole suite (its per-subset accuracies come from the same run, which
-is also kept under ``$PATHOR1_HOME/reports/<checkpoint>/<suite>/``); the matrix is written as ``matrix.json``, ``matrix.md`` and
-``matrix.png`` (heat map, in-domain cells outlined) to ``--out`` (default
+is also kept under ``$PATHOR1_HOME/reports/<checkpoint>/<suite>/``); the matrix is written as ``matrix.json``,
+``matrix.md`` and ``matrix.png`` (heat map, in-domain cells outlined) to ``--out`` (default
 ``$PATHOR1_HOME/reports/matrix-<suite>/``).
 """
 from __future__ import annotations

@@ -227,7 +227,8 @@ class Evaluation:
         if self.sampling:
             add_sample_columns(rows, self.records, self._generate(self.sampling, template), template, self.judge)
         seconds = time.perf_counter() - t0
-        out_dir = Path(out) if out else default_out_dir(self.model_path, self.checkpoint, suite_key(self.suite, self.data))
+        key = suite_key(self.suite, self.data)
+        out_dir = Path(out) if out else default_out_dir(self.model_path, self.checkpoint, key)
         metrics = {
             "suite": self.suite, "model": self.model_ref, "model_path": str(self.model_path), "template": template,
             "data": str(self.data), "max_new_tokens": self.greedy.max_new_tokens, "batch_size": self.batch_size,
