@@ -62,23 +62,51 @@ def load_callable(dotted: str) -> Callable:
 
 def grade_rows(samples: list[dict], completions, template: str, judge: Callable | None = None) -> list[dict]:
     """One prediction row per sample, graded by the shared corpora scorer (the RL reward uses it too).
-    A judge ``judge(question, prediction, reference) -> float`` replaces token F1 for open questions."""
+    A judge replaces token F1 for open questions: a ``corpora.judge.Judge`` (the RL judge reward's, asked in one
+    concurrent batch) or any ``judge(question, prediction, reference) -> float``. Where the judge fails (None) the
+    row keeps its token F1 and is marked ``judge_failed``."""
     from corpora.grading import grade
 
+    grades = [grade(c.text, s["answer"], s["kind"], s.get("options") or (), template=template)
+              for s, c in zip(samples, completions)]
+    open_rows = [i for i, s in enumerate(samples) if judge is not None and s["kind"] == "open"]
+    answers = [grades[i].extracted if grades[i].extracted is not None else completions[i].text for i in open_rows]
+    if hasattr(judge, "score_many"):
+        from corpora.judge import JudgeItem
+
+        judged = judge.score_many([JudgeItem(samples[i]["question"], a, samples[i]["answer"],
+                                             list(samples[i].get("options") or []), list(samples[i]["images"]))
+                                   for i, a in zip(open_rows, answers)])
+    else:
+        judged = [judge(samples[i]["question"], a, samples[i]["answer"]) for i, a in zip(open_rows, answers)]
+    judged_by_row = dict(zip(open_rows, judged))
     rows = []
-    for s, c in zip(samples, completions):
-        g = grade(c.text, s["answer"], s["kind"], s.get("options") or (), template=template)
+    for i, (s, c, g) in enumerate(zip(samples, completions, grades)):
         score, correct = float(g.score), bool(g.correct)
-        if judge is not None and s["kind"] == "open":
-            score = float(judge(s["question"], g.extracted if g.extracted is not None else c.text, s["answer"]))
+        if i in judged_by_row and judged_by_row[i] is not None:
+            score = float(judged_by_row[i])
             correct = score >= 0.5
         rows.append({
             "id": s["id"], "subset": s.get("subset", ""), "kind": s["kind"], "question": s["question"],
             "options": list(s.get("options") or []), "answer": s["answer"], "images": list(s["images"]),
             "prediction": c.text, "extracted": g.extracted, "correct": correct, "score": score,
             "format_ok": g.format_ok, "n_tokens": c.n_tokens,
+            **({"judge_failed": judged_by_row[i] is None} if i in judged_by_row else {}),
         })
     return rows
+
+
+def make_judge(judge: str | Callable | None, judge_model: str | None = None):
+    """``--judge``: an endpoint URL (the RL judge reward's ``corpora.judge.Judge``), or a dotted path to a callable."""
+    if judge is None or callable(judge):
+        return judge
+    if judge.startswith(("http://", "https://")):
+        from corpora.judge import Judge, JudgeConfig
+
+        if not judge_model:
+            raise ValueError("--judge URL needs --judge-model (the model name the endpoint serves)")
+        return Judge(JudgeConfig(url=judge, model=judge_model))
+    return load_callable(judge)
 
 
 def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:
@@ -92,7 +120,8 @@ def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:
 
 def evaluate(model_ref: str | Path, suite: str, data: str | Path | None = None, limit: int | None = None,
              batch_size: int = 8, *, template: str | None = None, max_new_tokens: int = 256,
-             out: str | Path | None = None, judge: str | Callable | None = None, device: str | None = None,
+             out: str | Path | None = None, judge: str | Callable | None = None, judge_model: str | None = None,
+             device: str | None = None,
              dtype: str = "auto", progress: bool = True, **suite_options) -> dict:
     """Evaluate ``model_ref`` on ``suite`` and return the metrics dict (also written to disk, see module doc).
 
@@ -103,7 +132,7 @@ def evaluate(model_ref: str | Path, suite: str, data: str | Path | None = None, 
     samples = load_suite(suite, data, limit=limit, **suite_options)
     model_path, manifest = resolve_model(model_ref)
     template = pick_template(manifest, template)
-    judge_fn = load_callable(judge) if isinstance(judge, str) else judge
+    judge_fn = make_judge(judge, judge_model)
     model, processor = load_model(model_path, device=device, dtype=dtype)
     t0 = time.perf_counter()
     completions = generate(model, processor, samples, template=template, batch_size=batch_size,
@@ -114,7 +143,8 @@ def evaluate(model_ref: str | Path, suite: str, data: str | Path | None = None, 
     metrics = {
         "suite": suite, "model": str(model_ref), "model_path": str(model_path), "template": template,
         "data": str(data) if data else None, "limit": limit, "max_new_tokens": max_new_tokens,
-        "batch_size": batch_size, "judge": judge if isinstance(judge, str) else None,
+        "batch_size": batch_size,
+        "judge": judge_fn.describe() if hasattr(judge_fn, "describe") else judge if isinstance(judge, str) else None,
         "checkpoint": {k: manifest.get(k) for k in ("stage", "run", "step", "parent", "created")},
         **summarize(rows), "seconds": seconds, "samples_per_s": len(rows) / seconds if seconds else None,
         "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "out_dir": str(out_dir),
@@ -130,7 +160,10 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--template", help="prompt template (default: the checkpoint's training template, else cot)")
-    p.add_argument("--judge", help="dotted path of judge(question, prediction, reference) -> float for open questions")
+    p.add_argument("--judge", help="score open answers with an LLM judge: an OpenAI-compatible endpoint URL (with "
+                                   "--judge-model; the RL judge reward's implementation), or a dotted path of "
+                                   "judge(question, prediction, reference) -> float")
+    p.add_argument("--judge-model", help="model name the judge endpoint serves")
     p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--image-root", help="folder the data file's relative image paths start from")
@@ -141,7 +174,7 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
 
 def eval_kwargs(args: argparse.Namespace) -> dict:
     return dict(limit=args.limit, batch_size=args.batch_size, template=args.template,
-                max_new_tokens=args.max_new_tokens, judge=args.judge, device=args.device, dtype=args.dtype,
+                max_new_tokens=args.max_new_tokens, judge=args.judge, judge_model=args.judge_model, device=args.device, dtype=args.dtype,
                 progress=not args.no_progress, image_root=args.image_root, split=args.split,
                 subset_by=args.subset_by)
 
