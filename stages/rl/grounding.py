@@ -4,7 +4,8 @@ Each completion's reasoning is embedded with the text tower of a PathoCLIP check
 open_clip's hf-hub layout, as `pathoclip.train` registers it) and compared with the image embedding (cosine).
 Raw similarities differ by a few hundredths between a right and a wrong description, so they are normalised per
 group (the G completions of one prompt): z = (s - mean) / std, 0 for a group whose reasonings all score alike.
-A completion with no reasoning gets None (the format reward already punishes it).
+A completion with no reasoning gets None (the format reward already punishes it); `span=completion` compares the
+whole completion instead (templates without a reasoning span).
 
 The checkpoint is loaded with open_clip's own `local-dir:` loader, not `pathoclip.export.load_exported`:
 stages may not import pathoclip (tests/test_import_contracts.py), and the loader is three open_clip calls.
@@ -32,12 +33,16 @@ class GroundingConfig:
                                         "a folder in open_clip's hf-hub layout.")
     normalise: Literal["group", "none"] = _f("group", "group: z-score within each prompt's G completions; none: raw "
                                                       "cosine similarity.")
+    span: Literal["think", "completion"] = _f("think", "Text compared with the image: the <think> reasoning, or the "
+                                                       "whole completion (for templates without a reasoning span).")
     device: str = _f("auto", "auto (cuda when available) | cpu | cuda.")
     batch_size: int = _f(64, "Texts (and images) embedded per forward.")
 
     def __post_init__(self):
         if self.normalise not in ("group", "none"):
             raise ValueError(f"grounding.normalise must be group or none, got {self.normalise!r}")
+        if self.span not in ("think", "completion"):
+            raise ValueError(f"grounding.span must be think or completion, got {self.span!r}")
         if self.batch_size < 1:
             raise ValueError(f"grounding.batch_size must be >= 1, got {self.batch_size}")
         if not self.model:
@@ -124,7 +129,8 @@ class GroundingReward:
 
         if images is None:
             raise ValueError("the grounding reward needs the `images` column (a vision QA dataset)")
-        thoughts = [think_text(completion_text(c)) for c in completions]
+        texts = [completion_text(c) for c in completions]
+        thoughts = [think_text(t) for t in texts] if self.cfg.span == "think" else [t.strip() or None for t in texts]
         todo = [i for i, t in enumerate(thoughts) if t and images[i]]
         raw: list[float | None] = [None] * len(completions)
         if todo:
