@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output JSONL of chat SFT records (inside the images' dataset root)")
     p.add_argument("--samples", type=int, default=4, help="traces sampled per question (default 4)")
     p.add_argument("--template", default="cot", help="prompt template (corpora/prompts) the teacher is asked with")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--keep-shortest", type=int, default=0, help="keep only the k shortest correct traces (0 = all)")
