@@ -8,7 +8,8 @@ The request's `model` field picks the behaviour, so one server serves every case
   flaky      -> HTTP 503 for the first `flaky_failures` requests, then ok
   busy       -> sleeps `busy_s` and records how many requests were in flight at once
   unauthorised -> HTTP 401
-  teacher    -> `teacher(body) -> list[str]` chooses the choices (n of them)
+  teacher    -> `teacher(body) -> list[str]` chooses the choices (n of them); `serve_model(path)` makes one that
+                answers with a real checkpoint (the tiny VLM)
 """
 from __future__ import annotations
 
@@ -88,3 +89,39 @@ class StubServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def serve_model(path):
+    """A `teacher(body)` for StubServer that answers with a real checkpoint (the tiny VLM): the OpenAI messages'
+    data-URL images are decoded, the turn goes through the model's chat template, `n` samples are drawn."""
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(path))
+    processor.tokenizer.padding_side = "left"
+    model = AutoModelForImageTextToText.from_pretrained(str(path)).eval()
+    lock = threading.Lock()  # one generation at a time: the server is threaded
+
+    def teacher(body):
+        [message] = body["messages"]
+        parts = message["content"] if isinstance(message["content"], list) else [{"type": "text", "text": message["content"]}]
+        images = [Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))).convert("RGB")
+                  for p in parts if p["type"] == "image_url"]
+        content = [{"type": "image"} if p["type"] == "image_url" else p for p in parts]
+        text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+        n = int(body.get("n", 1))
+        inputs = processor(text=[text] * n, images=images * n or None, padding=True, return_tensors="pt")
+        with lock, torch.inference_mode():
+            torch.manual_seed(int(body.get("seed", 0)))
+            out = model.generate(**inputs, do_sample=True, temperature=body.get("temperature", 1.0), top_k=0,
+                                 top_p=body.get("top_p", 1.0), max_new_tokens=body.get("max_tokens", 64),
+                                 pad_token_id=processor.tokenizer.pad_token_id)
+        return [processor.tokenizer.decode(row, skip_special_tokens=True).strip()
+                for row in out[:, inputs["input_ids"].shape[1]:]]
+
+    return teacher

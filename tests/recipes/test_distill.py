@@ -10,7 +10,7 @@ from corpora.readers import load_qa
 from corpora.validate import validate
 from recipes import distill
 from recipes import sft as sft_recipe
-from tests.corpora.stub_endpoint import StubServer
+from tests.corpora.stub_endpoint import StubServer, serve_model
 
 N_QUESTIONS = 50
 
@@ -93,6 +93,25 @@ def test_distill_from_sft_checkpoint_resumes_and_trains(demo, teacher, tmp_path,
 
     manifest = Registry().manifest("sft:on-distilled")
     assert manifest["step"] == 2 and manifest["metrics"]
+
+
+@pytest.mark.slow
+def test_distill_through_an_endpoint_serving_the_tiny_model(demo, teacher):
+    stub = StubServer()
+    try:
+        stub.teacher = serve_model(teacher)
+        out = demo.root / "served.jsonl"
+        summary = distill.distill(distill.parse_args([
+            "--teacher", stub.url, "--teacher-model", "teacher", "--data", str(demo.eval_mcq), "--out", str(out),
+            "--samples", "4", "--limit", "12", "--max-new-tokens", "48", "--no-progress"]))
+        print("served distill summary:", json.dumps({k: v for k, v in summary.items() if k != "teacher"}))
+        assert len(stub.requests) == 12 and summary["sampled"] == 48 and summary["kept"] > 0
+        questions = {q["id"]: q for q in load_qa(demo.eval_mcq)}
+        for r in map(json.loads, out.read_text().splitlines()):
+            q = questions[r["provenance"]["question_id"]]
+            assert grade(r["messages"][-1]["content"], q["answer"], "mcq", q["options"]).correct
+    finally:
+        stub.close()
 
 
 def test_distill_from_an_endpoint(demo, tmp_path, monkeypatch):
