@@ -154,6 +154,14 @@ def _reference_letter(answer: str, options) -> str | None:
     return match_option(inner or "", options)
 
 
+def think_text(completion: str | None) -> str | None:
+    """The text inside the first `<think>…</think>` span, stripped; None when there is none or it is empty."""
+    if not completion or len(completion) > MAX_COMPLETION_CHARS:
+        return None
+    match = _THINK_SPAN.search(completion)
+    return (match.group(1).strip() or None) if match else None
+
+
 def reasoning_conclusion(completion: str, kind: str, options=()) -> str | None:
     """What the `<think>` span concludes: for mcq the letter of the option it names last, for yesno the last
     yes/no it says; None when it names none (or for open questions, which have no closed answer set).

@@ -85,34 +85,40 @@ def load_callable(dotted: str) -> Callable:
         raise ValueError(f"cannot load callable {dotted!r}: {e}") from None
 
 
-def score_open(question: str, answer: str | None, reference: str, grade_score: float, grade_correct: bool,
-               judge: Callable | None = None) -> tuple[float, bool]:
-    """(score, correct) of an open answer: token F1 / normalised exact match from ``corpora.grading``, or the
-    judge's score ``judge(question, prediction, reference) -> float`` (correct when >= 0.5). The one place an
-    LLM judge plugs in."""
-    if judge is None:
-        return grade_score, grade_correct
-    score = float(judge(question, answer or "", reference))
-    return score, score >= 0.5
-
-
 def grade_rows(samples: list[dict], completions, template: str, judge: Callable | None = None) -> list[dict]:
-    """One prediction row per sample, graded by the shared corpora scorer (the RL reward uses it too)."""
+    """One prediction row per sample, graded by the shared corpora scorer (the RL reward uses it too).
+    A judge replaces token F1 for open questions: a ``corpora.judge.Judge`` (the RL judge reward's, asked in one
+    concurrent batch) or any ``judge(question, prediction, reference) -> float``. Where the judge fails (None) the
+    row keeps its token F1 and is marked ``judge_failed``."""
     from corpora.grading import grade
 
+    grades = [grade(c.text, s["answer"], s["kind"], s.get("options") or (), template=template)
+              for s, c in zip(samples, completions)]
+    open_rows = [i for i, s in enumerate(samples) if judge is not None and s["kind"] == "open"]
+    answers = [grades[i].extracted if grades[i].extracted is not None else completions[i].text for i in open_rows]
+    if hasattr(judge, "score_many"):
+        from corpora.judge import JudgeItem
+
+        judged = judge.score_many([JudgeItem(samples[i]["question"], a, samples[i]["answer"],
+                                             list(samples[i].get("options") or []), list(samples[i]["images"]))
+                                   for i, a in zip(open_rows, answers)])
+    else:
+        judged = [judge(samples[i]["question"], a, samples[i]["answer"]) for i, a in zip(open_rows, answers)]
+    judged_by_row = dict(zip(open_rows, judged))
     rows = []
-    for s, c in zip(samples, completions):
-        g = grade(c.text, s["answer"], s["kind"], s.get("options") or (), template=template)
+    for i, (s, c, g) in enumerate(zip(samples, completions, grades)):
         score, correct = float(g.score), bool(g.correct)
-        if s["kind"] == "open":
-            score, correct = score_open(s["question"], g.extracted if g.extracted is not None else c.text,
-                                        s["answer"], score, correct, judge)
+        if i in judged_by_row and judged_by_row[i] is not None:
+            score = float(judged_by_row[i])
+            correct = score >= 0.5
         row = {
             "id": s["id"], "subset": s.get("subset", ""), "kind": s["kind"], "question": s["question"],
             "options": list(s.get("options") or []), "answer": s["answer"], "images": list(s["images"]),
             "prediction": c.text, "extracted": g.extracted, "correct": correct, "score": score,
             "format_ok": g.format_ok, "n_tokens": c.n_tokens,
         }
+        if i in judged_by_row:
+            row["judge_failed"] = judged_by_row[i] is None
         if s.get("meta"):
             row["meta"] = s["meta"]
         rows.append(row)
@@ -128,6 +134,19 @@ def add_sample_columns(rows: list[dict], samples: list[dict], sampled: list[list
                           for g in graded]
         top = majority_index([g["extracted"] for g in graded], sample["kind"], sample.get("options") or ())
         row["majority_correct"] = top is not None and graded[top]["correct"]
+
+
+def make_judge(judge: str | Callable | None, judge_model: str | None = None):
+    """``--judge``: an endpoint URL (the RL judge reward's ``corpora.judge.Judge``), or a dotted path to a callable."""
+    if judge is None or callable(judge):
+        return judge
+    if judge.startswith(("http://", "https://")):
+        from corpora.judge import Judge, JudgeConfig
+
+        if not judge_model:
+            raise ValueError("--judge URL needs --judge-model (the model name the endpoint serves)")
+        return Judge(JudgeConfig(url=judge, model=judge_model))
+    return load_callable(judge)
 
 
 def write_results(out_dir: Path, rows: list[dict], metrics: dict, manifest: dict | None = None) -> None:
@@ -172,8 +191,9 @@ class Evaluation:
     """One checkpoint on one suite's questions: loaded once, run with one or several templates."""
 
     def __init__(self, model_ref, suite: str, data=None, limit=None, batch_size: int = 8, *, max_new_tokens=256,
-                 judge=None, device=None, dtype="auto", progress=True, samples=1, temperature=1.0, top_p=1.0,
-                 top_k=0, seed=0, backend="hf", manifest=None, data_root=None, **suite_options):
+                 judge=None, judge_model=None, device=None, dtype="auto", progress=True, samples=1,
+                 temperature=1.0, top_p=1.0, top_k=0, seed=0, backend="hf", manifest=None, data_root=None,
+                 **suite_options):
         from evaluation.provenance import apply_manifest
 
         if backend not in BACKENDS:
@@ -188,8 +208,8 @@ class Evaluation:
         self.greedy = Decoding(max_new_tokens=max_new_tokens)
         self.sampling = Decoding(max_new_tokens=max_new_tokens, samples=samples, temperature=temperature,
                                  top_p=top_p, top_k=top_k, seed=seed) if samples > 1 else None
-        self.judge_name = judge if isinstance(judge, str) else getattr(judge, "__name__", None)
-        self.judge = load_callable(judge) if isinstance(judge, str) else judge
+        self.judge = make_judge(judge, judge_model)
+        self.judge_spec = judge if isinstance(judge, str) else getattr(judge, "__name__", None)
         self.batch_size, self.backend, self.manifest_file = batch_size, backend, manifest
         self.rank, self.world = distributed.world()
         if backend == "vllm":
@@ -205,6 +225,10 @@ class Evaluation:
         local = distributed.shard(self.records, self.rank, self.world)
         return distributed.gather(self.generator(local, decoding, template), self.rank, self.world)
 
+    def judge_record(self):
+        """The judge as recorded with a score: an endpoint judge's URL, model and failure rate (never its key)."""
+        return self.judge.describe() if hasattr(self.judge, "describe") else self.judge_spec
+
     def settings(self, template: str) -> dict:
         from evaluation.provenance import data_fingerprint, ids_hash, library_versions
 
@@ -214,7 +238,7 @@ class Evaluation:
             "manifest": str(self.manifest_file) if self.manifest_file else None, "template": template,
             "decoding": {"greedy": self.greedy.record(), "sampling": self.sampling and self.sampling.record()},
             "dtype": self.generator.dtype, "batch_size": self.batch_size, "backend": self.backend,
-            "world_size": self.world, "judge": self.judge_name, "libraries": library_versions(self.backend),
+            "world_size": self.world, "judge": self.judge_record(), "libraries": library_versions(self.backend),
         }
 
     def run(self, template: str, out: Path | None = None, export: str | None = None) -> dict:
@@ -232,7 +256,7 @@ class Evaluation:
         metrics = {
             "suite": self.suite, "model": self.model_ref, "model_path": str(self.model_path), "template": template,
             "data": str(self.data), "max_new_tokens": self.greedy.max_new_tokens, "batch_size": self.batch_size,
-            "judge": self.judge_name, "settings": self.settings(template),
+            "judge": self.judge_record(), "settings": self.settings(template),
             "checkpoint": {k: self.checkpoint.get(k) for k in ("stage", "run", "step", "parent", "created")},
             **summarize(rows), "sampling": sampling_summary(rows),
             "seconds": seconds, "samples_per_s": len(rows) / seconds if seconds else None,
@@ -325,7 +349,10 @@ def add_eval_options(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --samples)")
     p.add_argument("--top-k", type=int, default=0, help="top-k sampling, 0 = off (with --samples)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--judge", help="dotted path of judge(question, prediction, reference) -> float for open questions")
+    p.add_argument("--judge", help="score open answers with an LLM judge: an OpenAI-compatible endpoint URL (with "
+                                   "--judge-model; the RL judge reward's implementation), or a dotted path of "
+                                   "judge(question, prediction, reference) -> float")
+    p.add_argument("--judge-model", help="model name the judge endpoint serves")
     p.add_argument("--backend", default="hf", choices=BACKENDS, help="generate with transformers or vLLM (GPU)")
     p.add_argument("--manifest", help="manifest.json of an earlier evaluation: evaluate exactly its questions")
     p.add_argument("--device", help="cuda / cpu (default: cuda when available; one GPU per rank)")
@@ -338,7 +365,8 @@ def add_eval_options(p: argparse.ArgumentParser, *, data: bool = True) -> None:
 
 def eval_kwargs(args: argparse.Namespace) -> dict:
     return dict(limit=args.limit, batch_size=args.batch_size, template=args.template,
-                max_new_tokens=args.max_new_tokens, judge=args.judge, device=args.device, dtype=args.dtype,
+                max_new_tokens=args.max_new_tokens, judge=args.judge, judge_model=args.judge_model,
+                device=args.device, dtype=args.dtype,
                 progress=not args.no_progress, image_root=args.image_root, split=args.split,
                 subset_by=args.subset_by, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                 top_k=args.top_k, seed=args.seed, backend=args.backend, manifest=args.manifest,

@@ -20,7 +20,9 @@ import copy
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from corpora.judge import JudgeConfig
 from stages.model import ModelConfig
+from stages.rl.grounding import GroundingConfig
 
 PRESETS: dict[str, dict] = {
     "grpo": dict(loss_type="grpo", scale_rewards="group", beta=0.04, epsilon=0.2, epsilon_high=0.2,
@@ -31,7 +33,8 @@ PRESETS: dict[str, dict] = {
     "dr_grpo": dict(loss_type="dr_grpo", scale_rewards="none", beta=0.0, epsilon=0.2, epsilon_high=0.2,
                     mask_truncated_completions=False, dynamic_sampling=False, rewards=["format", "accuracy"]),
 }
-DEFAULT_WEIGHTS = {"format": 0.1, "accuracy": 0.9, "consistency": 0.5, "length_aware_accuracy": 1.0, "soft_overlong": 1.0}
+DEFAULT_WEIGHTS = {"format": 0.1, "accuracy": 0.9, "consistency": 0.5, "length_aware_accuracy": 1.0, "soft_overlong": 1.0,
+                   "judge": 0.9, "grounding": 0.1}
 
 
 def _f(default, help, **kw):
@@ -84,11 +87,15 @@ class RLConfig:
     max_num_gen_batches: int = _f(4, "Dynamic sampling: at most this many generation rounds per step.")
     # -- rewards
     rewards: list[str] | None = _f(
-        None, "Reward names: format, accuracy, consistency, length_aware_accuracy, soft_overlong, or package.module:function.")
+        None, "Reward names: format, accuracy, consistency, length_aware_accuracy, soft_overlong, judge, grounding, "
+              "or package.module:function.")
     reward_weights: list[float] | None = _f(None, "One weight per reward; default format 0.1, accuracy 0.9, consistency 0.5, others 1.")
     overlong_cache: int | None = _f(None, "L_cache of the soft overlong punishment; default max_completion_length // 4.")
     length_min: int = _f(0, "length_aware_accuracy: shortest completion (tokens) that can earn +1.")
     length_max: int | None = _f(None, "length_aware_accuracy: longest completion (tokens); default max_completion_length.")
+    judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "LLM judge of the `judge` reward."})
+    grounding: GroundingConfig = field(default_factory=GroundingConfig,
+                                       metadata={"help": "PathoCLIP checkpoint of the `grounding` reward."})
     # -- speed
     share_vision: bool = _f(True, "Encode each distinct prompt image once per forward (and once per step when the "
                                   "vision tower is frozen) instead of once per completion.")
@@ -106,6 +113,10 @@ class RLConfig:
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
+        if isinstance(self.judge, dict):
+            self.judge = JudgeConfig(**self.judge)
+        if isinstance(self.grounding, dict):
+            self.grounding = GroundingConfig(**self.grounding)
         if self.algorithm not in PRESETS:
             raise ValueError(f"algorithm must be one of {'|'.join(PRESETS)}, got {self.algorithm!r}")
         for name in ("num_generations", "batch", "max_completion_length", "steps", "grad_accum",
@@ -126,6 +137,8 @@ class RLConfig:
         r = self.resolved_rewards()
         if self.reward_weights is not None and len(self.reward_weights) != len(r):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for {len(r)} rewards {r}")
+        if "judge" in r and not self.judge.url:
+            raise ValueError("rewards include judge but judge.url is empty: set judge.url=http://HOST:PORT judge.model=NAME")
         cache = self.overlong_cache
         if cache is not None and not 0 <= cache <= self.max_completion_length:
             raise ValueError(f"overlong_cache must be in [0, max_completion_length={self.max_completion_length}], got {cache}")

@@ -8,14 +8,16 @@ lists (`[{"role": "assistant", "content": ...}]`); ground truth comes from the `
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Callable, Sequence
 
 from trl.rewards import get_soft_overlong_punishment
 
 from corpora.grading import answer_follows_reasoning, extract_answer, format_ok, grade
 
+logger = logging.getLogger(__name__)
 RewardFn = Callable[..., list]
-BUILTIN = ("format", "accuracy", "consistency", "length_aware_accuracy", "soft_overlong")
+BUILTIN = ("format", "accuracy", "consistency", "length_aware_accuracy", "soft_overlong", "judge", "grounding")
 
 
 def completion_text(completion) -> str:
@@ -135,6 +137,46 @@ class LengthAwareAccuracyReward:
         return out
 
 
+class JudgeReward:
+    """An LLM judge's score in [0, 1] for open answers (`corpora.judge`, the judge `evaluation.run --judge` uses);
+    None for closed questions (the accuracy reward grades those exactly) and when the judge fails or answers
+    unparseably, so TRL leaves it out instead of reading a failure as a wrong answer. A completion without an
+    `<answer>` is not sent: it scores 0. The failure rate is logged (and sent to TRL's metrics as
+    `judge/failure_rate`)."""
+
+    def __init__(self, judge):
+        self.judge = judge
+        self.__name__ = "judge_reward"
+
+    def __call__(self, completions, question=None, images=None, log_metric=None, **columns) -> list[float | None]:
+        from corpora.judge import JudgeItem
+
+        n = len(completions)
+        questions = list(question) if question is not None else [""] * n
+        out: list[float | None] = [None] * n
+        items, where = [], []
+        for i, (completion, (answer, kind, opts)) in enumerate(zip(completions, _references(columns, n))):
+            if kind != "open":
+                continue
+            extracted = extract_answer(completion_text(completion))
+            if extracted is None:
+                out[i] = 0.0
+                continue
+            items.append(JudgeItem(questions[i], extracted, answer, list(opts), list(images[i] or []) if images else []))
+            where.append(i)
+        if items:
+            scores = self.judge.score_many(items)
+            for i, s in zip(where, scores):
+                out[i] = s
+            failed = sum(s is None for s in scores)
+            if failed:
+                logger.warning("judge: %d of %d answers unscored this step (%.1f %% overall)", failed, len(scores),
+                               100 * self.judge.failure_rate)
+            if log_metric is not None:
+                log_metric("judge/failure_rate", failed / len(scores))
+        return out
+
+
 format_reward = FormatReward("cot")
 accuracy_reward = AccuracyReward("cot")
 length_aware_accuracy_reward = LengthAwareAccuracyReward()
@@ -168,9 +210,11 @@ def build_rewards(
     max_completion_length: int = 256,
     overlong_cache: int = 64,
     length_bounds: tuple[int, int] = (0, 1024),
+    judge=None,
+    grounding=None,
 ) -> list[RewardFn]:
     """Reward callables for config names: `format`, `accuracy`, `consistency`, `length_aware_accuracy`, `soft_overlong`,
-    or `pkg.mod:fn`."""
+    `judge` (needs a `corpora.judge.JudgeConfig` with a url), `grounding` (a `GroundingConfig`), or `pkg.mod:fn`."""
     made = []
     for name in names:
         if name == "format":
@@ -188,6 +232,14 @@ def build_rewards(
             made.append(LengthAwareAccuracyReward(*length_bounds, template=template))
         elif name == "soft_overlong":
             made.append(soft_overlong_reward(max_completion_length, overlong_cache))
+        elif name == "judge":
+            from corpora.judge import Judge, JudgeConfig
+
+            made.append(JudgeReward(Judge(judge or JudgeConfig())))  # no url: Judge names the missing field
+        elif name == "grounding":
+            from stages.rl.grounding import GroundingReward
+
+            made.append(GroundingReward(grounding))
         elif ":" in name:
             made.append(load_reward(name))
         else:

@@ -153,7 +153,7 @@ def run(cfg: RLConfig) -> Path:
 
     rewards = build_rewards(cfg.resolved_rewards(), template=cfg.template,
                             max_completion_length=cfg.max_completion_length, overlong_cache=cfg.overlong_cache,
-                            length_bounds=(cfg.length_min, cfg.length_max))
+                            length_bounds=(cfg.length_min, cfg.length_max), judge=cfg.judge, grounding=cfg.grounding)
     output_dir = Path(home()) / "logs" / STAGE / cfg.run
     trainer = PathoGRPOTrainer(
         model=model,

@@ -1,0 +1,276 @@
+"""Chain-of-thought SFT data by rejection sampling: a teacher reasons about each question, and only the traces
+whose answer the one scorer (`corpora.grading`) marks correct are kept.
+
+    python -m recipes.distill --teacher sft:latest --data qa.jsonl --out sft_distilled.jsonl --samples 4
+    python -m recipes.distill --teacher http://127.0.0.1:8000 --teacher-model Qwen2.5-VL-72B --data qa.jsonl ...
+
+The teacher is a checkpoint (registry ref or folder, sampled in this process in batches) or an OpenAI-compatible
+endpoint (`vllm serve`, a hosted API; images go as data URLs, replies are cached on disk). Per question: sample
+`--samples` traces with `--template`, keep the correct ones, drop near-duplicates (normalised text similarity
+>= `--dedup`), optionally keep only the `--keep-shortest` k. Each record is a chat SFT record (`messages` +
+`images`) with `provenance`: teacher, template, sampling settings and the question's acceptance rate.
+
+Resume: `<out>.progress.jsonl` lists the settings and every finished question; a rerun with the same settings
+skips finished batches, drops records a crash left half-written, and produces the same file an uninterrupted run
+would (every batch is sampled with its own seed). The last printed line is a JSON summary.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+log = logging.getLogger("recipes.distill")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m recipes.distill", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--teacher", required=True, help="registry ref (sft:latest), model folder, or endpoint URL")
+    p.add_argument("--teacher-model", help="model name the endpoint serves (URL teachers only)")
+    p.add_argument("--data", required=True, help="QA file (kind qa): questions with reference answers")
+    p.add_argument("--out", required=True, help="output JSONL of chat SFT records (inside the images' dataset root)")
+    p.add_argument("--samples", type=int, default=4, help="traces sampled per question (default 4)")
+    p.add_argument("--template", default="cot", help="prompt template (corpora/prompts) the teacher is asked with")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--keep-shortest", type=int, default=0, help="keep only the k shortest correct traces (0 = all)")
+    p.add_argument("--dedup", type=float, default=0.9,
+                   help="drop a trace this similar (0-1, difflib ratio of normalised text) to a kept one")
+    p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch (also the resume unit)")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cuda / cpu for a checkpoint teacher (default: cuda when available)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable with the endpoint's key")
+    p.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight at most")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = p.parse_args(argv)
+    for name in ("samples", "batch_size", "max_new_tokens", "concurrency"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.keep_shortest < 0 or not 0 < args.dedup <= 1 or args.temperature <= 0:
+        p.error("need --keep-shortest >= 0, 0 < --dedup <= 1 and --temperature > 0")
+    if args.teacher.startswith(("http://", "https://")) and not args.teacher_model:
+        p.error("an endpoint teacher needs --teacher-model (the model name it serves)")
+    return args
+
+
+# -- selection: pure functions
+def _normalised(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
+
+
+def select_traces(traces: list[str], answer: str, kind: str, options, template: str, *, dedup: float,
+                  keep_shortest: int) -> tuple[list[str], int]:
+    """(kept traces, number correct): correct by `corpora.grading.grade`, shortest first, near-duplicates dropped."""
+    from corpora.grading import grade
+
+    correct = [t for t in traces if grade(t, answer, kind, options, template=template).correct]
+    kept: list[str] = []
+    for t in sorted(correct, key=len):  # stable: equal lengths keep sampling order
+        if all(difflib.SequenceMatcher(None, _normalised(t), _normalised(k)).ratio() < dedup for k in kept):
+            kept.append(t)
+    return (kept[:keep_shortest] if keep_shortest else kept), len(correct)
+
+
+# -- teachers: samples(questions, seed) -> one list of traces per question
+class LocalTeacher:
+    """A checkpoint sampled in this process: prompts as evaluation renders them, each repeated `samples` times."""
+
+    def __init__(self, ref: str, args):
+        import torch
+
+        from evaluation.generate import load_model
+        from stages.registry import Registry
+        from stages.rl.training import vision_token_ids
+
+        self.path = Registry().resolve(ref)
+        manifest = self.path / "manifest.json"
+        info = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        self.describe = {"ref": ref, "path": str(self.path), **{k: info.get(k) for k in ("stage", "run", "step")}}
+        self.model, self.processor = load_model(self.path, device=args.device)
+        self.args, self.torch = args, torch
+        self.suppress = vision_token_ids(self.processor)  # a sampled <|image_pad|> would break the mrope positions
+
+    def samples(self, questions: list[dict], seed: int) -> list[list[str]]:
+        from PIL import Image
+
+        from evaluation.generate import chat_prompt
+
+        n, tok = self.args.samples, self.processor.tokenizer
+        prompts = [chat_prompt(self.processor, q, self.args.template) for q in questions for _ in range(n)]
+        images = []
+        for q in questions:
+            loaded = [Image.open(p).convert("RGB") for p in q["images"]]
+            images += loaded * n
+        inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt")
+        inputs = inputs.to(self.model.device)
+        gen_eos = self.model.generation_config.eos_token_id
+        eos = set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]) | {tok.eos_token_id}
+        eos.discard(None)
+        self.torch.manual_seed(seed)
+        with self.torch.inference_mode():
+            out = self.model.generate(**inputs, do_sample=True, temperature=self.args.temperature,
+                                      top_p=self.args.top_p, top_k=0, max_new_tokens=self.args.max_new_tokens,
+                                      pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else min(eos),
+                                      suppress_tokens=self.suppress or None)
+        texts = []
+        for row in out[:, inputs["input_ids"].shape[1]:].tolist():
+            stop = next((j for j, t in enumerate(row) if t in eos), len(row))
+            texts.append(tok.decode(row[:stop], skip_special_tokens=True).strip())
+        return [texts[i * n:(i + 1) * n] for i in range(len(questions))]
+
+
+class EndpointTeacher:
+    """An OpenAI-compatible endpoint asked for `n` choices per question (cached: a rerun costs nothing)."""
+
+    def __init__(self, url: str, args):
+        from corpora.endpoint import ChatEndpoint
+
+        self.endpoint = ChatEndpoint(url, args.teacher_model, api_key_env=args.api_key_env,
+                                     concurrency=args.concurrency)
+        self.describe, self.args = self.endpoint.describe(), args
+
+    def samples(self, questions: list[dict], seed: int) -> list[list[str]]:
+        from corpora.endpoint import user_message
+        from corpora.prompts import render_prompt
+
+        a = self.args
+        conversations = [[user_message(render_prompt(a.template, q["question"], q["options"]), q["images"])]
+                         for q in questions]
+        replies = self.endpoint.chat_many(conversations, n=a.samples, temperature=a.temperature, top_p=a.top_p,
+                                          max_tokens=a.max_new_tokens, seed=seed)
+        return [r or [] for r in replies]  # a failed request: no traces for that question, counted as 0 accepted
+
+
+# -- files
+def _read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSONL file; a torn last line (a crash mid-write) is left out."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def _relative_images(images: list[str], out: Path) -> list[str]:
+    from corpora.sources import dataset_root
+
+    root = dataset_root(out)
+    rel = []
+    for image in images:
+        if not Path(image).resolve().is_relative_to(root):
+            raise ValueError(f"--out {out}: image {image} lies outside the output's dataset root {root}; write the "
+                             f"output inside the data's folder (or mark a common ancestor with .dataset-root)")
+        rel.append(str(Path(image).resolve().relative_to(root)))
+    return rel
+
+
+def resume_state(out: Path, progress: Path, settings: dict, batch_size: int) -> set[int]:
+    """Indices of batches already finished; out and progress are trimmed to exactly those batches."""
+    lines = _read_jsonl(progress)
+    if lines and lines[0].get("settings") != settings:
+        raise ValueError(f"{out} was started with other settings ({progress}: {lines[0].get('settings')}); "
+                         f"use another --out or delete both files")
+    done_rows = [r for r in lines[1:] if "question_index" in r]
+    per_batch: dict[int, int] = {}
+    for r in done_rows:
+        per_batch[r["question_index"] // batch_size] = per_batch.get(r["question_index"] // batch_size, 0) + 1
+    sizes = settings["batch_sizes"]
+    done = {b for b, count in per_batch.items() if count == sizes[b]}
+    records = [r for r in _read_jsonl(out) if r.get("provenance", {}).get("question_index", -1) // batch_size in done]
+    _write_jsonl(out, records)
+    _write_jsonl(progress, [{"settings": settings}] + [r for r in done_rows if r["question_index"] // batch_size in done])
+    return done
+
+
+def distill(args, *, after_batch=None) -> dict:
+    from tqdm.auto import tqdm
+
+    from corpora.prompts import render_prompt
+    from corpora.readers import load_qa
+
+    questions = list(load_qa(args.data))[: args.limit or None]
+    if not questions:
+        raise ValueError(f"{args.data}: no questions")
+    out = Path(args.out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    progress_file = out.with_name(out.name + ".progress.jsonl")
+    teacher = EndpointTeacher(args.teacher, args) if args.teacher.startswith(("http://", "https://")) \
+        else LocalTeacher(args.teacher, args)
+    sampling = {"samples": args.samples, "temperature": args.temperature, "top_p": args.top_p,
+                "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    bs = args.batch_size
+    batches = [questions[i:i + bs] for i in range(0, len(questions), bs)]
+    settings = {"data": str(Path(args.data).resolve()), "teacher": teacher.describe, "template": args.template,
+                "sampling": sampling, "dedup": args.dedup, "keep_shortest": args.keep_shortest,
+                "batch_sizes": [len(b) for b in batches]}
+    done = resume_state(out, progress_file, settings, bs)
+    bar = tqdm(total=len(questions), initial=sum(len(batches[b]) for b in done), desc="distill", unit="question",
+               disable=args.no_progress)
+    for b, batch in enumerate(batches):
+        if b in done:
+            continue
+        traces = teacher.samples(batch, seed=args.seed * 1_000_003 + b)
+        records, stats = [], []
+        for k, (q, sampled) in enumerate(zip(batch, traces)):
+            kept, n_correct = select_traces(sampled, q["answer"], q["kind"], q["options"], args.template,
+                                            dedup=args.dedup, keep_shortest=args.keep_shortest)
+            rate = n_correct / len(sampled) if sampled else 0.0
+            row = {"question_index": b * bs + k, "question_id": q["id"], "sampled": len(sampled),
+                   "correct": n_correct, "kept": len(kept), "acceptance_rate": rate}
+            stats.append(row)
+            prompt = render_prompt(args.template, q["question"], q["options"])
+            for j, trace in enumerate(kept):
+                records.append({"id": f"{q['id']}-distill{j}", "images": _relative_images(q["images"], out),
+                                "messages": [{"role": "user", "content": prompt},
+                                             {"role": "assistant", "content": trace}],
+                                "provenance": {**row, "answer": q["answer"], "teacher": teacher.describe,
+                                               "template": args.template, "sampling": sampling}})
+        # records first, then the batch's progress lines: a crash in between leaves records resume_state drops
+        with out.open("a") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        with progress_file.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in stats)
+        bar.update(len(batch))
+        if after_batch is not None:
+            after_batch(b)
+    bar.close()
+    rows = _read_jsonl(progress_file)[1:]
+    sampled, correct = sum(r["sampled"] for r in rows), sum(r["correct"] for r in rows)
+    return {"out": str(out), "questions": len(rows), "sampled": sampled, "correct": correct,
+            "kept": sum(r["kept"] for r in rows), "acceptance_rate": correct / sampled if sampled else 0.0,
+            "questions_with_a_kept_trace": sum(r["kept"] > 0 for r in rows), "teacher": teacher.describe}
+
+
+def main(argv=None) -> int:
+    import stages  # noqa: F401  (torchvision fix before the heavy imports)
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = distill(args)
+    except (ValueError, LookupError, FileNotFoundError) as e:  # LookupError: unknown registry ref
+        print(f"python -m recipes.distill: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
