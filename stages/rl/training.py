@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 
 from stages.rl.config import RLConfig
@@ -27,6 +28,38 @@ def prompt_dataset(qa, template: str):
 
     ds = qa.map(to_prompt, desc="rendering prompts")
     return ds.cast_column("images", List(Image()))
+
+
+def fitted_size(width: int, height: int, max_pixels: int, factor: int) -> tuple[int, int]:
+    """(width, height) rounded to multiples of ``factor`` with an area of at most ``max_pixels``, aspect kept.
+
+    Qwen-VL processors round every image to such a size (``smart_resize``), so an image already there is a fixed
+    point: any processor with the same factor and a larger pixel budget leaves it as it is."""
+    scale = min(1.0, math.sqrt(max_pixels / (width * height)))
+    w = max(factor, int(width * scale / factor) * factor)
+    h = max(factor, int(height * scale / factor) * factor)
+    return w, h
+
+
+def cap_image_pixels(dataset, processor, max_pixels: int):
+    """The dataset with every prompt image resized (lazily, on access) to at most ``max_pixels``.
+
+    Why not only the processor's max_pixels: TRL's vLLM engine loads its own processor from the checkpoint folder
+    (default budget 12.8 MP for a hub model) and re-processes the raw images, while the prompt ids come from the
+    trainer's processor; with different budgets the image-token counts disagree. Images pre-sized to a fixed point
+    of both make them agree, and cap the vision tokens of both."""
+    image_processor = getattr(processor, "image_processor", processor)
+    factor = int(getattr(image_processor, "patch_size", 14)) * int(getattr(image_processor, "merge_size", 2))
+
+    def fit(image):
+        size = fitted_size(*image.size, max_pixels, factor)
+        return image if image.size == size else image.resize(size)
+
+    def resize(batch):
+        batch["images"] = [[fit(im) for im in images or []] for images in batch["images"]]
+        return batch
+
+    return dataset.with_transform(resize)
 
 
 # Tokens a completion must never contain: a sampled <|image_pad|> (or a vision start/end) makes the policy
@@ -188,6 +221,8 @@ def run(cfg: RLConfig) -> Path:
     model_cfg.freeze_vision, model_cfg.freeze_projector, model_cfg.freeze_llm = TRAIN_POLICIES[cfg.train]
     model, processor = load_model(model_cfg)
     pad_prompts_left(processor)
+    if cfg.model.max_pixels:  # vLLM's processor and ours then agree on every image's token count
+        dataset = cap_image_pixels(dataset, processor, cfg.model.max_pixels)
     if full_resume:  # TRL builds the KL reference model from this name: it stays the input model
         model.config._name_or_path = resolve_model_path(init)
 

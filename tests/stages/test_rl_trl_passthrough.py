@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
+from datasets import Dataset, Image as ImageFeature, List
 
 from stages.config import ConfigError, load_config
 from stages.model import ModelConfig, build_tiny, load_model
@@ -260,3 +260,59 @@ def test_transformers_rollouts_still_suppress_the_vision_tokens(tiny, tmp_path):
     args = grpo_args(RLConfig().resolved(), tmp_path / "out", suppress_token_ids=ids,
                      suppress_tokens=vision_tokens(processor))
     assert args.generation_kwargs == {"suppress_tokens": ids}
+
+
+# ------------------------------------------------------------------------------------------------ image budget
+def test_capped_images_give_vllms_default_processor_the_trainers_token_count(tmp_path):
+    # vLLM re-processes the raw image with the checkpoint's own processor (12.8 MP budget) while the prompt ids come
+    # from the trainer's (model.max_pixels): the pre-sized images make both count the same image tokens.
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from stages.model import resolve_model_path
+    from stages.rl.training import cap_image_pixels, fitted_size
+
+    folder = resolve_model_path("tiny:qwen2_5_vl")
+    budget = 100 * 28 * 28
+    ours = AutoProcessor.from_pretrained(folder, max_pixels=budget)
+    vllms = AutoProcessor.from_pretrained(folder, max_pixels=12845056)
+    paths = []
+    for i, size in enumerate([(1000, 700), (300, 2000), (84, 84)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", size, (i * 60, 90, 120)).save(paths[-1])
+    data = Dataset.from_list([{"images": [p], "prompt": "q"} for p in paths])
+    capped = cap_image_pixels(data.cast_column("images", List(ImageFeature())), ours, budget)
+    for i in range(len(paths)):
+        image = capped[i]["images"][0]
+        w, h = image.size
+        assert w % 28 == 0 and h % 28 == 0 and w * h <= budget
+        grids = [p.image_processor(images=[image], return_tensors="pt")["image_grid_thw"] for p in (ours, vllms)]
+        assert torch.equal(grids[0], grids[1]) and int(grids[0].prod()) == w * h // 14 // 14
+    assert capped[2]["images"][0].size == (84, 84)  # small images are left as they are
+    assert fitted_size(1000, 700, budget, 28) == (308, 224)  # scale sqrt(78400 / 700000) = 0.335, floored to 28s
+
+
+def test_an_rl_run_with_micro_batches_an_image_budget_and_trl_fields(tmp_path):
+    # the whole stage: gspo preset + a trl field + 2 completions per forward (2 accumulated) + images capped at
+    # 56 x 56; TRL trains exactly `steps` optimizer steps and the manifest records what was trained with
+    import json
+    import shutil
+
+    from corpora.demo import build_demo
+    from stages.registry import Registry
+    from stages.rl import run
+    from stages.rl.trainer import TRAINER_STATE_DIR
+
+    base = build_tiny("qwen2_5_vl", tmp_path / "tiny")
+    with Registry().writer("sft", "mb", 1, parent="tiny:qwen2_5_vl") as w:
+        for f in base.iterdir():
+            shutil.copy(f, w.path / f.name)
+    demo = build_demo(tmp_path / "demo", n_train=8, n_eval=4)
+    final = run(RLConfig(algorithm="gspo", init="sft:mb", data=str(demo.root), num_generations=2, batch=2,
+                         micro_batch=2, max_completion_length=8, steps=2, lr=1e-3, run="mb",
+                         model=ModelConfig(max_pixels=56 * 56), trl={"top_entropy_quantile": 0.5}))
+    config = json.loads((final / "manifest.json").read_text())["config"]
+    assert config["micro_batch"] == 2 and config["model"]["max_pixels"] == 3136
+    assert config["trl"] == {"importance_sampling_level": "sequence", "top_entropy_quantile": 0.5}
+    state = json.loads((final / TRAINER_STATE_DIR / "trainer_state.json").read_text())
+    assert final.name == "step-00000002" and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2]
