@@ -82,7 +82,7 @@ def run(cfg: MedR1Config) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config_or_exit(MedR1Config, argv, prog="python -m recipes.med_r1")
-    preflight_or_exit(cfg, "python -m recipes.med_r1")  # missing vllm / deepspeed / bitsandbytes: fail now, not after hours
+    preflight_or_exit(cfg, "python -m recipes.med_r1")  # a missing vllm / deepspeed: fail now, not after hours
     print(run(cfg))
     return 0
 

@@ -71,7 +71,7 @@ def run(cfg: MedVLMR1Config) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config_or_exit(MedVLMR1Config, argv, prog="python -m recipes.medvlm_r1")
-    preflight_or_exit(cfg, "python -m recipes.medvlm_r1")  # missing vllm / deepspeed / bitsandbytes: fail now, not after hours
+    preflight_or_exit(cfg, "python -m recipes.medvlm_r1")  # a missing vllm / deepspeed: fail now, not after hours
     print(run(cfg))
     return 0
 

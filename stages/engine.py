@@ -486,6 +486,6 @@ def cli_main(config_cls, run_fn, prog: str, argv: list[str] | None = None) -> in
 
     offline_hub()
     cfg = load_config_or_exit(config_cls, argv, prog=prog)
-    preflight_or_exit(cfg, prog)  # e.g. bitsandbytes for 4-bit, deepspeed for a DeepSpeed launch: fail in seconds
+    preflight_or_exit(cfg, prog)  # e.g. bitsandbytes for 4-bit, deepspeed for a DeepSpeed launch
     print(run_fn(cfg))
     return 0
