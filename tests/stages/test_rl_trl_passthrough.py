@@ -316,3 +316,15 @@ def test_an_rl_run_with_micro_batches_an_image_budget_and_trl_fields(tmp_path):
     assert config["trl"] == {"importance_sampling_level": "sequence", "top_entropy_quantile": 0.5}
     state = json.loads((final / TRAINER_STATE_DIR / "trainer_state.json").read_text())
     assert final.name == "step-00000002" and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "stages/configs").glob("rl_*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_rl_config_reaches_grpo_config(tmp_path, path):
+    cfg = load_config(RLConfig, ["--config", str(path)]).resolved()
+    args = grpo_args(cfg, tmp_path / "out")
+    assert (args.loss_type, args.per_device_train_batch_size * args.gradient_accumulation_steps) == (
+        cfg.loss_type, cfg.batch * cfg.num_generations * cfg.grad_accum)
+    for key, value in cfg.trl.items():
+        assert getattr(args, key) == value, key
+    if path.name == "rl_dapo_entropy.yaml":
+        assert args.top_entropy_quantile == 0.2
