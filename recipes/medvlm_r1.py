@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.config import load_config_or_exit
+from stages.preflight import preflight_or_exit
 from stages.model import resolve_model_path
 from stages.registry import home
 from stages.rl import run as run_rl
@@ -69,7 +70,9 @@ def run(cfg: MedVLMR1Config) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(run(load_config_or_exit(MedVLMR1Config, argv, prog="python -m recipes.medvlm_r1")))
+    cfg = load_config_or_exit(MedVLMR1Config, argv, prog="python -m recipes.medvlm_r1")
+    preflight_or_exit(cfg, "python -m recipes.medvlm_r1")  # a missing vllm / deepspeed: fail now, not after hours
+    print(run(cfg))
     return 0
 
 

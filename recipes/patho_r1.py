@@ -17,6 +17,7 @@ from pathlib import Path
 from pathoclip.train import CLIPTrainConfig
 from stages import pretrain, rl, sft
 from stages.config import load_config_or_exit
+from stages.preflight import preflight_or_exit
 from stages.model import resolve_model_path
 from stages.pretrain import PretrainConfig
 from stages.registry import home
@@ -143,6 +144,7 @@ def run(cfg: PathoR1Config) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config_or_exit(PathoR1Config, argv, prog="python -m recipes.patho_r1")
+    preflight_or_exit(cfg, "python -m recipes.patho_r1")  # missing vllm / deepspeed / bitsandbytes: fail now
     print(run(cfg))
     return 0
 

@@ -8,11 +8,13 @@ import sys
 
 import stages  # noqa: F401  (torchvision fix before the heavy imports)
 from stages.config import load_config_or_exit
+from stages.preflight import preflight_or_exit
 from stages.rl import RLConfig, run
 
 
 def main(argv=None) -> int:
     cfg = load_config_or_exit(RLConfig, argv, prog="python -m recipes.rl")
+    preflight_or_exit(cfg, "python -m recipes.rl")  # missing vllm / deepspeed / bitsandbytes: fail in seconds
     print(run(cfg))
     return 0
 

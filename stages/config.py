@@ -34,6 +34,7 @@ import yaml
 __all__ = [
     "CONFIG_HEADER",
     "ConfigError",
+    "Passthrough",
     "config_class_of",
     "from_dict",
     "help_text",
@@ -49,6 +50,22 @@ _MISSING = dataclasses.MISSING
 
 class ConfigError(ValueError):
     """A config could not be built: unknown key, wrong type, bad value, unreadable file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Passthrough:
+    """Schema of a mapping field whose keys are the fields of a library's own config (e.g. TRL's GRPOConfig).
+
+    Put it in the field's metadata (``field(default_factory=dict, metadata={"passthrough": Passthrough(...)})``):
+    every key is then checked against ``fields()`` (name -> type, computed only when the mapping is not empty,
+    so the library is imported only when used) and every value converted to that type, with the same
+    file:line / command-line origin in the error as any other field. ``owned`` names the keys our own config
+    sets (key -> our field that sets it), which are refused with a pointer to that field.
+    """
+
+    target: str
+    fields: Any  # Callable[[], dict[str, type]]
+    owned: dict = dataclasses.field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------- types
@@ -262,6 +279,9 @@ def from_dict(cls, d: dict, *, _prefix: str = "", _origins: dict | None = None, 
                 raise ConfigError(f"{root.__name__}: missing required key '{dotted}' ({type_name(tp)})")
             continue
         value = d[name]
+        if "passthrough" in f.metadata and isinstance(value, dict):
+            kwargs[name] = _check_passthrough(f.metadata["passthrough"], value, dotted, _prefix, origins, root)
+            continue
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             base = _default_of(f)  # keep a customised default, e.g. default_factory=lambda: Lora(r=16)
             merged = _merge(to_dict(base), value) if dataclasses.is_dataclass(base) else value
@@ -282,6 +302,31 @@ def from_dict(cls, d: dict, *, _prefix: str = "", _origins: dict | None = None, 
     except (ValueError, TypeError) as e:  # range checks in __post_init__
         where = f"{root.__name__}{'.' + _prefix[:-1] if _prefix else ''}"
         raise ConfigError(f"{where}: invalid value: {e}") from None
+
+
+def _check_passthrough(schema: Passthrough, value: dict, dotted: str, prefix: str, origins: dict, root) -> dict:
+    """The mapping with each key checked against ``schema`` and each value converted to the key's type."""
+    if not value:
+        return {}
+    allowed, out = schema.fields(), {}
+    for key, item in value.items():
+        path = f"{dotted}.{key}"
+        if key in schema.owned:
+            raise ConfigError(f"{root.__name__}.{path}{_where(origins, path)}: pathor1 sets {schema.target}.{key} "
+                              f"itself from '{prefix}{schema.owned[key]}'; set that instead")
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
+            hint = f"; did you mean '{dotted}.{close[0]}'?" if close else ""
+            raise ConfigError(f"{root.__name__}: unknown key '{path}'{_where(origins, path)}: "
+                              f"{schema.target} has no field '{key}'{hint}")
+        try:
+            out[key] = _coerce(item, allowed[key], origins.get(("raw", path)))
+        except _Mismatch as e:
+            detail = f"{e}; " if str(e) else ""
+            raise ConfigError(f"{root.__name__}.{path}{_where(origins, path)}: {detail}expected "
+                              f"{type_name(allowed[key])} ({schema.target}.{key}), got {item!r} "
+                              f"({type(item).__name__})") from None
+    return out
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -510,6 +510,10 @@ def cli_main(config_cls, run_fn, prog: str, argv: list[str] | None = None) -> in
     from stages.compat import offline_hub
     from stages.config import load_config_or_exit
 
+    from stages.preflight import preflight_or_exit
+
     offline_hub()
-    print(run_fn(load_config_or_exit(config_cls, argv, prog=prog)))
+    cfg = load_config_or_exit(config_cls, argv, prog=prog)
+    preflight_or_exit(cfg, prog)  # e.g. bitsandbytes for 4-bit, deepspeed for a DeepSpeed launch
+    print(run_fn(cfg))
     return 0

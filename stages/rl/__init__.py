@@ -1,4 +1,4 @@
-"""Stage 3: GRPO / DAPO / Dr. GRPO reinforcement learning on TRL's GRPOTrainer.
+"""Stage 3: GRPO / DAPO / Dr. GRPO / GSPO / CISPO / SAPO reinforcement learning on TRL's GRPOTrainer.
 
 `run(cfg)` trains and returns the registry checkpoint; `RLConfig` holds the algorithm presets. Pieces TRL
 lacks live in their own modules: `sampling` (dynamic sampling), `vision_share` (group-shared vision

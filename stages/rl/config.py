@@ -1,26 +1,37 @@
-"""`RLConfig`: one typed config for GRPO, DAPO and Dr. GRPO -- the algorithm is a preset, not a file copy.
+"""`RLConfig`: one typed config for every TRL objective -- the algorithm is a preset, not a file copy.
 
 Preset-controlled fields default to None ("take the preset's value"); any value set in YAML or on the
 command line wins over the preset. `resolved()` returns the config with every preset value filled in;
 that is what is trained with and stored in the checkpoint manifest.
 
-| preset  | loss_type | scale_rewards | beta | epsilon / epsilon_high | mask_truncated | dynamic_sampling | extra reward  |
-|---------|-----------|---------------|------|------------------------|----------------|------------------|---------------|
-| grpo    | grpo      | group         | 0.04 | 0.2 / 0.2              | no             | no               |               |
-| dapo    | dapo      | group         | 0.0  | 0.2 / 0.28             | yes            | yes              | soft_overlong |
-| dr_grpo | dr_grpo   | none          | 0.0  | 0.2 / 0.2              | no             | no               |               |
+| preset  | loss_type | scale_rewards | beta | epsilon / epsilon_high | mask_truncated | dynamic_sampling | extra                     |
+|---------|-----------|---------------|------|------------------------|----------------|------------------|---------------------------|
+| grpo    | grpo      | group         | 0.04 | 0.2 / 0.2              | no             | no               |                           |
+| dapo    | dapo      | group         | 0.0  | 0.2 / 0.28             | yes            | yes              | soft_overlong reward      |
+| dr_grpo | dr_grpo   | none          | 0.0  | 0.2 / 0.2              | no             | no               |                           |
+| gspo    | grpo      | group         | 0.0  | 3e-4 / 4e-4            | no             | no               | sequence-level ratio      |
+| cispo   | cispo     | group         | 0.0  | 0.2 / 5.0 (eps_max)    | no             | no               | clipped IS weight x logp  |
+| sapo    | sapo      | group         | 0.0  | (soft gate instead)    | no             | no               | gate temperatures 1 / 1.05 |
+
+Any other field of TRL's `GRPOConfig` passes through the `trl` mapping (`trl.top_entropy_quantile=0.2`, in YAML
+a `trl:` block), checked against GRPOConfig's own dataclass fields when the config is built. A preset may set
+`trl` keys too (gspo: `importance_sampling_level: sequence`); the user's `trl` keys win. The GRPOConfig fields
+that an RLConfig field already sets (`TRL_OWNED`) are refused there, with the field to use instead.
 
 vLLM rollouts (GPU only; TRL's options): `use_vllm=true vllm_mode=colocate` runs vLLM inside the training
 process (set `vllm_gpu_memory_utilization`, e.g. 0.3); `vllm_mode=server` talks to a separate
-`trl vllm-serve --model <ckpt>` process at `vllm_server_host:vllm_server_port`.
+`trl vllm-serve --model <ckpt>` process at `vllm_server_host:vllm_server_port`; everything else of TRL's vLLM
+(`vllm_max_model_length`, `vllm_enable_sleep_mode`, `vllm_importance_sampling_*`, ...) through `trl`.
 """
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Any, Literal
 
 from corpora.judge import JudgeConfig
+from stages.config import Passthrough
 from stages.model import ModelConfig
 from stages.rl.grounding import GroundingConfig
 
@@ -32,7 +43,52 @@ PRESETS: dict[str, dict] = {
                  rewards=["format", "accuracy", "soft_overlong"]),
     "dr_grpo": dict(loss_type="dr_grpo", scale_rewards="none", beta=0.0, epsilon=0.2, epsilon_high=0.2,
                     mask_truncated_completions=False, dynamic_sampling=False, rewards=["format", "accuracy"]),
+    # GSPO (Zheng et al. 2025): one importance ratio per sequence, exp(mean token log-ratio), clipped in a narrow
+    # band; the settings TRL documents for it.
+    "gspo": dict(loss_type="grpo", scale_rewards="group", beta=0.0, epsilon=3e-4, epsilon_high=4e-4,
+                 mask_truncated_completions=False, dynamic_sampling=False, rewards=["format", "accuracy"],
+                 trl={"importance_sampling_level": "sequence"}),
+    # CISPO (MiniMax-M1): clip the detached IS weight at epsilon_high (ScaleRL's eps_max = 5), multiply by A * log p:
+    # no token loses its gradient to clipping.
+    "cispo": dict(loss_type="cispo", scale_rewards="group", beta=0.0, epsilon=0.2, epsilon_high=5.0,
+                  mask_truncated_completions=False, dynamic_sampling=False, rewards=["format", "accuracy"]),
+    # SAPO (Soft Adaptive Policy Optimization): a sigmoid gate of the ratio instead of the hard clip; a hotter gate
+    # for negative advantages (TRL's defaults, the paper's values).
+    "sapo": dict(loss_type="sapo", scale_rewards="group", beta=0.0, epsilon=0.2, epsilon_high=0.2,
+                 mask_truncated_completions=False, dynamic_sampling=False, rewards=["format", "accuracy"],
+                 trl={"sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05}),
 }
+# GRPOConfig fields that an RLConfig field sets (GRPOConfig name -> RLConfig field): refused in `trl`.
+TRL_OWNED = {
+    "output_dir": "run", "per_device_train_batch_size": "micro_batch", "gradient_accumulation_steps": "grad_accum",
+    "num_generations": "num_generations", "max_completion_length": "max_completion_length",
+    "temperature": "temperature", "top_p": "top_p", "learning_rate": "lr", "lr_scheduler_type": "scheduler",
+    "warmup_steps": "warmup_ratio", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
+    "max_grad_norm": "max_grad_norm", "max_steps": "steps", "num_iterations": "num_iterations",
+    "loss_type": "loss_type", "scale_rewards": "scale_rewards", "beta": "beta", "epsilon": "epsilon",
+    "epsilon_high": "epsilon_high", "mask_truncated_completions": "mask_truncated_completions",
+    "reward_weights": "reward_weights", "use_vllm": "use_vllm", "vllm_mode": "vllm_mode",
+    "vllm_gpu_memory_utilization": "vllm_gpu_memory_utilization", "vllm_server_host": "vllm_server_host",
+    "vllm_server_port": "vllm_server_port", "gradient_checkpointing": "gradient_checkpointing",
+    "logging_steps": "logging_steps", "save_strategy": "save_every", "save_steps": "save_every", "seed": "seed",
+    "log_completions": "log_completions",
+}
+
+
+def grpo_config_fields() -> dict[str, Any]:
+    """TRL's GRPOConfig fields (name -> type): what the `trl` mapping accepts. Imports trl, so called lazily."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    try:
+        hints = typing.get_type_hints(GRPOConfig)
+    except Exception:  # an annotation that does not resolve: accept that field's values as they are
+        hints = {}
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(GRPOConfig) if f.init}
+
+
+TRL_PASSTHROUGH = Passthrough("GRPOConfig", grpo_config_fields, TRL_OWNED)
 DEFAULT_WEIGHTS = {"format": 0.1, "accuracy": 0.9, "consistency": 0.5, "length_aware_accuracy": 1.0, "soft_overlong": 1.0,
                    "judge": 0.9, "grounding": 0.1}
 
@@ -43,7 +99,8 @@ def _f(default, help, **kw):
 
 @dataclass
 class RLConfig:
-    algorithm: Literal["grpo", "dapo", "dr_grpo"] = _f("grpo", "Preset that fills every field left unset (None).")
+    algorithm: Literal["grpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo"] = _f(
+        "grpo", "Preset that fills every field left unset (None); see stages/rl/config.py for the table.")
     init: str = _f("sft:latest", "Policy to start from: registry ref (sft:latest), folder, or tiny:qwen2_5_vl. "
                                   "Replaces model.name_or_path.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model loading, freezing, LoRA."})
@@ -57,7 +114,10 @@ class RLConfig:
     seed: int = _f(0, "Seed for data order and sampling.")
     # -- rollouts
     num_generations: int = _f(8, "G: completions sampled per prompt (one group).")
-    batch: int = _f(2, "Prompts (groups) per optimizer step.")
+    batch: int = _f(2, "Prompts (groups) per optimizer step on each device.")
+    micro_batch: int | None = _f(
+        None, "Completions per forward/backward on each device; None = batch x num_generations (all at once). Must "
+              "divide batch x num_generations; the rest is accumulated, so an optimizer step sees the same batch.")
     max_completion_length: int = _f(256, "L_max: tokens per completion; longer ones are truncated.")
     temperature: float = _f(1.0, "Sampling temperature of the rollouts.")
     top_p: float = _f(1.0, "Nucleus sampling of the rollouts.")
@@ -76,8 +136,9 @@ class RLConfig:
         "projector_llm", "Which towers train: llm, projector_llm, or all (vision tower too).")
     gradient_checkpointing: bool = _f(False, "Trade compute for activation memory.")
     # -- algorithm (None = from the preset)
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] | None = _f(
-        None, "grpo: per-sequence mean then batch mean; dapo: token-level over the batch; dr_grpo: sum / (B * L_max).")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"] | None = _f(
+        None, "grpo: per-sequence mean then batch mean; dapo: token-level over the batch; dr_grpo: sum / (B * L_max); "
+              "cispo, sapo, luspo, vespo: TRL's losses of those names.")
     scale_rewards: Literal["group", "batch", "none"] | None = _f(None, "Divide advantages by the group std (none: Dr. GRPO).")
     beta: float | None = _f(None, "KL (k3) coefficient to the reference model; the reference is loaded only if > 0.")
     epsilon: float | None = _f(None, "Lower clip epsilon (ratio >= 1 - epsilon).")
@@ -104,6 +165,11 @@ class RLConfig:
     vllm_gpu_memory_utilization: float = _f(0.3, "colocate: share of GPU memory vLLM may take.")
     vllm_server_host: str = _f("0.0.0.0", "server mode: host of `trl vllm-serve`.")
     vllm_server_port: int = _f(8000, "server mode: port of `trl vllm-serve`.")
+    # -- any other field of TRL's GRPOConfig
+    trl: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "GRPOConfig fields passed to TRL as they are, e.g. trl.top_entropy_quantile=0.2 "
+                "trl.vllm_max_model_length=4096 trl.steps_per_generation=4 (checked against GRPOConfig).",
+        "passthrough": TRL_PASSTHROUGH})
     # -- output
     save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end).")
     keep_last: int = _f(0, "Keep only the newest N checkpoints of the run (0 = all).")
@@ -123,6 +189,12 @@ class RLConfig:
                      "num_iterations", "max_num_gen_batches", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch is not None and (self.micro_batch < 1 or (self.batch * self.num_generations) % self.micro_batch):
+            raise ValueError(f"micro_batch must divide batch x num_generations = {self.batch * self.num_generations}, "
+                             f"got {self.micro_batch}")
+        owned = sorted(set(self.trl) & set(TRL_OWNED))
+        if owned:  # from_dict refuses these with the origin; this catches configs built in Python
+            raise ValueError(f"trl.{owned[0]} is set by the RLConfig field '{TRL_OWNED[owned[0]]}'; set that instead")
         if self.num_generations < 2:
             raise ValueError(f"num_generations must be >= 2 (a group needs two completions), got {self.num_generations}")
         for name in ("save_every", "keep_last", "stop_after", "log_completions", "length_min"):
@@ -150,7 +222,9 @@ class RLConfig:
         """A copy with every None filled from the preset (explicit values are kept)."""
         out = copy.deepcopy(self)
         for name, value in PRESETS[self.algorithm].items():
-            if getattr(out, name) is None:
+            if name == "trl":
+                out.trl = {**copy.deepcopy(value), **out.trl}
+            elif getattr(out, name) is None:
                 setattr(out, name, copy.deepcopy(value))
         if out.reward_weights is None:
             out.reward_weights = [DEFAULT_WEIGHTS.get(n, 1.0) for n in out.rewards]
@@ -158,7 +232,14 @@ class RLConfig:
             out.overlong_cache = out.max_completion_length // 4
         if out.length_max is None:
             out.length_max = out.max_completion_length
+        if out.micro_batch is None:
+            out.micro_batch = out.batch * out.num_generations
         return out
+
+    def accumulation(self) -> int:
+        """Micro-batches per optimizer step on each device: grad_accum x (batch x G / micro_batch)."""
+        micro = self.micro_batch or self.batch * self.num_generations
+        return self.grad_accum * (self.batch * self.num_generations // micro)
 
     def unset_fields(self) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name) is None]

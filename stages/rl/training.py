@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 
 from stages.rl.config import RLConfig
@@ -29,15 +30,54 @@ def prompt_dataset(qa, template: str):
     return ds.cast_column("images", List(Image()))
 
 
+def fitted_size(width: int, height: int, max_pixels: int, factor: int) -> tuple[int, int]:
+    """(width, height) rounded to multiples of ``factor`` with an area of at most ``max_pixels``, aspect kept.
+
+    Qwen-VL processors round every image to such a size (``smart_resize``), so an image already there is a fixed
+    point: any processor with the same factor and a larger pixel budget leaves it as it is."""
+    scale = min(1.0, math.sqrt(max_pixels / (width * height)))
+    w = max(factor, int(width * scale / factor) * factor)
+    h = max(factor, int(height * scale / factor) * factor)
+    return w, h
+
+
+def cap_image_pixels(dataset, processor, max_pixels: int):
+    """The dataset with every prompt image resized (lazily, on access) to at most ``max_pixels``.
+
+    Why not only the processor's max_pixels: TRL's vLLM engine loads its own processor from the checkpoint folder
+    (default budget 12.8 MP for a hub model) and re-processes the raw images, while the prompt ids come from the
+    trainer's processor; with different budgets the image-token counts disagree. Images pre-sized to a fixed point
+    of both make them agree, and cap the vision tokens of both."""
+    image_processor = getattr(processor, "image_processor", processor)
+    factor = int(getattr(image_processor, "patch_size", 14)) * int(getattr(image_processor, "merge_size", 2))
+
+    def fit(image):
+        size = fitted_size(*image.size, max_pixels, factor)
+        return image if image.size == size else image.resize(size)
+
+    def resize(batch):
+        batch["images"] = [[fit(im) for im in images or []] for images in batch["images"]]
+        return batch
+
+    return dataset.with_transform(resize)
+
+
 # Tokens a completion must never contain: a sampled <|image_pad|> (or a vision start/end) makes the policy
 # forward count more image tokens than the prompt has images, and Qwen-VL's rope-index code fails on it.
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
 def vision_token_ids(processor) -> list[int]:
-    tokenizer = getattr(processor, "tokenizer", processor)
-    vocab = tokenizer.get_vocab()
-    return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
+    return [i for i, _ in _vision_tokens(processor)]
+
+
+def vision_tokens(processor) -> list[str]:
+    return [t for _, t in _vision_tokens(processor)]
+
+
+def _vision_tokens(processor) -> list[tuple[int, str]]:
+    vocab = getattr(processor, "tokenizer", processor).get_vocab()
+    return sorted((vocab[t], t) for t in VISION_TOKENS if t in vocab)
 
 
 def pad_prompts_left(processor) -> None:
@@ -48,18 +88,49 @@ def pad_prompts_left(processor) -> None:
     getattr(processor, "tokenizer", processor).padding_side = "left"
 
 
-def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] = ()):
-    """TRL's GRPOConfig from a resolved RLConfig (every preset value filled in).
+def vision_token_ban(token_ids: list[int], tokens: list[str], *, use_vllm: bool) -> dict:
+    """Generation kwargs that keep the rollouts from sampling a vision token, for the engine that samples them.
 
-    ``suppress_token_ids`` are never sampled (transformers generation; vLLM gets no such option here)."""
+    TRL suppresses only ``<|image_pad|>`` and only on its transformers path. transformers: ``suppress_tokens``.
+    vLLM (its ``SamplingParams``, built from GRPOConfig.generation_kwargs in colocate mode and sent with each
+    request in server mode): ``bad_words`` masks each token string to -inf -- Qwen's vision tokens are single
+    special tokens -- and ``logit_bias`` -100 on the ids also holds if a tokenizer ever split one of them."""
+    if not token_ids:
+        return {}
+    if not use_vllm:
+        return {"suppress_tokens": list(token_ids)}
+    return {"bad_words": list(tokens), "logit_bias": {int(i): -100.0 for i in token_ids}}
+
+
+def _merge_generation_kwargs(user: dict | None, ban: dict) -> dict | None:
+    """The user's trl.generation_kwargs plus the ban; a key both set is combined, never dropped."""
+    out = dict(user or {})
+    for key, value in ban.items():
+        if key in out and isinstance(value, dict):
+            out[key] = {**out[key], **value}
+        elif key in out:
+            out[key] = list(dict.fromkeys([*out[key], *value]))
+        else:
+            out[key] = value
+    return out or None
+
+
+def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] = (),
+              suppress_tokens: list[str] = ()):
+    """TRL's GRPOConfig from a resolved RLConfig (every preset value filled in), then `cfg.trl` on top.
+
+    Micro-batches: each device runs ``micro_batch`` completions per forward/backward and accumulates
+    ``batch x G / micro_batch`` of them (times grad_accum) per optimizer step; TRL's steps_per_generation
+    defaults to the accumulation, so one generation round still feeds exactly one optimizer step.
+    ``suppress_token_ids`` / ``suppress_tokens`` (ids and strings of the same tokens) are never sampled."""
     import torch
     from trl import GRPOConfig
 
     cuda = torch.cuda.is_available()
-    return GRPOConfig(
+    kwargs = dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=cfg.batch * cfg.num_generations,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=cfg.micro_batch or cfg.batch * cfg.num_generations,
+        gradient_accumulation_steps=cfg.accumulation(),
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
@@ -95,9 +166,11 @@ def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] 
         log_completions=False,
         disable_tqdm=False,
         dataloader_num_workers=0,
-        generation_kwargs={"suppress_tokens": list(suppress_token_ids)} if suppress_token_ids and not cfg.use_vllm
-        else None,
     )
+    kwargs.update(copy.deepcopy(cfg.trl))  # RLConfig refuses keys it sets itself (TRL_OWNED)
+    ban = vision_token_ban(list(suppress_token_ids), list(suppress_tokens), use_vllm=cfg.use_vllm)
+    kwargs["generation_kwargs"] = _merge_generation_kwargs(kwargs.get("generation_kwargs"), ban)
+    return GRPOConfig(**kwargs)
 
 
 def _resume_point(cfg: RLConfig):
@@ -148,6 +221,8 @@ def run(cfg: RLConfig) -> Path:
     model_cfg.freeze_vision, model_cfg.freeze_projector, model_cfg.freeze_llm = TRAIN_POLICIES[cfg.train]
     model, processor = load_model(model_cfg)
     pad_prompts_left(processor)
+    if cfg.model.max_pixels:  # vLLM's processor and ours then agree on every image's token count
+        dataset = cap_image_pixels(dataset, processor, cfg.model.max_pixels)
     if full_resume:  # TRL builds the KL reference model from this name: it stays the input model
         model.config._name_or_path = resolve_model_path(init)
 
@@ -158,7 +233,8 @@ def run(cfg: RLConfig) -> Path:
     trainer = PathoGRPOTrainer(
         model=model,
         reward_funcs=rewards,
-        args=grpo_args(cfg, output_dir, suppress_token_ids=vision_token_ids(processor)),
+        args=grpo_args(cfg, output_dir, suppress_token_ids=vision_token_ids(processor),
+                       suppress_tokens=vision_tokens(processor)),
         train_dataset=dataset,
         processing_class=processor,
         dynamic_sampling=cfg.dynamic_sampling,
