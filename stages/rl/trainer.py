@@ -36,7 +36,7 @@ class PathoGRPOTrainer(GRPOTrainer):
         self.checkpoint_target = checkpoint_target
         self.tensorboard_samples = tensorboard_samples
         self.last_sampling = None  # the last step's `Collected` (rows, stats)
-        self.last_round_inputs: list = []  # the dataset rows of each generation round of the last step
+        self.last_rounds: list = []  # (dataset rows, TRL output, gathered rewards) of each round of the last step
         self._last_rewards_per_func = None
         self._generation_key = (-1, 0)  # (global step, generation batches drawn in it): keys the refill draw
         self._text_writer = None
@@ -84,10 +84,11 @@ class PathoGRPOTrainer(GRPOTrainer):
 
         def generate(round_index: int):
             batch = inputs if round_index == 0 else self._refill(len(inputs), (*key, round_index))
-            self.last_round_inputs.append(batch)
-            return base(batch), self._weighted_rewards()
+            out, rewards = base(batch), self._weighted_rewards()
+            self.last_rounds.append((batch, out, rewards))
+            return out, rewards
 
-        self.last_round_inputs = []
+        self.last_rounds = []
         collected = collect_informative(generate, self.num_generations, len(inputs), self.max_num_gen_batches,
                                         rank=self.accelerator.process_index, all_gather=self._gather_counts)
         self.last_sampling = collected
