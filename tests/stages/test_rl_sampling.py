@@ -301,3 +301,15 @@ def test_an_untested_trl_version_is_refused_with_the_file_to_check():
         check_trl_version("1.17.0")
     with pytest.raises(RuntimeError):
         check_trl_version("1.160.0")
+
+
+@pytest.mark.parametrize("name", ["patho_r1_qwen2_5_vl_7b", "patho_r1_qwen2_5_vl_3b"])
+def test_shipped_multi_gpu_dapo_configs_keep_dynamic_sampling(name):
+    """They used to switch it off because it raised on several ranks; the DAPO preset's refills now run there."""
+    from pathlib import Path
+
+    from stages.config import config_class_of, load_config
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "configs" / f"{name}.yaml"
+    cfg = load_config(config_class_of(path), ["--config", str(path)])
+    assert cfg.rl.algorithm == "dapo" and cfg.rl.resolved().dynamic_sampling is True
