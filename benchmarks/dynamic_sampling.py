@@ -57,7 +57,8 @@ REWARDS = {"rare": RareReward, "common": lambda num_generations: sparse_reward}
 
 def parse(argv=None):
     p = argparse.ArgumentParser(prog="benchmarks/dynamic_sampling.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=5, help="optimizer steps per run (5 x 2 groups: the rare reward's 1-in-5 exactly)")
+    p.add_argument("--steps", type=int, default=5,
+                   help="optimizer steps per run (5 x 2 groups: the rare reward's 1 in 5 exactly)")
     p.add_argument("--generations", type=int, default=8, help="G")
     p.add_argument("--batch", type=int, default=2, help="groups per step")
     p.add_argument("--max-gen-batches", type=int, default=8, help="dynamic sampling refill limit")
@@ -94,13 +95,15 @@ def run_once(dynamic: bool, folder, dataset, a, work, steps: int | None = None):
                    max_completion_length=4, steps=steps or a.steps, lr=1e-5, rewards=["x:y"], reward_weights=[1.0],
                    dynamic_sampling=dynamic, max_num_gen_batches=a.max_gen_batches).resolved()
     model, processor = load_model(ModelConfig(name_or_path=str(folder)))
-    trainer = Counting(model=model, reward_funcs=[REWARDS[a.mode](a.generations)], args=grpo_args(cfg, work / f"out{dynamic}{steps}"),
+    trainer = Counting(model=model, reward_funcs=[REWARDS[a.mode](a.generations)],
+                       args=grpo_args(cfg, work / f"out{dynamic}{steps}"),
                        train_dataset=dataset, processing_class=processor, dynamic_sampling=dynamic,
                        max_num_gen_batches=a.max_gen_batches)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 3), **counts, "informative_per_s": round(counts["informative_trained"] / seconds, 4)}
+    return {"seconds": round(seconds, 3), **counts,
+            "informative_per_s": round(counts["informative_trained"] / seconds, 4)}
 
 
 def main(argv=None) -> int:

@@ -67,11 +67,19 @@ class SamplingStats:
 
 @dataclass
 class Collected:
-    """Rows to train on: `kept` (informative) then `padding` (to be made inert), each `[(batch, rows), ...]`."""
+    """Rows to train on: `kept` (informative) then `padding` (to be made inert), each `[(batch, rows), ...]`;
+    `kept_rounds` / `padding_rounds` say which generation round each part came from."""
 
     kept: list[tuple[Any, list[int]]]
     padding: list[tuple[Any, list[int]]]
     stats: SamplingStats
+    kept_rounds: list[int] = field(default_factory=list)
+    padding_rounds: list[int] = field(default_factory=list)
+
+    def summary(self) -> "Collected":
+        """The same record without the batches (kept per step for logging and tests, holds no tensors)."""
+        return Collected([(None, rows) for _, rows in self.kept], [(None, rows) for _, rows in self.padding],
+                         self.stats, list(self.kept_rounds), list(self.padding_rounds))
 
     @property
     def parts(self) -> list[tuple[Any, list[int]]]:
@@ -117,6 +125,8 @@ def collect_informative(
     stats = SamplingStats(num_generations=num_generations, quota_rows=quota_rows)
     kept: list[tuple[Any, list[int]]] = []
     spare: list[tuple[Any, list[int]]] = []  # rows of non-informative groups, candidates for padding
+    kept_rounds: list[int] = []
+    spare_rounds: list[int] = []
     while True:
         batch, rewards = generate(stats.gen_batches)
         stats.gen_batches += 1
@@ -127,10 +137,12 @@ def collect_informative(
         take = torch.nonzero(rows).flatten().tolist()[:quota_rows - stats.rows_kept]
         if take:
             kept.append((batch, take))
+            kept_rounds.append(stats.gen_batches - 1)
             stats.rows_kept += len(take)
         dull = torch.nonzero(~rows).flatten().tolist()
         if dull:
             spare.append((batch, dull))
+            spare_rounds.append(stats.gen_batches - 1)
         counts = all_gather(stats.rows_kept)
         if min(counts) >= quota_rows or stats.gen_batches >= max_gen_batches:
             break
@@ -140,19 +152,20 @@ def collect_informative(
             f"dynamic sampling: no informative group on any rank after {stats.gen_batches} generation batches "
             f"(max_num_gen_batches={max_gen_batches}); every rank skips this update")
         return Collected([], [], stats)
-    padding = []
-    for batch, dull in spare:
+    padding, padding_rounds = [], []
+    for (batch, dull), round_index in zip(spare, spare_rounds):
         need = quota_rows - stats.rows_kept - stats.rows_padded
         if need <= 0:
             break
         padding.append((batch, dull[:need]))
+        padding_rounds.append(round_index)
         stats.rows_padded += len(dull[:need])
     if min(counts) < quota_rows:
         stats.warnings.append(
             f"dynamic sampling: only {sum(counts)}/{quota_rows * len(counts)} informative rows over "
             f"{len(counts)} rank(s) after {stats.gen_batches} generation batches "
             f"(max_num_gen_batches={max_gen_batches}); this rank pads {stats.rows_padded} inert rows")
-    return Collected(kept, padding, stats)
+    return Collected(kept, padding, stats, kept_rounds, padding_rounds)
 
 
 def _mix(*numbers: int) -> int:

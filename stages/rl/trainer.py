@@ -35,13 +35,16 @@ class PathoGRPOTrainer(GRPOTrainer):
         self.max_num_gen_batches = max_num_gen_batches
         self.checkpoint_target = checkpoint_target
         self.tensorboard_samples = tensorboard_samples
-        self.last_sampling = None  # the last step's `Collected` (rows, stats)
-        self.last_rounds: list = []  # (dataset rows, TRL output, gathered rewards) of each round of the last step
+        self.last_sampling = None  # the last step's `Collected.summary()`: stats, kept / padding rows per round
+        self.last_rounds: list = []  # (prompt ids, gathered rewards) of each generation round of the last step
         self._last_rewards_per_func = None
         self._generation_key = (-1, 0)  # (global step, generation batches drawn in it): keys the refill draw
         self._text_writer = None
         if dynamic_sampling:
             trl_batch.check_trl_version()
+            if not hasattr(self.train_dataset, "__getitem__"):
+                raise ValueError("dynamic_sampling refills with dataset rows drawn by index: it needs a map-style "
+                                 f"train_dataset, got {type(self.train_dataset).__name__} (load without streaming)")
         if share_vision:
             for m in (self.model, self.ref_model):
                 if m is not None:
@@ -85,13 +88,13 @@ class PathoGRPOTrainer(GRPOTrainer):
         def generate(round_index: int):
             batch = inputs if round_index == 0 else self._refill(len(inputs), (*key, round_index))
             out, rewards = base(batch), self._weighted_rewards()
-            self.last_rounds.append((batch, out, rewards))
+            self.last_rounds.append(([row.get("id") for row in batch], rewards.detach().cpu()))
             return out, rewards
 
         self.last_rounds = []
         collected = collect_informative(generate, self.num_generations, len(inputs), self.max_num_gen_batches,
                                         rank=self.accelerator.process_index, all_gather=self._gather_counts)
-        self.last_sampling = collected
+        self.last_sampling = collected.summary()  # no batches: they are freed once merged
         stats = collected.stats
         for name, value in stats.as_metrics().items():
             self._metrics["train"][name].append(value)

@@ -113,20 +113,19 @@ def probe_dynamic(folder: Path) -> None:
         out = generate(self, inputs)
         rank, world = rank_and_world()
         n = len(inputs)
-        rounds = [{"ids": [row["id"] for row in rows], "rewards": rewards[rank * n:(rank + 1) * n].tolist()}
-                  for rows, _, rewards in self.last_rounds]
-        outputs = [o for _, o, _ in self.last_rounds]
+        rounds = [{"ids": ids, "rewards": rewards[rank * n:(rank + 1) * n].tolist()}
+                  for ids, rewards in self.last_rounds]
 
-        def where(parts):
-            return [{"round": next(i for i, o in enumerate(outputs) if o is batch), "rows": rows}
-                    for batch, rows in parts]
+        def where(parts, round_indices):
+            return [{"round": k, "rows": rows} for (_, rows), k in zip(parts, round_indices)]
 
         got = self.last_sampling
         pad = got.padding_rows
         inert = bool((out["advantages"][pad] == 0).all() and (out["completion_mask"][pad] == 0).all())
         line = {"rank": rank, "world": world, "step": self.state.global_step, "digest": digest,
-                "rounds": rounds, "skipped": got.stats.skipped, "kept": where(got.kept),
-                "padding": where(got.padding), "inert_padding": inert, "rows": int(out["completion_ids"].size(0)),
+                "rounds": rounds, "skipped": got.stats.skipped, "kept": where(got.kept, got.kept_rounds),
+                "padding": where(got.padding, got.padding_rounds), "inert_padding": inert,
+                "rows": int(out["completion_ids"].size(0)),
                 "num_items_in_batch": int(out["num_items_in_batch"]),
                 "local_tokens": int(out["completion_mask"].sum()) if out["completion_ids"].numel() else 0}
         with open(folder / f"dynamic-{os.environ.get('RANK', 0)}.jsonl", "a") as fh:

@@ -88,6 +88,8 @@ def test_refills_until_the_quota_and_trims_the_surplus():
     ])
     got = collect_informative(generate, G, quota_rows=8, max_gen_batches=5)
     assert got.kept == [("batch0", [4, 5, 6, 7]), ("batch2", [0, 1, 2, 3])]
+    assert got.kept_rounds == [0, 2]
+    assert got.summary().kept == [(None, [4, 5, 6, 7]), (None, [0, 1, 2, 3])]  # the record keeps no batch
     assert len(calls) == 3 and got.stats.gen_batches == 3 and got.padding == []
     assert got.stats.as_metrics()["dynamic_sampling/groups_kept"] == 2.0
 
@@ -97,6 +99,7 @@ def test_pads_a_shortfall_at_the_cap_with_rows_of_non_informative_groups():
     got = collect_informative(generate, G, quota_rows=8, max_gen_batches=2)
     assert got.kept == [("batch0", [0, 1, 2, 3])]
     assert got.padding == [("batch0", [4, 5, 6, 7])]  # the first non-informative rows, a whole group
+    assert got.padding_rounds == [0]
     assert got.padding_rows == [4, 5, 6, 7] and got.stats.rows_padded == 4
     assert "only 4/8 informative rows over 1 rank(s) after 2 generation batches" in got.stats.warnings[0]
 
