@@ -38,10 +38,11 @@ _calls_per_step: dict[int, int] = {}
 def refill_forcing_reward(completions, completion_ids, trainer_state, **columns) -> list[float]:
     """For dynamic sampling tests: the first generation round of every step scores all completions alike (so
     every rank must refill), later rounds score token parity (informative groups); at step index 1 every round
-    scores alike (a step where no group is informative anywhere). Called once per round on every rank."""
+    scores alike (a step where no group is informative anywhere), and at step index 2 every round on rank 1 does
+    (one rank finds nothing while the other trains). Called once per round on every rank."""
     step = trainer_state.global_step
     call = _calls_per_step[step] = _calls_per_step.get(step, -1) + 1
-    if step == 1 or call == 0:
+    if step == 1 or call == 0 or (step == 2 and os.environ.get("RANK") == "1"):
         return [0.5] * len(completion_ids)
     return token_parity_reward(completions, completion_ids)
 
