@@ -1,16 +1,32 @@
-"""Dynamic sampling (DAPO): keep only groups whose rewards differ, generate more until the batch is full.
+"""Dynamic sampling (DAPO §3.2) on one rank or many: keep only groups whose rewards differ, refill until full.
 
-TRL 1.16 has no such option, so it is written here in two parts:
+TRL 1.16 has no such option. The refill loop is written here as pure functions over a `generate()` callable
+and an `all_gather` of one integer, so its contract is unit-tested without a model or a process group
+(tests/stages/test_rl_sampling.py runs two "ranks" in threads with a fake all-gather).
 
-* `collect_informative` -- the refill loop as a pure function over a `generate()` callable, so its
-  contract (keeps exactly the informative groups, refills, stops at `max_gen_batches`, never loops
-  forever) is unit-tested without a model;
-* `merge_rows` -- concatenates row subsets of several TRL generation outputs (the dicts returned by
-  `GRPOTrainer._generate_and_score_completions`) into one, re-padding prompt (left) and completion
-  (right) tensors to a common width and keeping per-image tensors aligned.
+Why this differs from verl's DAPO recipe and EasyR1's online filtering: both filter in a single driver process
+(Ray controller) that sees every rollout, drops the zero-variance groups, concatenates refills until the batch
+is full (verl raises once `max_num_gen_batches` is exceeded) and only then splits the rows across data-parallel
+workers, balancing tokens. TRL has no driver: each rank is an equal process that generates and trains on its
+own rows, and every collective (reward gather, gradient all-reduce) must be entered by all ranks the same
+number of times. So here
+
+* every rank sees the same globally gathered rewards (TRL gathers them to normalise advantages) and computes
+  the same informative-group mask from them, then keeps the rows of that mask that are its own;
+* the stop decision is collective: after each round an all-gather of the per-rank kept counts says whether
+  every rank has its quota, so all ranks run the same number of generation rounds (a rank that is already
+  full keeps generating -- and discarding -- until the slowest is, or the cap is hit);
+* a rank still short at the cap is padded to its quota with rows of its non-informative groups made inert
+  (zero advantage, zero loss mask), so no rank enters the gradient all-reduce with an empty batch; when no rank
+  kept anything the step is skipped on every rank together;
+* refill prompts come from one permutation shared by all ranks (a seed keyed by step, generation and round),
+  sliced per rank exactly as TRL's RepeatSampler slices its batches: ranks draw different prompts, groups that
+  straddle two ranks still share their prompt, and a resumed run draws the same refills as an uninterrupted one
+  with no sampler state to save.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -18,22 +34,19 @@ import torch
 
 from stages.rl.algos import informative_groups
 
-# Which side TRL pads each per-row 2-D tensor on, and with what (prompt_ids/completion_ids use pad_token_id).
-_LEFT_PADDED = {"prompt_ids", "prompt_mask"}
-_PROMPT_THEN_COMPLETION = {"token_type_ids", "mm_token_type_ids"}  # (B, P + C): prompt part left-padded
-_PAD_ONE = {"tool_mask"}
-
 
 @dataclass
 class SamplingStats:
-    """What one training batch cost: logged per step as dynamic_sampling/*."""
+    """What one training batch cost on this rank: logged per step as dynamic_sampling/*."""
 
-    gen_batches: int = 0
-    groups_generated: int = 0
-    groups_kept: int = 0
-    groups_dropped: int = 0
-    target_groups: int = 0
-    zero_std_groups: int = 0
+    num_generations: int = 1
+    quota_rows: int = 0
+    gen_batches: int = 0  # generation rounds (equal on every rank)
+    groups_generated: int = 0  # over all ranks
+    zero_std_groups: int = 0  # over all ranks
+    rows_kept: int = 0  # this rank's informative rows
+    rows_padded: int = 0  # this rank's inert padding rows
+    skipped: bool = False  # no rank kept anything: nobody trains this step
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -41,126 +54,142 @@ class SamplingStats:
         return self.zero_std_groups / self.groups_generated if self.groups_generated else 0.0
 
     def as_metrics(self) -> dict[str, float]:
+        G = self.num_generations
         return {
             "dynamic_sampling/gen_batches": float(self.gen_batches),
             "dynamic_sampling/groups_generated": float(self.groups_generated),
-            "dynamic_sampling/groups_kept": float(self.groups_kept),
-            "dynamic_sampling/groups_dropped": float(self.groups_dropped),
+            "dynamic_sampling/groups_kept": self.rows_kept / G,
+            "dynamic_sampling/groups_padded": self.rows_padded / G,
             "dynamic_sampling/zero_std_fraction": self.zero_std_fraction,
+            "dynamic_sampling/skipped": float(self.skipped),
         }
 
 
+@dataclass
+class Collected:
+    """Rows to train on: `kept` (informative) then `padding` (to be made inert), each `[(batch, rows), ...]`;
+    `kept_rounds` / `padding_rounds` say which generation round each part came from."""
+
+    kept: list[tuple[Any, list[int]]]
+    padding: list[tuple[Any, list[int]]]
+    stats: SamplingStats
+    kept_rounds: list[int] = field(default_factory=list)
+    padding_rounds: list[int] = field(default_factory=list)
+
+    def summary(self) -> "Collected":
+        """The same record without the batches (kept per step for logging and tests, holds no tensors)."""
+        return Collected([(None, rows) for _, rows in self.kept], [(None, rows) for _, rows in self.padding],
+                         self.stats, list(self.kept_rounds), list(self.padding_rounds))
+
+    @property
+    def parts(self) -> list[tuple[Any, list[int]]]:
+        return self.kept + self.padding
+
+    @property
+    def padding_rows(self) -> list[int]:
+        """Positions of the padding rows in the batch merged from `parts` (they come last)."""
+        return list(range(self.stats.rows_kept, self.stats.rows_kept + self.stats.rows_padded))
+
+
+def local_row_mask(group_mask: torch.Tensor, num_generations: int, rank: int, local_rows: int) -> torch.Tensor:
+    """This rank's rows of the global group mask: TRL lays rank r's rows at [r * local_rows, (r+1) * local_rows)
+    of the gathered batch, groups of G consecutive rows (a group may straddle two ranks)."""
+    rows = group_mask.repeat_interleave(num_generations)
+    if local_rows < 1 or rows.numel() % local_rows or not 0 <= rank < rows.numel() // local_rows:
+        raise ValueError(f"{rows.numel()} gathered rows do not split into ranks of {local_rows} rows "
+                         f"(rank {rank})")
+    return rows[rank * local_rows:(rank + 1) * local_rows]
+
+
 def collect_informative(
-    generate: Callable[[], tuple[Any, torch.Tensor]],
+    generate: Callable[[int], tuple[Any, torch.Tensor]],
     num_generations: int,
-    target_groups: int,
+    quota_rows: int,
     max_gen_batches: int,
-) -> tuple[list[tuple[Any, list[int]]], SamplingStats]:
-    """Call `generate()` until `target_groups` informative groups are collected or `max_gen_batches` calls.
+    *,
+    rank: int = 0,
+    all_gather: Callable[[int], list[int]] | None = None,
+) -> Collected:
+    """Generate rounds until every rank holds `quota_rows` informative rows, or `max_gen_batches` rounds.
 
-    `generate()` returns `(batch, rewards)` with `rewards` a flat `(N,)` tensor of consecutive groups of
-    `num_generations`. Returns `[(batch, kept_group_indices), ...]` (batches with nothing kept omitted;
-    the surplus of the last batch is trimmed so exactly `target_groups` are kept when reachable) and the
-    stats. When the limit is hit first it returns what it has and records a warning -- possibly nothing.
+    `generate(round)` returns `(batch, rewards)`: this rank's batch of `quota_rows` rows and the rewards of every
+    rank's rows, gathered (`(world * quota_rows,)`, consecutive groups of `num_generations`). `all_gather(n)`
+    returns every rank's `n` (identity on one process); it is called exactly once per round on every rank, which
+    is what keeps the ranks in step. Surplus informative rows of the last round are left out; a shortfall is
+    filled with rows of non-informative groups, to be made inert by the caller; when no rank kept a row,
+    `stats.skipped` is set and nothing is returned.
     """
-    if target_groups < 1 or max_gen_batches < 1:
-        raise ValueError(f"target_groups ({target_groups}) and max_gen_batches ({max_gen_batches}) must be >= 1")
-    stats = SamplingStats(target_groups=target_groups)
+    if quota_rows < 1 or max_gen_batches < 1:
+        raise ValueError(f"quota_rows ({quota_rows}) and max_gen_batches ({max_gen_batches}) must be >= 1")
+    all_gather = all_gather or (lambda n: [n])
+    stats = SamplingStats(num_generations=num_generations, quota_rows=quota_rows)
     kept: list[tuple[Any, list[int]]] = []
-    while stats.groups_kept < target_groups and stats.gen_batches < max_gen_batches:
-        batch, rewards = generate()
-        mask = informative_groups(rewards, num_generations)
+    spare: list[tuple[Any, list[int]]] = []  # rows of non-informative groups, candidates for padding
+    kept_rounds: list[int] = []
+    spare_rounds: list[int] = []
+    while True:
+        batch, rewards = generate(stats.gen_batches)
         stats.gen_batches += 1
-        stats.groups_generated += mask.numel()
-        stats.zero_std_groups += int((~mask).sum())
-        wanted = target_groups - stats.groups_kept
-        indices = torch.nonzero(mask).flatten().tolist()[:wanted]
-        stats.groups_kept += len(indices)
-        if indices:
-            kept.append((batch, indices))
-    stats.groups_dropped = stats.groups_generated - stats.groups_kept
-    if stats.groups_kept < target_groups:
+        group_mask = informative_groups(rewards, num_generations)
+        stats.groups_generated += group_mask.numel()
+        stats.zero_std_groups += int((~group_mask).sum())
+        rows = local_row_mask(group_mask, num_generations, rank, quota_rows)
+        take = torch.nonzero(rows).flatten().tolist()[:quota_rows - stats.rows_kept]
+        if take:
+            kept.append((batch, take))
+            kept_rounds.append(stats.gen_batches - 1)
+            stats.rows_kept += len(take)
+        dull = torch.nonzero(~rows).flatten().tolist()
+        if dull:
+            spare.append((batch, dull))
+            spare_rounds.append(stats.gen_batches - 1)
+        counts = all_gather(stats.rows_kept)
+        if min(counts) >= quota_rows or stats.gen_batches >= max_gen_batches:
+            break
+    if sum(counts) == 0:
+        stats.skipped = True
         stats.warnings.append(
-            f"dynamic sampling: only {stats.groups_kept}/{target_groups} informative groups after "
-            f"{stats.gen_batches} generation batches (max_num_gen_batches={max_gen_batches}); "
-            + ("training on what there is" if stats.groups_kept else "skipping this update")
-        )
-    return kept, stats
+            f"dynamic sampling: no informative group on any rank after {stats.gen_batches} generation batches "
+            f"(max_num_gen_batches={max_gen_batches}); every rank skips this update")
+        return Collected([], [], stats)
+    padding, padding_rounds = [], []
+    for (batch, dull), round_index in zip(spare, spare_rounds):
+        need = quota_rows - stats.rows_kept - stats.rows_padded
+        if need <= 0:
+            break
+        padding.append((batch, dull[:need]))
+        padding_rounds.append(round_index)
+        stats.rows_padded += len(dull[:need])
+    if min(counts) < quota_rows:
+        stats.warnings.append(
+            f"dynamic sampling: only {sum(counts)}/{quota_rows * len(counts)} informative rows over "
+            f"{len(counts)} rank(s) after {stats.gen_batches} generation batches "
+            f"(max_num_gen_batches={max_gen_batches}); this rank pads {stats.rows_padded} inert rows")
+    return Collected(kept, padding, stats, kept_rounds, padding_rounds)
 
 
-def _pad_cat(tensors: list[torch.Tensor], value: float, left: bool) -> torch.Tensor:
-    width = max(t.size(1) for t in tensors)
-    padded = []
-    for t in tensors:
-        fill = t.new_full((t.size(0), width - t.size(1)), value)
-        padded.append(torch.cat([fill, t] if left else [t, fill], dim=1))
-    return torch.cat(padded, dim=0)
+def _mix(*numbers: int) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, numbers)).encode()).digest()[:8], "little")
 
 
-def _is_per_image(key: str) -> bool:
-    return key in {"pixel_values", "image_grid_thw", "image_sizes", "pixel_attention_mask", "spatial_shapes",
-                   "image_position_ids"}
+def refill_prompt_indices(dataset_len: int, local_rows: int, num_generations: int, rank: int, world: int,
+                          seed: int, key: tuple[int, ...]) -> list[int]:
+    """Dataset indices of this rank's refill rows (each prompt repeated G times, TRL's RepeatSampler layout).
 
-
-def _select_images(batch: dict, rows: list[int]) -> dict:
-    """Per-image tensors of the selected samples (TRL stores them flat, `num_images[i]` images per sample)."""
-    num_images = batch["num_images"]
-    starts = [0]
-    for n in num_images:
-        starts.append(starts[-1] + n)
-    image_idx = [j for r in rows for j in range(starts[r], starts[r + 1])]
-    out = {"num_images": [num_images[r] for r in rows]}
-    grid = batch.get("image_grid_thw")
-    if grid is not None:  # Qwen-VL: pixel_values has prod(grid) rows per image
-        lengths = grid.prod(-1).tolist()
-        row_starts = [0]
-        for n in lengths:
-            row_starts.append(row_starts[-1] + n)
-        pixel_rows = [k for j in image_idx for k in range(row_starts[j], row_starts[j + 1])]
-        index = torch.tensor(pixel_rows, dtype=torch.long, device=batch["pixel_values"].device)
-        out["pixel_values"] = batch["pixel_values"].index_select(0, index)
-        out["image_grid_thw"] = grid[image_idx]
-    for key in ("image_sizes", "pixel_attention_mask", "spatial_shapes", "image_position_ids"):
-        if batch.get(key) is not None:
-            raise NotImplementedError(f"dynamic sampling does not handle {key!r} yet (only Qwen-VL style inputs)")
-    if grid is None and batch.get("pixel_values") is not None:
-        out["pixel_values"] = batch["pixel_values"][image_idx]
-    return out
-
-
-def merge_rows(parts: list[tuple[dict, list[int]]], pad_token_id: int) -> dict:
-    """Concatenate the selected rows of several TRL generation outputs into one output dict."""
-    if not parts:
-        raise ValueError("merge_rows needs at least one (batch, rows) part")
-    first = parts[0][0]
-    merged: dict[str, Any] = {}
-    for key, value in first.items():
-        if _is_per_image(key) or key == "num_images" or key == "num_items_in_batch":
-            continue
-        values = [batch[key] for batch, _ in parts]
-        if value is None:
-            merged[key] = None
-        elif isinstance(value, list):
-            merged[key] = [v[r] for v, (_, rows) in zip(values, parts) for r in rows]
-        elif value.dim() == 1:
-            merged[key] = torch.cat([v[rows] for v, (_, rows) in zip(values, parts)])
-        elif key in _PROMPT_THEN_COMPLETION:
-            widths = [b["prompt_ids"].size(1) for b, _ in parts]
-            prompt = _pad_cat([v[rows, :w] for v, w, (_, rows) in zip(values, widths, parts)], 0, left=True)
-            completion = _pad_cat([v[rows, w:] for v, w, (_, rows) in zip(values, widths, parts)], 0, left=False)
-            merged[key] = torch.cat([prompt, completion], dim=1)
-        else:
-            pad = pad_token_id if key in ("prompt_ids", "completion_ids") else (1 if key in _PAD_ONE else 0)
-            merged[key] = _pad_cat([v[rows] for v, (_, rows) in zip(values, parts)], pad, left=key in _LEFT_PADDED)
-    if "num_images" in first:
-        images = [_select_images(batch, rows) for batch, rows in parts]
-        merged["num_images"] = [n for part in images for n in part["num_images"]]
-        for key in ("pixel_values", "image_grid_thw"):
-            if key in images[0]:
-                merged[key] = torch.cat([part[key] for part in images], dim=0)
-    if "num_items_in_batch" in first:  # TRL's token count for the dapo normaliser, recomputed for the kept rows
-        mask = merged["completion_mask"]
-        if merged.get("tool_mask") is not None:
-            mask = mask * merged["tool_mask"]
-        merged["num_items_in_batch"] = mask.sum()
-    return merged
+    All ranks draw the same `world * local_rows / G` prompts from a permutation seeded by `(seed, *key)` and
+    take their own slice of the repeated rows, as TRL's sampler does: no two ranks get the same prompt unless a
+    group straddles them, and the draw depends on nothing but its key (so resuming needs no sampler state).
+    """
+    global_rows = world * local_rows
+    if global_rows % num_generations:
+        raise ValueError(f"{world} rank(s) x {local_rows} rows is not a whole number of groups of "
+                         f"{num_generations}")
+    if dataset_len < 1:
+        raise ValueError("cannot refill from an empty dataset")
+    n_prompts = global_rows // num_generations
+    generator = torch.Generator().manual_seed(_mix(seed, *key) % (2 ** 63))
+    order: list[int] = []
+    while len(order) < n_prompts:
+        order += torch.randperm(dataset_len, generator=generator).tolist()
+    rows = [p for p in order[:n_prompts] for _ in range(num_generations)]
+    return rows[rank * local_rows:(rank + 1) * local_rows]

@@ -1,9 +1,10 @@
 """`PathoGRPOTrainer`: TRL's GRPOTrainer plus what TRL 1.16 lacks.
 
-* dynamic sampling (DAPO): `_generate_and_score_completions` is TRL's generation + scoring step, called
-  once per generation batch from `_prepare_inputs`; we call it repeatedly on fresh prompts, keep the
-  informative groups (`stages.rl.sampling`) and hand TRL one merged batch -- its advantages, losses,
-  buffering over `num_iterations` and shuffling stay untouched;
+* dynamic sampling (DAPO), on one process or many: `_generate_and_score_completions` is TRL's generation +
+  scoring step, called once per generation batch from `_prepare_inputs`; we call it for as many rounds as the
+  slowest rank needs (on fresh prompts), keep the informative groups (`stages.rl.sampling`), pad a shortfall
+  with inert rows and hand TRL one merged batch of the planned size -- its advantages, losses, buffering over
+  `num_iterations` and shuffling stay untouched (the batch layout it relies on: `stages.rl.trl_batch`);
 * group-shared vision encoding on the policy and reference models (`stages.rl.vision_share`);
 * checkpoints through the registry (atomic, with manifest and lineage) instead of `checkpoint-N` folders;
 * completion samples written to TensorBoard as text.
@@ -17,8 +18,8 @@ from pathlib import Path
 import torch
 from trl import GRPOTrainer
 
-from stages.rl.algos import group_rows
-from stages.rl.sampling import collect_informative, merge_rows
+from stages.rl import trl_batch
+from stages.rl.sampling import collect_informative, refill_prompt_indices
 from stages.rl.vision_share import share_vision_encoding, sharing_stats
 
 logger = logging.getLogger(__name__)
@@ -34,14 +35,16 @@ class PathoGRPOTrainer(GRPOTrainer):
         self.max_num_gen_batches = max_num_gen_batches
         self.checkpoint_target = checkpoint_target
         self.tensorboard_samples = tensorboard_samples
-        self.last_sampling_stats = None
+        self.last_sampling = None  # the last step's `Collected.summary()`: stats, kept / padding rows per round
+        self.last_rounds: list = []  # (prompt ids, gathered rewards) of each generation round of the last step
         self._last_rewards_per_func = None
-        self._prompt_order = None
+        self._generation_key = (-1, 0)  # (global step, generation batches drawn in it): keys the refill draw
         self._text_writer = None
-        if dynamic_sampling and self.accelerator.num_processes > 1:
-            # Groups are scored across ranks but sliced per rank; keeping whole groups would need a cross-rank
-            # re-balance that is not written yet.
-            raise NotImplementedError("dynamic_sampling runs on a single process for now")
+        if dynamic_sampling:
+            trl_batch.check_trl_version()
+            if not hasattr(self.train_dataset, "__getitem__"):
+                raise ValueError("dynamic_sampling refills with dataset rows drawn by index: it needs a map-style "
+                                 f"train_dataset, got {type(self.train_dataset).__name__} (load without streaming)")
         if share_vision:
             for m in (self.model, self.ref_model):
                 if m is not None:
@@ -61,46 +64,50 @@ class PathoGRPOTrainer(GRPOTrainer):
         rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
         return rewards
 
-    def _fresh_prompts(self, n_prompts: int) -> list[dict]:
-        """The next `n_prompts` dataset rows, each repeated G times (TRL's RepeatSampler layout)."""
-        if self._prompt_order is None:
-            self._prompt_order = self._endless_order()
-        rows = [self.train_dataset[next(self._prompt_order)] for _ in range(n_prompts)]
-        return [row for row in rows for _ in range(self.num_generations)]
+    def _refill(self, local_rows: int, key: tuple[int, ...]) -> list[dict]:
+        """Fresh dataset rows for one refill round: different prompts on every rank, reproducible from `key`."""
+        indices = refill_prompt_indices(len(self.train_dataset), local_rows, self.num_generations,
+                                        self.accelerator.process_index, self.accelerator.num_processes,
+                                        self.args.seed, key)
+        return [self.train_dataset[i] for i in indices]
 
-    def _endless_order(self):
-        generator = torch.Generator().manual_seed(self.args.seed + 7919)
-        while True:
-            yield from torch.randperm(len(self.train_dataset), generator=generator).tolist()
+    def _next_generation_key(self) -> tuple[int, int]:
+        step, drawn = self._generation_key
+        self._generation_key = (self.state.global_step, drawn + 1 if step == self.state.global_step else 0)
+        return self._generation_key
+
+    def _gather_counts(self, n: int) -> list[int]:
+        return self.accelerator.gather(torch.tensor([n], device=self.accelerator.device)).tolist()
 
     def _generate_and_score_completions(self, inputs):
         base = super()._generate_and_score_completions
         if not (self.dynamic_sampling and self.model.training):
             return base(inputs)
-        G = self.num_generations
-        pending = [inputs]
+        key = self._next_generation_key()
 
-        def generate():
-            batch = pending.pop() if pending else self._fresh_prompts(len(inputs) // G)
-            out = base(batch)
-            return out, self._weighted_rewards()
+        def generate(round_index: int):
+            batch = inputs if round_index == 0 else self._refill(len(inputs), (*key, round_index))
+            out, rewards = base(batch), self._weighted_rewards()
+            self.last_rounds.append(([row.get("id") for row in batch], rewards.detach().cpu()))
+            return out, rewards
 
-        kept, stats = collect_informative(generate, G, len(inputs) // G, self.max_num_gen_batches)
-        self.last_sampling_stats = stats
-        for key, value in stats.as_metrics().items():
-            self._metrics["train"][key].append(value)
+        self.last_rounds = []
+        collected = collect_informative(generate, self.num_generations, len(inputs), self.max_num_gen_batches,
+                                        rank=self.accelerator.process_index, all_gather=self._gather_counts)
+        self.last_sampling = collected.summary()  # no batches: they are freed once merged
+        stats = collected.stats
+        for name, value in stats.as_metrics().items():
+            self._metrics["train"][name].append(value)
         for warning in stats.warnings:
             logger.warning(warning)
-        if not kept:
-            return self._empty_batch()
-        return merge_rows([(out, group_rows(idx, G)) for out, idx in kept], self._tokenizer.pad_token_id)
-
-    def _empty_batch(self) -> dict:
-        device = self.accelerator.device
-        ids = torch.zeros((0, 1), dtype=torch.long, device=device)
-        return {"prompt_ids": ids, "prompt_mask": ids.clone(), "completion_ids": ids.clone(),
-                "completion_mask": ids.clone(), "advantages": torch.zeros(0, device=device),
-                "num_items_in_batch": torch.tensor(0, device=device)}
+        if stats.skipped:  # decided from an all-gather: every rank returns an empty batch this step
+            return trl_batch.empty_batch(self.accelerator.device)
+        merged = trl_batch.merge_rows(collected.parts, self._tokenizer.pad_token_id)
+        merged = trl_batch.make_inert(merged, collected.padding_rows)
+        # TRL's normaliser for the dapo loss is the token count over every rank's batch: recount the kept rows
+        # and sum across ranks (each rank divides by it, DDP averages, so the loss is a mean over all tokens).
+        merged["num_items_in_batch"] = self.accelerator.gather(trl_batch.loss_token_count(merged)[None]).sum()
+        return merged
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if inputs["completion_ids"].size(0) == 0:

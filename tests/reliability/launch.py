@@ -10,6 +10,10 @@ The entry point runs unchanged; the probes only observe or slow it, each switche
   parameters: equal on all ranks only if DDP synchronised the gradients).
 - ``PATHOR1_PROBE_EPOCH_DELAY=SECONDS``: open_clip_train waits this long before each epoch after the first
   (touching ``<logs>/<phase>/.probe-epoch-<N>``), so a test can SIGKILL PathoCLIP between its checkpoints.
+- ``PATHOR1_PROBE_DYNAMIC=DIR``: after each dynamic-sampling generation every rank appends one JSON line to
+  ``DIR/dynamic-<R>.jsonl``: the step, the rounds it ran, whether it skipped, the prompt ids and rewards of each
+  round's rows on this rank, which rows it kept and padded, whether the padding is inert, and a digest of its
+  weights before the step (equal to the previous step's digest when that step was skipped).
 - ``PATHOR1_PROBE_COMMIT_DELAY=SECONDS``: a registry checkpoint of step >= 2 waits this long after its payload
   is written and before its manifest is -- a window in which a test can SIGKILL the process mid-write.
 """
@@ -26,6 +30,21 @@ from pathlib import Path
 def token_parity_reward(completions, completion_ids, **columns) -> list[float]:
     """An RL reward a random tiny model can move (the share of even token ids), so advantages are non-zero."""
     return [sum(1 for t in ids if t % 2 == 0) / max(len(ids), 1) for ids in completion_ids]
+
+
+_calls_per_step: dict[int, int] = {}
+
+
+def refill_forcing_reward(completions, completion_ids, trainer_state, **columns) -> list[float]:
+    """For dynamic sampling tests: the first generation round of every step scores all completions alike (so
+    every rank must refill), later rounds score token parity (informative groups); at step index 1 every round
+    scores alike (a step where no group is informative anywhere), and at step index 2 every round on rank 1 does
+    (one rank finds nothing while the other trains). Called once per round on every rank."""
+    step = trainer_state.global_step
+    call = _calls_per_step[step] = _calls_per_step.get(step, -1) + 1
+    if step == 1 or call == 0 or (step == 2 and os.environ.get("RANK") == "1"):
+        return [0.5] * len(completion_ids)
+    return token_parity_reward(completions, completion_ids)
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -80,6 +99,43 @@ def probe_samples(folder: Path) -> None:
         collate_and_record, rewards_and_record, train_and_record)
 
 
+def probe_dynamic(folder: Path) -> None:
+    import json
+
+    from stages.rl.trainer import PathoGRPOTrainer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    generate = PathoGRPOTrainer._generate_and_score_completions
+
+    def generate_and_record(self, inputs):
+        if not (self.dynamic_sampling and self.model.training):
+            return generate(self, inputs)
+        digest = parameter_digest(self.accelerator.unwrap_model(self.model))
+        out = generate(self, inputs)
+        rank, world = rank_and_world()
+        n = len(inputs)
+        rounds = [{"ids": ids, "rewards": rewards[rank * n:(rank + 1) * n].tolist()}
+                  for ids, rewards in self.last_rounds]
+
+        def where(parts, round_indices):
+            return [{"round": k, "rows": rows} for (_, rows), k in zip(parts, round_indices)]
+
+        got = self.last_sampling
+        pad = got.padding_rows
+        inert = bool((out["advantages"][pad] == 0).all() and (out["completion_mask"][pad] == 0).all())
+        line = {"rank": rank, "world": world, "step": self.state.global_step, "digest": digest,
+                "rounds": rounds, "skipped": got.stats.skipped, "kept": where(got.kept, got.kept_rounds),
+                "padding": where(got.padding, got.padding_rounds), "inert_padding": inert,
+                "rows": int(out["completion_ids"].size(0)),
+                "num_items_in_batch": int(out["num_items_in_batch"]),
+                "local_tokens": int(out["completion_mask"].sum()) if out["completion_ids"].numel() else 0}
+        with open(folder / f"dynamic-{os.environ.get('RANK', 0)}.jsonl", "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        return out
+
+    PathoGRPOTrainer._generate_and_score_completions = generate_and_record
+
+
 def delay_commits(seconds: float) -> None:
     from stages.registry import CheckpointWriter
 
@@ -118,6 +174,8 @@ def main() -> None:
 
     if os.environ.get("PATHOR1_PROBE_SAMPLES"):
         probe_samples(Path(os.environ["PATHOR1_PROBE_SAMPLES"]))
+    if os.environ.get("PATHOR1_PROBE_DYNAMIC"):
+        probe_dynamic(Path(os.environ["PATHOR1_PROBE_DYNAMIC"]))
     if os.environ.get("PATHOR1_PROBE_COMMIT_DELAY"):
         delay_commits(float(os.environ["PATHOR1_PROBE_COMMIT_DELAY"]))
     if os.environ.get("PATHOR1_PROBE_EPOCH_DELAY"):
