@@ -82,7 +82,9 @@ class Plan:
     timeout: int = 0  # seconds per stage process; 0 = no limit
 
     def command(self, module: str, config_file: Path) -> list[str]:
-        return [*self.prefix, "-m", module, "--config", str(config_file)]
+        # accelerate's rendezvous port: a fresh free one per job (the driver's own launcher may still hold its port)
+        port = ["--main_process_port", str(free_port())] if self.kind == "accelerate" else []
+        return [*self.prefix, *port, "-m", module, "--config", str(config_file)]
 
 
 def free_port() -> int:
@@ -144,7 +146,7 @@ def _plan(cfg: LaunchConfig, env, parent_config: str | None) -> Plan:
     if accelerate_config:
         n = cfg.num_processes or (world if world > 1 else 0)
         prefix = [*python, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
-                  *(["--num_processes", str(n)] if n else []), "--main_process_port", str(free_port())]
+                  *(["--num_processes", str(n)] if n else [])]
         return Plan("accelerate", prefix, _child_env(env, keep_accelerate=False), n or 1)
     n = cfg.num_processes or local_world
     if cfg.launcher == "torchrun" or n > 1:

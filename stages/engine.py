@@ -45,6 +45,8 @@ TRAIN_POLICIES = {
     "all": (False, False, False),
 }
 TRAINER_STATE_DIR = "trainer_state"
+_CHECKPOINTING_FLAG = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                       else "gradient_checkpointing")
 IGNORE_INDEX = -100
 
 
@@ -425,6 +427,9 @@ class StageTrainer(Trainer):
 
 
 def training_arguments(cfg: StageConfig, log_dir: Path) -> TrainingArguments:
+    from stages.compat import plain_cpu_device
+
+    plain_cpu_device()  # a 2-rank CPU run could not resume otherwise (see there)
     bf16 = cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and torch.cuda.is_available())
     return TrainingArguments(
         output_dir=str(log_dir),  # TensorBoard event files go under it; checkpoints go to the registry
@@ -451,7 +456,8 @@ def training_arguments(cfg: StageConfig, log_dir: Path) -> TrainingArguments:
         bf16=bf16,
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # without it a torchrun/accelerate job on CPU trains each rank alone
-        **({"activation_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        # transformers 5.23 renamed gradient_checkpointing to activation_checkpointing; 5.17 knows only the old name
+        **({_CHECKPOINTING_FLAG: True} if cfg.gradient_checkpointing else {}),
         disable_tqdm=False,
     )
 

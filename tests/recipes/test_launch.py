@@ -32,7 +32,9 @@ def test_under_accelerate_launch_each_stage_gets_the_same_config_file_and_world_
     assert plan.kind == "accelerate" and plan.processes == 2
     assert plan.prefix[1:7] == ["-m", "accelerate.commands.launch", "--config_file",
                                 "recipes/configs/accelerate/zero2.yaml", "--num_processes", "2"]
-    assert plan.prefix[7] == "--main_process_port" and int(plan.prefix[8]) != 29500  # not the driver's own port
+    command = plan.command("recipes.sft", Path("sft.yaml"))
+    assert command[7] == "--main_process_port" and int(command[8]) != 29500  # not the driver's own port
+    assert command[9:] == ["-m", "recipes.sft", "--config", "sft.yaml"]
     # the driver's rank variables and accelerate's exported config never reach the new launch (it writes its own)
     assert plan.env == {"HOME": "/h"}
 
