@@ -507,6 +507,11 @@ def stage_callbacks(cfg: StageConfig, model) -> list:
 def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> Path:
     """Train (or continue) the run and return its newest registry checkpoint."""
     trainer, resume_from = prepare_stage(cfg, stage=stage, rows=rows, init=init, data_files=data_files)
+    if resume_from is not None:  # a finished run is not trained again (the Trainer would add one more step)
+        m = Registry().manifest(resume_from)
+        if m["step"] >= ((m.get("extra") or {}).get("planned_steps") or float("inf")):
+            print(f"{stage}/{cfg.run} already finished at step {m['step']}: nothing to do", flush=True)
+            return resume_from
     trainer.train(resume_from_checkpoint=str(resume_from / TRAINER_STATE_DIR) if resume_from else None)
     return Registry().latest(stage, cfg.run)
 

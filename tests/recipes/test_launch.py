@@ -161,3 +161,19 @@ def test_a_hub_id_is_a_model_reference_everywhere():
     assert str(path) == hub and manifest == {}
     with pytest.raises(RegistryError, match="no checkpoint for 'sft:latest'"):  # a registry ref still must exist
         Registry().resolve_model("sft:latest")
+
+
+# ------------------------------------------------------------------------------------------ a stage run twice
+
+
+def test_a_finished_stage_run_again_trains_nothing(tmp_path, capsys):
+    # `make pretrain` twice: resume=auto finds the run finished; the Trainer alone would add one more step
+    from corpora.demo import build_demo
+    from recipes import pretrain as pretrain_recipe
+
+    demo = build_demo(tmp_path / "demo", n_train=4, n_eval=4)
+    args = [f"data={demo.pairs}", "max_steps=2", "batch_size=4", "eval_fraction=0", "run=twice"]
+    assert pretrain_recipe.main(args) == 0
+    assert pretrain_recipe.main(args) == 0
+    assert "pretrain/twice already finished at step 2: nothing to do" in capsys.readouterr().out
+    assert [e["step"] for e in Registry().entries("pretrain")] == [2]

@@ -44,13 +44,14 @@ def closure(names) -> set[str]:
     return seen
 
 
-def make_box_python(root: Path) -> Path:
-    """A venv under ``root`` that sees only the GPU machine's packages; returns its python."""
+def make_box_python(root: Path, carried=()) -> Path:
+    """A venv under ``root`` that sees only the GPU machine's packages, plus the distributions ``carried`` (each
+    alone, without what it requires: as ``pip install --no-deps`` of the carried wheels); returns its python."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True, timeout=120)
     site_dir = root / "site"
     site_dir.mkdir()
     purelib = Path(sysconfig.get_paths()["purelib"])
-    for name in closure(BOX):
+    for name in sorted(closure(BOX) | set(carried)):
         dist = md.distribution(name)
         for f in dist.files or []:
             top = Path(str(f)).parts[0]
