@@ -78,7 +78,7 @@ class Plan:
     kind: str  # python | torchrun | accelerate
     prefix: list[str]
     env: dict
-    processes: int = 1
+    processes: int = 1  # 0: as the accelerate config says
     timeout: int = 0  # seconds per stage process; 0 = no limit
 
     def command(self, module: str, config_file: Path) -> list[str]:
@@ -101,17 +101,19 @@ def is_driver(env=None) -> bool:
 
 def _parent_accelerate_config(ppid: int | None = None) -> str | None:
     """The ``--config_file`` of an ``accelerate launch`` that started this process (Linux /proc), if any."""
+    proc = Path(f"/proc/{ppid or os.getppid()}")
     try:
-        argv = Path(f"/proc/{ppid or os.getppid()}/cmdline").read_bytes().decode().split("\0")
+        argv = (proc / "cmdline").read_bytes().decode().split("\0")
+        cwd = (proc / "cwd").resolve()
     except OSError:
         return None
     if not any(a.endswith("accelerate") or "accelerate.commands" in a or a == "launch" for a in argv):
         return None
     for i, a in enumerate(argv):
         if a == "--config_file" and i + 1 < len(argv):
-            return argv[i + 1]
+            return str(cwd / argv[i + 1])  # as the launcher saw it: relative to its working folder
         if a.startswith("--config_file="):
-            return a.split("=", 1)[1]
+            return str(cwd / a.split("=", 1)[1])
     return None
 
 
@@ -147,7 +149,7 @@ def _plan(cfg: LaunchConfig, env, parent_config: str | None) -> Plan:
         n = cfg.num_processes or (world if world > 1 else 0)
         prefix = [*python, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
                   *(["--num_processes", str(n)] if n else [])]
-        return Plan("accelerate", prefix, _child_env(env, keep_accelerate=False), n or 1)
+        return Plan("accelerate", prefix, _child_env(env, keep_accelerate=False), n)  # 0: as the config says
     n = cfg.num_processes or local_world
     if cfg.launcher == "torchrun" or n > 1:
         prefix = [*python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]

@@ -74,7 +74,7 @@ def test_the_accelerate_config_is_read_from_the_parent_command_line(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "accelerate", "launch",
                              "--config_file", "cfg/zero2.yaml", "-m", "recipes.patho_r1"])
     try:
-        assert _parent_accelerate_config(proc.pid) == "cfg/zero2.yaml"
+        assert _parent_accelerate_config(proc.pid) == str(Path.cwd() / "cfg" / "zero2.yaml")
         assert _parent_accelerate_config(os.getpid()) is None  # pytest: no accelerate launch
     finally:
         proc.kill()
