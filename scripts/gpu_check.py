@@ -95,20 +95,23 @@ def install_wheels(wheels: Path, target: Path) -> list[str]:
 def build_model(out: Path, *, tiny: bool, image_size: int) -> tuple[Path, int]:
     """A random-initialised Qwen2.5-VL folder (config, safetensors, processor); returns (folder, parameters)."""
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
 
     from stages.model import build_tiny
 
     folder = build_tiny("qwen2_5_vl", out, image_size=image_size)  # tokenizer, processor, chat template
-    if not tiny:
-        config = AutoConfig.from_pretrained(folder)
-        for key, value in REALISTIC_TEXT.items():
-            setattr(config.text_config, key, value)
-        config.text_config.rope_parameters["mrope_section"] = MROPE_64
-        for key, value in REALISTIC_VISION.items():
-            setattr(config.vision_config, key, value)
+    if not tiny:  # the tiny preset's config rebuilt at realistic width (derived fields such as layer_types recomputed)
+        tiny_config = AutoConfig.from_pretrained(folder).to_dict()
+        text = {k: v for k, v in tiny_config["text_config"].items() if k not in ("layer_types", "head_dim")}
+        text.update(REALISTIC_TEXT, rope_parameters={**text["rope_parameters"], "mrope_section": MROPE_64})
+        vision = {**tiny_config["vision_config"], **REALISTIC_VISION}
+        tokens = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
+                  "tie_word_embeddings")
+        config = AutoConfig.for_model("qwen2_5_vl", text_config=text, vision_config=vision,
+                                      **{k: tiny_config[k] for k in tokens if k in tiny_config})
         torch.manual_seed(0)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+        model.generation_config = GenerationConfig.from_pretrained(folder)  # the preset's end-of-turn / pad ids
         for f in folder.glob("model*.safetensors*"):
             f.unlink()
         model.save_pretrained(folder)
@@ -158,12 +161,14 @@ def stage_child(stage: str, argv: list[str], result: Path) -> None:
     seconds = time.perf_counter() - start
     history = histories[-1] if histories else []
     losses = [h["loss"] for h in history if "loss" in h]
+    rewards = [h["reward"] for h in history if "reward" in h]  # RL: the mean reward of each step
     runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), seconds)
     if stage == "rl":  # TRL counts prompt + completion tokens (cumulative)
         tokens["n"] = int(max((h.get("num_tokens", 0) for h in history), default=0))
     result.write_text(json.dumps({
         "entry": str(folder), "steps": sum(1 for h in history if "loss" in h),
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+        **({"reward_first": rewards[0], "reward_last": rewards[-1]} if rewards else {}),
         "tokens": tokens["n"], "train_seconds": round(runtime, 2), "stage_seconds": round(seconds, 2),
         "tokens_per_s": round(tokens["n"] / runtime, 1) if runtime else None,
         "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
@@ -273,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": dtype, "attention": "sdpa", "gradient_checkpointing": True,
         "versions": {m: _version(m) for m in ("torch", "transformers", "accelerate", "peft", "trl", "datasets")},
         "carried_wheels": carried,
-        "stages": {k: {f: v[f] for f in ("tokens_per_s", "peak_gpu_mem_gib", "loss_first", "loss_last", "steps",
-                                          "train_seconds", "entry")} for k, v in stages.items()},
+        "stages": {k: {f: v[f] for f in ("tokens_per_s", "peak_gpu_mem_gib", "loss_first", "loss_last", "reward_first",
+                                          "reward_last", "steps", "train_seconds", "entry") if f in v}
+                   for k, v in stages.items()},
         "entries_load": entries_load, "ok": all(entries_load.values()), "wall_s": round(time.perf_counter() - t0, 1),
     }
     print(json.dumps(result), flush=True)
