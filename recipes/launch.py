@@ -225,6 +225,21 @@ def published(stage: str, cfg, data: Path) -> Path | None:
     return newest if is_complete(manifest) else None
 
 
+def _run(command: list[str], plan: Plan) -> int | None:
+    """The job's exit code, or None when it ran past ``plan.timeout`` and was stopped."""
+    proc = subprocess.Popen(command, env=plan.env)
+    try:
+        return proc.wait(timeout=plan.timeout or None)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # torchrun / accelerate launch pass SIGTERM on to their workers
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return None
+
+
 def run_stage(plan: Plan, *, stage: str, module: str, cfg, data: Path, config_dir: Path) -> Path:
     """Run one stage as its own process (skipped when already published) and return its final entry folder."""
     done = published(stage, cfg, data)
@@ -234,13 +249,12 @@ def run_stage(plan: Plan, *, stage: str, module: str, cfg, data: Path, config_di
     cfg = dataclasses.replace(cfg, resume="auto")  # a run killed mid-way continues from its newest checkpoint
     command = plan.command(module, save_yaml(cfg, Path(config_dir) / f"{stage}-{cfg.run}.yaml"))
     print(f"== {stage}: {shlex.join(command)}", flush=True)
-    try:
-        proc = subprocess.run(command, env=plan.env, timeout=plan.timeout or None)
-    except subprocess.TimeoutExpired:
+    returncode = _run(command, plan)
+    if returncode is None:
         raise LaunchError(f"stage {stage} ran past {plan.timeout} s and was stopped; rerun the same command to "
-                          f"continue it from its newest checkpoint") from None
-    if proc.returncode != 0:
-        raise LaunchError(f"stage {stage} exited {proc.returncode} ({shlex.join(command)}); rerun the same command: "
+                          f"continue it from its newest checkpoint")
+    if returncode != 0:
+        raise LaunchError(f"stage {stage} exited {returncode} ({shlex.join(command)}); rerun the same command: "
                           f"finished stages are skipped and {stage} resumes from its newest checkpoint")
     final = Registry().latest(stage, cfg.run)
     if final is None:
@@ -252,6 +266,7 @@ def run_module(plan: Plan, module: str, cfg, config_file: Path, *, what: str) ->
     """Run an entry point that keeps its own skip/resume logic (PathoCLIP) as its own process."""
     command = plan.command(module, save_yaml(cfg, config_file))
     print(f"== {what}: {shlex.join(command)}", flush=True)
-    proc = subprocess.run(command, env=plan.env, timeout=plan.timeout or None)
-    if proc.returncode != 0:
-        raise LaunchError(f"{what} exited {proc.returncode} ({shlex.join(command)})")
+    returncode = _run(command, plan)
+    if returncode != 0:
+        raise LaunchError(f"{what} exited {returncode} ({shlex.join(command)})" if returncode is not None else
+                          f"{what} ran past {plan.timeout} s and was stopped")

@@ -3,6 +3,7 @@ the driver wrote (into tests.recipes.fake_stage:FakeStageConfig), appends its ar
 publishes ``fake/<run>/step-<steps>`` like a real stage (manifest with config, data fingerprint, planned steps)."""
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 from stages.config import load_config
@@ -18,6 +19,7 @@ class FakeStageConfig:
     steps: int = 2
     resume: str = "auto"
     fail: bool = False
+    sleep: float = 0.0
 
 
 def main() -> int:
@@ -26,6 +28,7 @@ def main() -> int:
         f.write(" ".join(sys.argv[1:]) + "\n")
     if cfg.fail:
         return 3
+    time.sleep(cfg.sleep)
     with Registry().writer("fake", cfg.run, cfg.steps, parent=cfg.init or None, config=cfg, data=[cfg.data]) as w:
         w.extra.update(planned_steps=cfg.steps)
     return 0

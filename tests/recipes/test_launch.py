@@ -148,6 +148,16 @@ def test_run_stage_launches_once_then_skips_and_reports_a_failure(data, tmp_path
                   data=str(data)), data=data, config_dir=tmp_path / "launch")
 
 
+def test_a_stage_past_its_timeout_is_stopped(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STAGE_LOG", str(tmp_path / "launched.txt"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    plan = plan_launch(LaunchConfig(timeout=3), env=dict(os.environ))
+    with pytest.raises(LaunchError, match="stage fake ran past 3 s and was stopped; rerun the same command"):
+        run_stage(plan, stage="fake", module="tests.recipes.fake_stage", cfg=FakeStageConfig(run="t", sleep=120,
+                  data=str(data)), data=data, config_dir=tmp_path)
+    assert Registry().latest("fake", "t") is None
+
+
 # ------------------------------------------------------------------------------------------ hub ids (fix 5)
 
 
