@@ -142,8 +142,9 @@ def _plan(cfg: LaunchConfig, env, parent_config: str | None) -> Plan:
     python = [sys.executable]
     if cfg.launcher == "python":
         return Plan("python", python, _child_env(env, keep_accelerate=True))
+    launched = "LOCAL_RANK" in env  # torchrun and accelerate launch set it for every worker, even a single one
     accelerate_config = cfg.accelerate_config
-    if not accelerate_config and cfg.launcher == "auto" and world > 1:
+    if not accelerate_config and cfg.launcher == "auto" and launched:
         accelerate_config = parent_config if parent_config is not None else _parent_accelerate_config()
     if accelerate_config:
         n = cfg.num_processes or (world if world > 1 else 0)
@@ -151,7 +152,8 @@ def _plan(cfg: LaunchConfig, env, parent_config: str | None) -> Plan:
                   *(["--num_processes", str(n)] if n else [])]
         return Plan("accelerate", prefix, _child_env(env, keep_accelerate=False), n)  # 0: as the config says
     n = cfg.num_processes or local_world
-    if cfg.launcher == "torchrun" or n > 1:
+    if cfg.launcher == "torchrun" or launched or n > 1:  # a launched driver's stages get a launcher too (DeepSpeed
+        # on one GPU still needs the rendezvous variables torchrun sets)
         prefix = [*python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
         return Plan("torchrun", prefix, _child_env(env, keep_accelerate=True), n)
     return Plan("python", python, _child_env(env, keep_accelerate=True))

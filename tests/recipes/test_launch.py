@@ -45,6 +45,9 @@ def test_under_torchrun_each_stage_gets_torchrun_with_the_same_ranks_and_acceler
     assert plan.prefix == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     # accelerate's settings travel in these variables, so the stage sees the same DeepSpeed / FSDP config
     assert plan.env == {"ACCELERATE_USE_DEEPSPEED": "true", "FSDP_VERSION": "2", "HOME": "/h"}
+    # one launched process (e.g. DeepSpeed on one GPU) keeps a launcher: DeepSpeed needs torchrun's variables
+    one = plan_launch(LaunchConfig(), env={"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}, parent_config="")
+    assert one.kind == "torchrun" and one.prefix[-1] == "--nproc_per_node=1"
 
 
 def test_launch_fields_override_the_environment(tmp_path):
@@ -71,9 +74,11 @@ def test_only_rank_zero_drives():
 
 def test_the_accelerate_config_is_read_from_the_parent_command_line(tmp_path):
     # a process whose command line looks like `accelerate launch --config_file F ...`
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "accelerate", "launch",
-                             "--config_file", "cfg/zero2.yaml", "-m", "recipes.patho_r1"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)", "accelerate",
+                             "launch", "--config_file", "cfg/zero2.yaml", "-m", "recipes.patho_r1"],
+                            stdout=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout.readline() == "up\n"  # running, not half-way through exec
         assert _parent_accelerate_config(proc.pid) == str(Path.cwd() / "cfg" / "zero2.yaml")
         assert _parent_accelerate_config(os.getpid()) is None  # pytest: no accelerate launch
     finally:
