@@ -13,11 +13,15 @@ ARGS ?=
 CPU_THREADS ?= 1
 # `make pretrain sft rl` runs the stages one by one on the demo corpus, each starting from the previous
 # stage's newest registry entry; point these at your own YAML (or add ARGS="key=value ...") for real runs.
+# LAUNCH runs each stage target as its own job, e.g.
+#   make pretrain sft rl LAUNCH="$(BIN)/accelerate launch --config_file recipes/configs/accelerate/zero2.yaml"
+#   make pretrain sft rl LAUNCH="$(BIN)/torchrun --nproc_per_node 8"
+LAUNCH ?= $(PY)
 PRETRAIN_CONFIG ?= stages/configs/pretrain_demo.yaml
 SFT_CONFIG      ?= stages/configs/sft_demo.yaml
 RL_CONFIG       ?= stages/configs/rl_dapo.yaml
 
-.PHONY: install install-gpu gpu-lock test test-slow test-all demo pretrain sft rl clip eval report bench lint clean
+.PHONY: install install-gpu gpu-lock test test-slow test-all demo pretrain sft rl clip eval report bench lint clean gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -62,13 +66,13 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=$(CPU_THREADS) $(PY) -m recipes.patho_r1 $(ARGS)
 
 pretrain: $(STAMP)
-	$(PY) -m recipes.pretrain --config $(PRETRAIN_CONFIG) $(ARGS)
+	$(LAUNCH) -m recipes.pretrain --config $(PRETRAIN_CONFIG) $(ARGS)
 
 sft: $(STAMP)
-	$(PY) -m recipes.sft --config $(SFT_CONFIG) $(ARGS)
+	$(LAUNCH) -m recipes.sft --config $(SFT_CONFIG) $(ARGS)
 
 rl: $(STAMP)
-	$(PY) -m recipes.rl --config $(RL_CONFIG) $(ARGS)
+	$(LAUNCH) -m recipes.rl --config $(RL_CONFIG) $(ARGS)
 
 clip: $(STAMP)
 	$(PY) -m pathoclip.train $(ARGS)
@@ -81,6 +85,16 @@ report: $(STAMP)
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+
+# On a machine with a package registry: the wheels `make gpu-check` needs on a GPU machine without internet
+# (Python 3.12, linux x86_64) into .gpu-wheels/ (ignored by git, <= 64 MiB). Copy the repository with it.
+gpu-wheels: $(STAMP)
+	PIP="$(PY) -m pip" scripts/gpu_wheels.sh
+
+# On the GPU machine (no .venv, no internet): its own python3 with torch/transformers/accelerate/peft installed.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

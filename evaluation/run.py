@@ -38,10 +38,11 @@ EXPORTS = ("vlmeval",)
 
 
 def resolve_model(model_ref: str | Path) -> tuple[Path, dict]:
-    """(folder, manifest) for a registry ref or folder; the manifest is {} for folders we did not write."""
+    """(folder, manifest) for a registry ref, folder or hub id (``Registry.resolve_model``: then the "folder" is
+    the id, which the Auto classes load); the manifest is {} for models we did not write."""
     from stages import registry
 
-    path = Path(registry.Registry().resolve(str(model_ref)))
+    path = Path(registry.Registry().resolve_model(str(model_ref)))
     manifest_file = path / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
     return path, manifest

@@ -19,9 +19,9 @@ from stages.config import load_config_or_exit
 from stages.preflight import preflight_or_exit
 from stages.model import resolve_model_path
 from stages.registry import Registry, home
-from stages.rl import run as run_rl
 from stages.rl.config import RLConfig
 
+from recipes.launch import LaunchConfig, entry_id, is_driver, plan_launch, run_stage
 from recipes.pipeline import (DemoCorpusConfig, EvalConfig, Timer, corpus_dir, peak_memory_gib, subset_file,
                               validate_corpus, write_metrics)
 
@@ -43,6 +43,7 @@ class MedR1Config:
     demo: DemoCorpusConfig = field(default_factory=DemoCorpusConfig, metadata={"help": "Demo corpus sizes."})
     rl: RLConfig = field(default_factory=_med_rl, metadata={"help": "GRPO settings for every subset run."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation settings (suite, data)."})
+    launch: LaunchConfig = field(default_factory=LaunchConfig, metadata={"help": "How each RL process starts."})
 
 
 def _subsets(path: Path) -> list[str]:
@@ -52,16 +53,21 @@ def _subsets(path: Path) -> list[str]:
         return sorted({json.loads(line).get("subset", "") for line in f if line.strip()} - {""})
 
 
-def run(cfg: MedR1Config) -> Path:
+def run(cfg: MedR1Config) -> Path | None:
+    """One GRPO process per subset (recipes/launch.py), then the matrix; None on ranks other than 0."""
     from evaluation.matrix import generalisation_matrix
 
+    if not is_driver():
+        return None
     timer = Timer()
+    plan = plan_launch(cfg.launch)
     out_dir = home() / "reports" / "med_r1" / cfg.run
     corpus = corpus_dir(cfg.data, cfg.demo)
     validate_corpus(corpus)
     init = cfg.init
     if init == "auto":
-        init = "sft:latest" if Registry().latest("sft") is not None else resolve_model_path(cfg.base)
+        newest_sft = Registry().latest("sft")  # pinned to one entry, so a rerun compares like with like
+        init = entry_id(newest_sft) if newest_sft is not None else resolve_model_path(cfg.base)
     subsets = cfg.subsets or _subsets(corpus / "rl.jsonl")
     models = {}
     for subset in subsets:
@@ -69,7 +75,8 @@ def run(cfg: MedR1Config) -> Path:
         rl = copy.deepcopy(cfg.rl)
         rl.run, rl.init = f"{cfg.run}-{subset}", str(init)
         rl.data = str(subset_file(corpus / "rl.jsonl", f"rl.{subset}.jsonl", keep=lambda r, s=subset: r.get("subset") == s))
-        models[subset] = str(run_rl(rl))
+        models[subset] = str(run_stage(plan, stage="rl", module="recipes.rl", cfg=rl, data=Path(rl.data),
+                                       config_dir=out_dir / "launch"))
     data = cfg.eval.data or str(corpus / "eval" / "mcq.jsonl")
     matrix = generalisation_matrix(models, cfg.eval.suite, data, subsets=subsets, out=out_dir, limit=cfg.eval.limit,
                                    batch_size=cfg.eval.batch_size, template=cfg.eval.template,
@@ -83,7 +90,9 @@ def run(cfg: MedR1Config) -> Path:
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config_or_exit(MedR1Config, argv, prog="python -m recipes.med_r1")
     preflight_or_exit(cfg, "python -m recipes.med_r1")  # a missing vllm / deepspeed: fail now, not after hours
-    print(run(cfg))
+    path = run(cfg)
+    if path is not None:
+        print(path)
     return 0
 
 

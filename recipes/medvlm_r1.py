@@ -18,9 +18,9 @@ from stages.config import load_config_or_exit
 from stages.preflight import preflight_or_exit
 from stages.model import resolve_model_path
 from stages.registry import home
-from stages.rl import run as run_rl
 from stages.rl.config import RLConfig
 
+from recipes.launch import LaunchConfig, is_driver, plan_launch, run_stage
 from recipes.pipeline import (DemoCorpusConfig, EvalConfig, Timer, corpus_dir, evaluate_checkpoints, peak_memory_gib,
                               subset_file, validate_corpus, write_metrics)
 
@@ -44,13 +44,17 @@ class MedVLMR1Config:
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(template="medvlm_r1"),
                              metadata={"help": "Evaluation settings."})
     evaluate: bool = field(default=True, metadata={"help": "Evaluate the base and the trained policy."})
+    launch: LaunchConfig = field(default_factory=LaunchConfig, metadata={"help": "How the RL process starts."})
 
     def __post_init__(self):
         if self.n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
 
 
-def run(cfg: MedVLMR1Config) -> Path:
+def run(cfg: MedVLMR1Config) -> Path | None:
+    """GRPO as its own process (recipes/launch.py), then evaluation; None on ranks other than 0 of a launched driver."""
+    if not is_driver():
+        return None
     timer = Timer()
     out_dir = home() / "reports" / "medvlm_r1" / cfg.run
     corpus = corpus_dir(cfg.data, cfg.demo)
@@ -60,7 +64,8 @@ def run(cfg: MedVLMR1Config) -> Path:
     base = resolve_model_path(cfg.init) if cfg.init.startswith("tiny:") else cfg.init
     rl = cfg.rl
     rl.run, rl.init, rl.data = cfg.run, base, rl.data or str(train_file)
-    final = run_rl(rl)
+    final = run_stage(plan_launch(cfg.launch), stage="rl", module="recipes.rl", cfg=rl, data=Path(rl.data),
+                      config_dir=out_dir / "launch")
     checkpoints = {"base": str(base), "rl": str(final)}
     metrics = {"run": cfg.run, "corpus": str(corpus), "train_file": str(train_file), "checkpoints": checkpoints}
     if cfg.evaluate:
@@ -72,7 +77,9 @@ def run(cfg: MedVLMR1Config) -> Path:
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config_or_exit(MedVLMR1Config, argv, prog="python -m recipes.medvlm_r1")
     preflight_or_exit(cfg, "python -m recipes.medvlm_r1")  # a missing vllm / deepspeed: fail now, not after hours
-    print(run(cfg))
+    path = run(cfg)
+    if path is not None:
+        print(path)
     return 0
 
 

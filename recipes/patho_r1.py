@@ -4,8 +4,14 @@
     python -m recipes.patho_r1 --config recipes/configs/patho_r1_qwen2_5_vl_7b.yaml   # the real recipe (GPUs)
     python -m recipes.patho_r1 sft.max_steps=50 rl.steps=10 stages=[pretrain,sft]    # any field, dotted
 
-Each stage's output folder (a registry entry) is the next stage's input, so the lineage reads
-rl <- sft <- pretrain <- base. The base model and every stage are evaluated on the same held-out split with the
+Each stage runs as its own process under the launcher this driver was started with (recipes/launch.py):
+
+    accelerate launch --config_file recipes/configs/accelerate/zero2.yaml -m recipes.patho_r1 --config ...
+    python -m recipes.patho_r1 launch.accelerate_config=recipes/configs/accelerate/zero2.yaml --config ...
+
+Each stage's registry entry (``stage/run/step-N``) is the next stage's ``init``, so the lineage reads
+rl <- sft <- pretrain <- base. A rerun skips the stages already published with the same config and data and
+resumes a stage that was killed mid-way from its newest checkpoint. The base model and every stage are evaluated on the same held-out split with the
 same prompt template; the last line printed is the path of the run's metrics.json.
 """
 from __future__ import annotations
@@ -15,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pathoclip.train import CLIPTrainConfig
-from stages import pretrain, rl, sft
 from stages.config import load_config_or_exit
 from stages.preflight import preflight_or_exit
 from stages.model import resolve_model_path
@@ -24,6 +29,7 @@ from stages.registry import home
 from stages.rl.config import RLConfig
 from stages.sft import SFTConfig
 
+from recipes.launch import LaunchConfig, entry_id, is_driver, plan_launch, run_module, run_stage
 from recipes.pipeline import (DemoCorpusConfig, EvalConfig, Timer, corpus_dir, evaluate_checkpoints,
                               peak_memory_gib, stage_config, validate_corpus, write_metrics)
 
@@ -78,6 +84,7 @@ class PathoR1Config:
     rl: RLConfig = field(default_factory=_demo_rl, metadata={"help": "Stage 3 settings (DAPO preset)."})
     clip: CLIPTrainConfig = field(default_factory=_demo_clip, metadata={"help": "PathoCLIP settings."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation settings."})
+    launch: LaunchConfig = field(default_factory=LaunchConfig, metadata={"help": "How each stage process starts."})
 
     def __post_init__(self):
         unknown = [s for s in self.stages if s not in STAGES]
@@ -85,9 +92,14 @@ class PathoR1Config:
             raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}")
 
 
-def run(cfg: PathoR1Config) -> Path:
+def run(cfg: PathoR1Config) -> Path | None:
+    """Drive the stages (one process each) and evaluate; None on the ranks of a launched driver other than 0."""
+    if not is_driver():
+        print("recipes.patho_r1: rank 0 drives the stages; this rank has nothing to do", flush=True)
+        return None
     timer = Timer()
     out_dir = home() / "reports" / "patho_r1" / cfg.run
+    plan = plan_launch(cfg.launch)
     t = timer.t0
     corpus = corpus_dir(cfg.data, cfg.demo)
     validate_corpus(corpus)
@@ -96,29 +108,33 @@ def run(cfg: PathoR1Config) -> Path:
 
     checkpoints = {"base": str(base)}
     parent = str(base)
-    for stage, train, stage_cfg, data in (("pretrain", pretrain.run, cfg.pretrain, corpus / "pairs.jsonl"),
-                                          ("sft", sft.run, cfg.sft, corpus / "sft.jsonl"),
-                                          ("rl", rl.run, cfg.rl, corpus / "rl.jsonl")):
+    for stage, stage_cfg, data in (("pretrain", cfg.pretrain, corpus / "pairs.jsonl"),
+                                   ("sft", cfg.sft, corpus / "sft.jsonl"),
+                                   ("rl", cfg.rl, corpus / "rl.jsonl")):
         if stage not in cfg.stages:
             continue
-        print(f"== {stage} (init {parent})", flush=True)
-        parent = str(train(stage_config(stage_cfg, run=cfg.run, data=data, init=parent)))
-        checkpoints[stage] = parent
+        stage_cfg = stage_config(stage_cfg, run=cfg.run, data=data, init=parent)
+        folder = run_stage(plan, stage=stage, module=f"recipes.{stage}", cfg=stage_cfg, data=Path(stage_cfg.data),
+                           config_dir=out_dir / "launch")
+        parent = entry_id(folder)  # the next stage gets a registry reference, not a path
+        checkpoints[stage] = str(folder)
         t = timer.mark(stage, t)
 
-    metrics: dict = {"run": cfg.run, "corpus": str(corpus), "checkpoints": checkpoints}
+    metrics: dict = {"run": cfg.run, "corpus": str(corpus), "checkpoints": checkpoints,
+                     "launcher": {"kind": plan.kind, "processes": plan.processes}}
     if "pathoclip" in cfg.stages:
-        from pathoclip.train import train as train_clip
         from stages.registry import Registry
 
-        print("== pathoclip", flush=True)
         clip_cfg = cfg.clip
         clip_cfg.run = cfg.run
         if clip_cfg.data == "demo":
             clip_cfg.data = str(corpus / "pairs.csv")
             clip_cfg.zeroshot_dir = clip_cfg.zeroshot_dir or str(corpus / "eval" / "zeroshot")
             clip_cfg.zeroshot_prompts = clip_cfg.zeroshot_prompts or str(corpus / "eval" / "zeroshot_prompts.json")
-        folder = train_clip(clip_cfg)
+        # PathoCLIP skips its finished phases itself (resume=auto), so it is simply launched again.
+        run_module(plan, "pathoclip.train", clip_cfg, out_dir / "launch" / f"pathoclip-{cfg.run}.yaml",
+                   what="pathoclip")
+        folder = Registry().latest("pathoclip", cfg.run)
         m = Registry().manifest(str(folder))["metrics"]
         metrics["pathoclip"] = {"checkpoint": str(folder), "zero_shot_accuracy": m.get("zeroshot_accuracy"),
                                 "chance": m.get("zeroshot_chance"), "loss_first": m.get("loss_first"),
@@ -145,7 +161,9 @@ def run(cfg: PathoR1Config) -> Path:
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config_or_exit(PathoR1Config, argv, prog="python -m recipes.patho_r1")
     preflight_or_exit(cfg, "python -m recipes.patho_r1")  # missing vllm / deepspeed / bitsandbytes: fail now
-    print(run(cfg))
+    path = run(cfg)
+    if path is not None:
+        print(path)
     return 0
 
 

@@ -45,6 +45,8 @@ TRAIN_POLICIES = {
     "all": (False, False, False),
 }
 TRAINER_STATE_DIR = "trainer_state"
+_CHECKPOINTING_FLAG = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                       else "gradient_checkpointing")
 IGNORE_INDEX = -100
 
 
@@ -425,6 +427,9 @@ class StageTrainer(Trainer):
 
 
 def training_arguments(cfg: StageConfig, log_dir: Path) -> TrainingArguments:
+    from stages.compat import plain_cpu_device
+
+    plain_cpu_device()  # a 2-rank CPU run could not resume otherwise (see there)
     bf16 = cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and torch.cuda.is_available())
     return TrainingArguments(
         output_dir=str(log_dir),  # TensorBoard event files go under it; checkpoints go to the registry
@@ -451,7 +456,8 @@ def training_arguments(cfg: StageConfig, log_dir: Path) -> TrainingArguments:
         bf16=bf16,
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # without it a torchrun/accelerate job on CPU trains each rank alone
-        **({"activation_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        # transformers 5.23 renamed gradient_checkpointing to activation_checkpointing; 5.17 knows only the old name
+        **({_CHECKPOINTING_FLAG: True} if cfg.gradient_checkpointing else {}),
         disable_tqdm=False,
     )
 
@@ -501,6 +507,11 @@ def stage_callbacks(cfg: StageConfig, model) -> list:
 def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> Path:
     """Train (or continue) the run and return its newest registry checkpoint."""
     trainer, resume_from = prepare_stage(cfg, stage=stage, rows=rows, init=init, data_files=data_files)
+    if resume_from is not None:  # a finished run is not trained again (the Trainer would add one more step)
+        m = Registry().manifest(resume_from)
+        if m["step"] >= ((m.get("extra") or {}).get("planned_steps") or float("inf")):
+            print(f"{stage}/{cfg.run} already finished at step {m['step']}: nothing to do", flush=True)
+            return resume_from
     trainer.train(resume_from_checkpoint=str(resume_from / TRAINER_STATE_DIR) if resume_from else None)
     return Registry().latest(stage, cfg.run)
 

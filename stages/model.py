@@ -268,9 +268,9 @@ def _cached_tiny(family: str, seed: int = 0, image_size: int = 112) -> Path:
 
 # ----------------------------------------------------------------------------------------------- loading
 def resolve_model_path(name_or_path: str) -> str:
-    """``tiny:<family>`` -> the cached tiny folder; an existing folder -> itself; ``owner/name`` -> passed
-    through as a hub id; anything else (``sft:latest``, ``sft:RUN/STEP``, ``sft/RUN/step-N``) -> the registry,
-    which raises a clear error for a missing folder or checkpoint."""
+    """``tiny:<family>`` -> the cached tiny folder; anything else through ``Registry.resolve_model`` (the one
+    resolver): a folder or registry ref (``sft:latest``, ``sft/RUN/step-N``) -> its folder, a hub id -> the id;
+    a ref that names nothing raises a clear RegistryError."""
     if name_or_path.startswith("tiny:"):
         family = name_or_path[len("tiny:"):]
         if family not in FAMILIES:
@@ -278,9 +278,7 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(_cached_tiny(family))
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())
-    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name_or_path) and not name_or_path.startswith("."):
-        return name_or_path  # a hub id: the Auto classes download it (or say it is missing)
-    return str(Registry().resolve(name_or_path))
+    return Registry().resolve_model(name_or_path)
 
 
 def _check_folder(path: str) -> None:

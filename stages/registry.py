@@ -58,6 +58,8 @@ POINTER = "LATEST"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _STAGING_RE = re.compile(r"^\.tmp-step-\d+-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+# A Hugging Face hub id: ``name`` or ``owner/name`` (no scheme, no ``:``, not a dot path).
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _VERSIONED = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "open_clip_torch"]
 
 
@@ -84,6 +86,11 @@ def new_run_name(stage: str) -> str:
         if name not in _ISSUED_RUN_NAMES:
             _ISSUED_RUN_NAMES.add(name)
             return name
+
+
+def is_hub_id(ref: str) -> bool:
+    """``owner/name`` or ``name`` as the hub spells them: not a registry ref (``sft:latest``), id or dot path."""
+    return bool(_HUB_ID_RE.match(ref)) and ".." not in ref
 
 
 def step_dir(step: int) -> str:
@@ -381,6 +388,17 @@ class Registry:
             f"no checkpoint or folder {text!r} (refs look like sft:latest, sft:RUN, sft:RUN/STEP, "
             f"sft/RUN/step-N or a folder path; registry {self.root}, stages present: {self._present()})"
         )
+
+    def resolve_model(self, ref) -> str:
+        """Any model reference, the one resolver every stage, recipe and evaluation uses: a folder or registry
+        ref -> its folder; a hub id (``Qwen/Qwen2.5-VL-7B-Instruct``) that names neither -> the id unchanged, for
+        the Auto classes to load from the hub cache. (``tiny:`` presets are built by ``stages.model``.)"""
+        try:
+            return str(self.resolve(ref))
+        except RegistryError:
+            if is_hub_id(str(ref)):
+                return str(ref)
+            raise
 
     def _present(self) -> str:
         return ", ".join(self.stages()) or "none"

@@ -126,6 +126,10 @@ def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] 
     import torch
     from trl import GRPOConfig
 
+    from stages.compat import plain_cpu_device
+
+    plain_cpu_device()  # a multi-rank CPU run could not resume otherwise (see there)
+
     cuda = torch.cuda.is_available()
     kwargs = dict(
         output_dir=str(output_dir),

@@ -1,0 +1,111 @@
+"""``accelerate launch`` with the 2-process CPU config runs ``python -m recipes.patho_r1`` (demo size reduced) end to
+end, one 2-rank job per stage; killed mid-SFT and rerun, it resumes SFT without redoing pretraining.
+
+Slow tier: three stage jobs under accelerate, twice (~5 min on 2 cores)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stages.registry import Registry
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "recipes" / "configs" / "accelerate" / "cpu_ddp2.yaml"
+SFT_STEPS = 24
+ARGS = ["demo.n_train=16", "demo.n_eval=8", "stages=[pretrain,sft,rl]", "evaluate=false", "report=false",
+        "pretrain.max_steps=2", f"sft.max_steps={SFT_STEPS}", "sft.save_every=1", "sft.batch_size=2",
+        "rl.steps=1", "rl.num_generations=2", "rl.batch=2", "rl.max_completion_length=8", "rl.dynamic_sampling=false",
+        "launch.timeout=400"]
+
+
+def driver(log: Path) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    from recipes.launch import free_port
+
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
+            "--main_process_port", str(free_port()), "-m", "recipes.patho_r1", *ARGS]
+    with open(log, "w") as out:
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in new sessions, so a process group is not enough)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+def wait_for(predicate, proc, log, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"driver exited {proc.returncode} early:\n{log.read_text()[-6000:]}")
+        time.sleep(0.2)
+    kill_tree(proc)
+    pytest.fail(f"timed out:\n{log.read_text()[-6000:]}")
+
+
+def test_patho_r1_under_accelerate_resumes_sft_after_a_kill_without_redoing_pretraining(tmp_path):
+    registry = Registry()
+    first = driver(tmp_path / "first.log")
+    # killed (driver, launchers and both ranks) as soon as SFT has published a mid-run checkpoint
+    wait_for(lambda: bool(registry.entries("sft")), first, tmp_path / "first.log", timeout=600)
+    kill_tree(first)
+    pretrain_before = registry.entries("pretrain")
+    sft_before = registry.entries("sft")
+    assert len(pretrain_before) == 1 and 1 <= sft_before[-1]["step"] < SFT_STEPS, sft_before[-1]["step"]
+
+    second = driver(tmp_path / "second.log")
+    try:
+        rc = second.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        kill_tree(second)
+        raise
+    log = (tmp_path / "second.log").read_text()
+    assert rc == 0, log[-6000:]
+    # pretraining was not re-run: the same single entry, and the driver said it skipped it
+    assert registry.entries("pretrain") == pretrain_before
+    assert f"== pretrain: {pretrain_before[0]['ref']} already published with this config and data, skipped" in log
+    # SFT continued its run: the killed run's entries are untouched and the run ends at its planned step
+    # (restarting from scratch would have tried to write step 1 again, which the registry refuses)
+    sft_after = registry.entries("sft")
+    assert sft_after[:len(sft_before)] == sft_before and sft_after[-1]["step"] == SFT_STEPS
+    # one job per stage, each under accelerate launch with the same config and 2 ranks (each rank prints the entry)
+    for stage in ("sft", "rl"):
+        assert f"-m accelerate.commands.launch --config_file {CONFIG} --num_processes 2" in log.split(f"== {stage}: ")[1]
+        assert log.count(str(registry.latest(stage, "patho_r1"))) == 2
+    metrics_file = registry.root / "reports" / "patho_r1" / "patho_r1" / "metrics.json"
+    assert log.strip().splitlines()[-1] == str(metrics_file)  # the driver's last line, as without a launcher
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["launcher"] == {"kind": "accelerate", "processes": 2}
+    chain = [e.get("ref") for e in registry.lineage(metrics["checkpoints"]["rl"])]
+    assert chain[:3] == ["rl/patho_r1/step-00000001", sft_after[-1]["ref"], pretrain_before[0]["ref"]]
