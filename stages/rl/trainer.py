@@ -5,6 +5,8 @@
   informative groups (`stages.rl.sampling`) and hand TRL one merged batch -- its advantages, losses,
   buffering over `num_iterations` and shuffling stay untouched;
 * group-shared vision encoding on the policy and reference models (`stages.rl.vision_share`);
+* shared-prefix log-prob forwards: each group's prompt runs once in the policy / reference / old-policy
+  forwards and the backward (`stages.rl.prefix_share`, hooked into `_get_per_token_logps_and_entropies`);
 * checkpoints through the registry (atomic, with manifest and lineage) instead of `checkpoint-N` folders;
 * completion samples written to TensorBoard as text.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 from trl import GRPOTrainer
 
+from stages.rl import prefix_share
 from stages.rl.algos import group_rows
 from stages.rl.sampling import collect_informative, merge_rows
 from stages.rl.vision_share import share_vision_encoding, sharing_stats
@@ -27,7 +30,7 @@ TRAINER_STATE_DIR = "trainer_state"
 
 class PathoGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, dynamic_sampling: bool = False, max_num_gen_batches: int = 4,
-                 share_vision: bool = True, checkpoint_target: dict | None = None,
+                 share_vision: bool = True, share_prefix: bool = True, checkpoint_target: dict | None = None,
                  tensorboard_samples: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
@@ -42,10 +45,41 @@ class PathoGRPOTrainer(GRPOTrainer):
             # Groups are scored across ranks but sliced per rank; keeping whole groups would need a cross-rank
             # re-balance that is not written yet.
             raise NotImplementedError("dynamic_sampling runs on a single process for now")
+        self.prefix_stats = prefix_share.PrefixStats()
+        self.share_prefix = share_prefix and prefix_share.trl_supported()
+        if share_prefix and not self.share_prefix:
+            logger.warning("share_prefix is off: it hooks a private TRL method checked against TRL %s only",
+                           "/".join(prefix_share.TRL_TESTED))
         if share_vision:
             for m in (self.model, self.ref_model):
                 if m is not None:
                     share_vision_encoding(self.accelerator.unwrap_model(m))
+
+    # ------------------------------------------------------------------------------ shared-prefix log-probs
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                           batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                           **inputs):
+        # Private TRL hook (trl_supported() checks the version): the same contract, each group's prompt run once.
+        self.prefix_stats.forwards += 1
+        if self.share_prefix and input_ids.size(0) > 1:
+            reason = prefix_share.unshareable_reason(model, logits_to_keep,
+                                                     dict(inputs, compute_aux_loss=compute_aux_loss))
+            groups = None if reason else prefix_share.plan_groups(
+                input_ids[:, :-logits_to_keep], attention_mask[:, :-logits_to_keep], inputs.get("pixel_values"),
+                inputs.get("image_grid_thw"), inputs.get("num_images"))
+            if groups is not None and len(groups) < input_ids.size(0):
+                with self.accelerator.autocast():
+                    logps, entropies = prefix_share.shared_prefix_logps(
+                        model, input_ids, attention_mask, logits_to_keep, groups,
+                        pixel_values=inputs.get("pixel_values"), image_grid_thw=inputs.get("image_grid_thw"),
+                        num_images=inputs.get("num_images"), mm_token_type_ids=inputs.get("mm_token_type_ids"),
+                        compute_entropy=compute_entropy, batch_size=batch_size, stats=self.prefix_stats)
+                return logps, entropies, None
+            if reason:
+                logger.debug("shared-prefix forward skipped: %s", reason)
+        return super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy,
+            compute_aux_loss=compute_aux_loss, **inputs)
 
     # ------------------------------------------------------------------------------ dynamic sampling
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -114,6 +148,8 @@ class PathoGRPOTrainer(GRPOTrainer):
         if self.model.training:
             for key, value in sharing_stats(self.accelerator.unwrap_model(self.model)).items():
                 logs[f"vision_share/{key}"] = float(value)
+            if self.share_prefix:
+                logs.update(self.prefix_stats.as_metrics())
         if self.tensorboard_samples and self.model.training and self.state.is_world_process_zero:
             self._write_samples()
         self._last_logs = dict(logs)
