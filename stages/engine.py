@@ -231,15 +231,43 @@ class ChatCollator:
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
-            return_assistant_tokens_mask=True,
             processor_kwargs=dict(padding=True, padding_side="right", add_special_tokens=False,
                                   truncation=self.max_length is not None, max_length=self.max_length),
         )
-        mask = batch.pop("assistant_masks")
+        mask = self.assistant_mask(conversations, batch["input_ids"])
         labels = batch["input_ids"].clone()
         labels[(mask == 0) | (batch["attention_mask"] == 0)] = IGNORE_INDEX
         batch["labels"] = labels
         return dict(batch)
+
+    def assistant_mask(self, conversations: list, input_ids: torch.Tensor) -> torch.Tensor:
+        """1 on the tokens the assistant wrote, aligned to the processor's image-expanded ``input_ids``.
+
+        Written by hand because the processor's own ``return_assistant_tokens_mask`` maps character offsets of
+        the *unexpanded* prompt onto the *expanded* tokens in transformers 5.17 (every label shifts by the
+        number of image tokens). The tokenizer marks the assistant tokens on the unexpanded text, where its
+        offsets are right; each image placeholder there stands for a run of placeholders in ``input_ids``.
+        """
+        tokenizer = self.processor.tokenizer
+        plain = tokenizer.apply_chat_template(conversations, chat_template=self.chat_template, tokenize=True,
+                                              return_dict=True, return_assistant_tokens_mask=True)
+        expanding = {getattr(self.processor, a, None) for a in ("image_token_id", "video_token_id")} - {None}
+        mask = torch.zeros_like(input_ids)
+        for row, (ids, marks) in enumerate(zip(plain["input_ids"], plain["assistant_masks"])):
+            expanded, j = input_ids[row].tolist(), 0
+            for token, mark in zip(ids, marks):
+                if j >= len(expanded):  # truncated by max_length
+                    break
+                if expanded[j] != token:
+                    raise ValueError(f"cannot align the assistant mask at token {j}: the processor's tokens differ "
+                                     "from the tokenizer's beyond image-placeholder expansion")
+                run = 1
+                if token in expanding:
+                    while j + run < len(expanded) and expanded[j + run] == token:
+                        run += 1
+                mask[row, j:j + run] = mark
+                j += run
+        return mask
 
 
 def add_lengths(rows, processor):

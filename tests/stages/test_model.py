@@ -101,6 +101,9 @@ def test_freeze_flags_freeze_exactly_their_tower(tiny, family, flags):
 
 def train_one_step(model, processor):
     batch = chat_batch(processor)
+    # train mode, as the Trainer sets it: in eval mode bitsandbytes 0.50 repacks 4-bit weights into its CPU
+    # inference layout on the first forward, which is not a training step and cannot be trained through
+    model.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-2)
