@@ -21,7 +21,8 @@ bottom-right causal alignment and a 2-D padding mask over prompt + completion. t
 for eager and SDPA (any SDPA kernel that takes an explicit mask: math or memory-efficient on GPUs), and its
 flash-attention-2 path takes the same shape (q_len < kv_len, causal from the bottom right, padding unpadded).
 Not exact, so not used (TRL's own forward runs instead): gradient checkpointing while training (transformers
-drops the cache inside checkpointed layers), sliding-window layers, MoE aux loss, model inputs other than
+drops the cache inside checkpointed layers), active dropout while training (one mask for the shared prompt
+instead of G: e.g. LoRA dropout > 0), sliding-window layers, MoE aux loss, model inputs other than
 Qwen-VL's pixel_values / image_grid_thw / mm_token_type_ids, and image tokens inside completions.
 """
 from __future__ import annotations
@@ -111,9 +112,14 @@ def unshareable_reason(model: torch.nn.Module, logits_to_keep: int, extra_inputs
                          if v is not None and k not in _SUPPORTED_INPUTS and k != "compute_aux_loss")
     if unsupported:
         return f"model inputs {unsupported} are not supported"
-    if unwrapped.training and getattr(unwrapped, "is_gradient_checkpointing", False):
-        return "gradient checkpointing drops the KV cache inside checkpointed layers"
     text_config = unwrapped.config.get_text_config()
+    if unwrapped.training:
+        if getattr(unwrapped, "is_gradient_checkpointing", False):
+            return "gradient checkpointing drops the KV cache inside checkpointed layers"
+        # One dropout mask for the shared prompt instead of G independent ones: not the same computation.
+        if getattr(text_config, "attention_dropout", 0.0) or any(
+                isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in unwrapped.modules()):
+            return "dropout is active (e.g. LoRA dropout > 0)"
     layer_types = getattr(text_config, "layer_types", None) or ["full_attention"]
     if any(t != "full_attention" for t in layer_types) or getattr(text_config, "use_sliding_window", False):
         return "sliding-window attention layers"
