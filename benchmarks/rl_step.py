@@ -34,14 +34,18 @@ def parse(argv=None):
 
 def make_data(folder: Path, size: int, n: int):
     """n prompts, each with its own image (a real IHC tissue crop from scikit-image, shifted per prompt)."""
+    import numpy as np
     from datasets import Dataset
     from PIL import Image
     from skimage import data as skdata
 
-    tissue = skdata.immunohistochemistry()
+    tissue = skdata.immunohistochemistry()  # 512 x 512: scaled up when a crop needs more
+    if size > tissue.shape[0]:
+        side = size + 64
+        tissue = np.asarray(Image.fromarray(tissue).resize((side, side), Image.BICUBIC))
     rows = []
     for i in range(n):
-        y, x = (37 * i) % (tissue.shape[0] - size), (53 * i) % (tissue.shape[1] - size)
+        y, x = (37 * i) % (tissue.shape[0] - size + 1), (53 * i) % (tissue.shape[1] - size + 1)
         path = folder / f"img{i}.png"
         Image.fromarray(tissue[y:y + size, x:x + size]).save(path)
         rows.append({"question": "Which stain pattern is present?", "options": ["nuclear", "membranous", "none"],

@@ -6,7 +6,8 @@
   buffering over `num_iterations` and shuffling stay untouched;
 * group-shared vision encoding on the policy and reference models (`stages.rl.vision_share`);
 * shared-prefix log-prob forwards: each group's prompt runs once in the policy / reference / old-policy
-  forwards and the backward (`stages.rl.prefix_share`, hooked into `_get_per_token_logps_and_entropies`);
+  forwards and the backward (`stages.rl.prefix_share`, hooked into `_get_per_token_logps_and_entropies`),
+  and once in the rollouts' prefill (an instance-level `generate` on the policy model);
 * checkpoints through the registry (atomic, with manifest and lineage) instead of `checkpoint-N` folders;
 * completion samples written to TensorBoard as text.
 """
@@ -50,6 +51,8 @@ class PathoGRPOTrainer(GRPOTrainer):
         if share_prefix and not self.share_prefix:
             logger.warning("share_prefix is off: it hooks a private TRL method checked against TRL %s only",
                            "/".join(prefix_share.TRL_TESTED))
+        if share_prefix:  # rollouts: one prefill per group (a public-API override of the model's generate)
+            prefix_share.share_prefill(self.model)
         if share_vision:
             for m in (self.model, self.ref_model):
                 if m is not None:
@@ -150,6 +153,9 @@ class PathoGRPOTrainer(GRPOTrainer):
                 logs[f"vision_share/{key}"] = float(value)
             if self.share_prefix:
                 logs.update(self.prefix_stats.as_metrics())
+            prefill = prefix_share.prefill_stats(self.model)
+            if prefill is not None:
+                logs["prefix_share/generate_token_saving"] = prefill.as_metrics()["prefix_share/token_saving"]
         if self.tensorboard_samples and self.model.training and self.state.is_world_process_zero:
             self._write_samples()
         self._last_logs = dict(logs)

@@ -185,6 +185,44 @@ def test_falls_back_where_not_exact(folder, dataset, tmp_path):
     assert_grads_match(grads, loss_and_grads(t, batch, share=False)[1])
 
 
+@pytest.mark.parametrize("setup", ["trainable_tower", "lora"])
+def test_shared_prefill_samples_the_same_rollouts(folder, dataset, tmp_path, setup):
+    """TRL's generation step (sampling at T = 1) gives the same completions with one prefill per group."""
+    t = make_trainer(folder, dataset, tmp_path, "dr_grpo", train="all" if setup == "trainable_tower" else "llm",
+                     lora=setup == "lora")
+    rows = [t.train_dataset[i] for i in range(len(PROMPTS)) for _ in range(G)]
+    t.model.train()  # as in training
+    torch.manual_seed(3)
+    shared = t._generate_and_score_completions(rows)
+    stats = prefix_share.prefill_stats(t.model)
+    assert stats.shared_forwards == 1 and stats.as_metrics()["prefix_share/token_saving"] > 0.5
+    prefix_share.unshare_prefill(t.model)
+    torch.manual_seed(3)
+    unshared = t._generate_and_score_completions(rows)
+    assert torch.equal(shared["completion_ids"], unshared["completion_ids"])
+    assert torch.equal(shared["completion_mask"], unshared["completion_mask"])
+
+
+def test_shared_prefill_greedy_scores_match(folder, dataset, tmp_path):
+    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+    t = make_trainer(folder, dataset, tmp_path, "dr_grpo")
+    model, processor = t.model.eval(), t.processing_class
+    rows = [t.train_dataset[i] for i in range(len(PROMPTS)) for _ in range(G)]
+    texts = [apply_chat_template({"prompt": prepare_multimodal_messages(r["prompt"], images=r["images"])},
+                                 processor)["prompt"] for r in rows]
+    batch = processor(images=[r["images"] for r in rows], text=texts, padding=True, return_tensors="pt")
+    settings = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    shared = model.generate(**batch, **settings)
+    assert prefix_share.prefill_stats(model).shared_forwards == 1
+    prefix_share.unshare_prefill(model)
+    assert "generate" not in vars(model)
+    unshared = model.generate(**batch, **settings)
+    assert torch.equal(shared.sequences, unshared.sequences)
+    for got, expected in zip(shared.scores, unshared.scores):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
 def test_plan_groups_by_prompt_and_images():
     ids = torch.tensor([[0, 5, 6], [1, 5, 7], [0, 5, 6], [0, 5, 6], [1, 5, 7]])
     mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1], [0, 1, 1], [1, 1, 1]])
