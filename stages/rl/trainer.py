@@ -4,7 +4,8 @@
   once per generation batch from `_prepare_inputs`; we call it repeatedly on fresh prompts, keep the
   informative groups (`stages.rl.sampling`) and hand TRL one merged batch -- its advantages, losses,
   buffering over `num_iterations` and shuffling stay untouched;
-* group-shared vision encoding on the policy and reference models (`stages.rl.vision_share`);
+* group-shared vision encoding on the policy and reference models (`stages.rl.vision_share`), and each
+  distinct prompt image preprocessed once per generation step (`stages.rl.image_dedup`);
 * shared-prefix log-prob forwards: each group's prompt runs once in the policy / reference / old-policy
   forwards and the backward (`stages.rl.prefix_share`, hooked into `_get_per_token_logps_and_entropies`),
   and once in the rollouts' prefill (an instance-level `generate` on the policy model);
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -22,6 +24,7 @@ from trl import GRPOTrainer
 
 from stages.rl import prefix_share
 from stages.rl.algos import group_rows
+from stages.rl.image_dedup import dedup_images
 from stages.rl.sampling import collect_informative, merge_rows
 from stages.rl.vision_share import share_vision_encoding, sharing_stats
 
@@ -35,6 +38,7 @@ class PathoGRPOTrainer(GRPOTrainer):
                  tensorboard_samples: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
+        self.share_vision = share_vision
         self.max_num_gen_batches = max_num_gen_batches
         self.checkpoint_target = checkpoint_target
         self.tensorboard_samples = tensorboard_samples
@@ -83,6 +87,11 @@ class PathoGRPOTrainer(GRPOTrainer):
         return super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy,
             compute_aux_loss=compute_aux_loss, **inputs)
+
+    def _prepare_inputs(self, generation_batch):
+        # TRL preprocesses every row's images (each prompt's G times) for generation and again for the forwards.
+        with dedup_images(self.processing_class) if self.share_vision else nullcontext():
+            return super()._prepare_inputs(generation_batch)
 
     # ------------------------------------------------------------------------------ dynamic sampling
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
