@@ -175,6 +175,29 @@ def _chunks(groups: list[list[int]], batch_size: int | None) -> list[list[list[i
     return chunks + [current] if current else chunks
 
 
+def try_shared_logps(model, input_ids, attention_mask, logits_to_keep: int, inputs: dict, *,
+                     batch_size: int | None = None, compute_entropy: bool = False, compute_aux_loss: bool = False,
+                     stats: PrefixStats | None = None):
+    """`(log_probs, entropies)` from the shared forward, or None where it would not be exact or gain nothing
+    (then the caller runs TRL's own forward). `inputs` are TRL's extra model inputs (pixel_values, ...)."""
+    if stats is not None:
+        stats.forwards += 1
+    if input_ids.size(0) < 2:
+        return None
+    reason = unshareable_reason(model, logits_to_keep, dict(inputs, compute_aux_loss=compute_aux_loss))
+    if reason:
+        logger.debug("shared-prefix forward skipped: %s", reason)
+        return None
+    groups = plan_groups(input_ids[:, :-logits_to_keep], attention_mask[:, :-logits_to_keep],
+                         inputs.get("pixel_values"), inputs.get("image_grid_thw"), inputs.get("num_images"))
+    if len(groups) == input_ids.size(0):  # no prompt repeats in this batch
+        return None
+    return shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep, groups,
+                               pixel_values=inputs.get("pixel_values"), image_grid_thw=inputs.get("image_grid_thw"),
+                               num_images=inputs.get("num_images"), mm_token_type_ids=inputs.get("mm_token_type_ids"),
+                               compute_entropy=compute_entropy, batch_size=batch_size, stats=stats)
+
+
 def shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep: int, groups: list[list[int]], *,
                         pixel_values=None, image_grid_thw=None, num_images=None, mm_token_type_ids=None,
                         compute_entropy: bool = False, batch_size: int | None = None,

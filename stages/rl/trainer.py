@@ -66,24 +66,14 @@ class PathoGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                            batch_size=None, compute_entropy=False, compute_aux_loss=False,
                                            **inputs):
-        # Private TRL hook (trl_supported() checks the version): the same contract, each group's prompt run once.
-        self.prefix_stats.forwards += 1
-        if self.share_prefix and input_ids.size(0) > 1:
-            reason = prefix_share.unshareable_reason(model, logits_to_keep,
-                                                     dict(inputs, compute_aux_loss=compute_aux_loss))
-            groups = None if reason else prefix_share.plan_groups(
-                input_ids[:, :-logits_to_keep], attention_mask[:, :-logits_to_keep], inputs.get("pixel_values"),
-                inputs.get("image_grid_thw"), inputs.get("num_images"))
-            if groups is not None and len(groups) < input_ids.size(0):
-                with self.accelerator.autocast():
-                    logps, entropies = prefix_share.shared_prefix_logps(
-                        model, input_ids, attention_mask, logits_to_keep, groups,
-                        pixel_values=inputs.get("pixel_values"), image_grid_thw=inputs.get("image_grid_thw"),
-                        num_images=inputs.get("num_images"), mm_token_type_ids=inputs.get("mm_token_type_ids"),
-                        compute_entropy=compute_entropy, batch_size=batch_size, stats=self.prefix_stats)
-                return logps, entropies, None
-            if reason:
-                logger.debug("shared-prefix forward skipped: %s", reason)
+        # Private TRL hook (its version was checked in __init__): TRL's contract, each group's prompt run once.
+        if self.share_prefix:
+            with self.accelerator.autocast():
+                shared = prefix_share.try_shared_logps(
+                    model, input_ids, attention_mask, logits_to_keep, inputs, batch_size=batch_size,
+                    compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, stats=self.prefix_stats)
+            if shared is not None:
+                return (*shared, None)
         return super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy,
             compute_aux_loss=compute_aux_loss, **inputs)

@@ -251,3 +251,31 @@ def test_version_check_turns_sharing_off(folder, dataset, tmp_path, monkeypatch,
         t = make_trainer(folder, dataset, tmp_path, "dr_grpo", train="llm")
     assert not t.share_prefix
     assert "share_prefix is off: it hooks a private TRL method checked against TRL 0.1 only" in caplog.text
+
+
+def test_config_switch_turns_sharing_off(folder, dataset, tmp_path, monkeypatch):
+    """`share_prefix=false` in RLConfig reaches the trainer: TRL's own forward and generate run."""
+    import stages.rl.trainer as trainer_module
+    from corpora.demo import build_demo
+    from stages.rl import RLConfig, run
+
+    made = {}
+
+    class Stop(Exception):
+        pass
+
+    class Recording(PathoGRPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made["trainer"] = self
+            raise Stop
+
+    monkeypatch.setattr(trainer_module, "PathoGRPOTrainer", Recording)
+    demo = build_demo(tmp_path / "demo", n_train=8, n_eval=4)
+    for share in (False, True):
+        with pytest.raises(Stop):
+            run(RLConfig(init=str(folder), data=str(demo.root), share_prefix=share, num_generations=2, batch=1,
+                         max_completion_length=4, steps=1, run=f"switch-{share}"))
+        t = made["trainer"]
+        assert t.share_prefix is share
+        assert ("generate" in vars(t.model)) is share
