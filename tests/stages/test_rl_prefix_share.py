@@ -144,6 +144,32 @@ def test_shared_forward_matches_trl(folder, dataset, tmp_path, algorithm, setup)
         assert grads and all("lora_" in n or "modules_to_save" in n for n in grads)
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_other_qwen_vl_families(dataset, tmp_path, family):
+    """Qwen2-VL's rope and Qwen3-VL's (interleaved rope, deepstack visual features) share exactly too."""
+    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+    t = make_trainer(build_tiny(family, tmp_path / "tiny"), dataset, tmp_path, "dr_grpo")
+    batch = trl_batch(t)
+    assert prefix_share.prefill_stats(t.model).shared_forwards == 1  # TRL's generation step shared its prefill
+    before = t.prefix_stats.shared_forwards
+    torch.testing.assert_close(logps(t, t.model, batch, True)[0], logps(t, t.model, batch, False)[0], rtol=0, atol=1e-5)
+    assert t.prefix_stats.shared_forwards == before + 1
+    batch["old_per_token_logps"] = logps(t, t.model, batch, False)[0]
+    assert_grads_match(loss_and_grads(t, batch, True)[1], loss_and_grads(t, batch, False)[1])
+
+    rows = [t.train_dataset[i] for i in range(len(PROMPTS)) for _ in range(G)]
+    texts = [apply_chat_template({"prompt": prepare_multimodal_messages(r["prompt"], images=r["images"])},
+                                 t.processing_class)["prompt"] for r in rows]
+    inputs = t.processing_class(images=[r["images"] for r in rows], text=texts, padding=True, return_tensors="pt")
+    settings = dict(max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    shared = t.model.eval().generate(**inputs, **settings)
+    prefix_share.unshare_prefill(t.model)
+    unshared = t.model.generate(**inputs, **settings)
+    assert torch.equal(shared.sequences, unshared.sequences)
+    torch.testing.assert_close(torch.stack(shared.scores), torch.stack(unshared.scores), rtol=0, atol=1e-5)
+
+
 def test_reference_through_disabled_adapter_matches(folder, dataset, tmp_path):
     """LoRA + beta > 0: TRL's reference forward is the policy with its adapter disabled."""
     from trl.trainer.utils import use_adapter
