@@ -1,6 +1,6 @@
 """One RL step, pathor1 vs plain TRL: PathoGRPOTrainer against trl.GRPOTrainer on the same tiny Qwen2.5-VL,
 data and settings, in one process. Ours runs each group's prompt once (generation's prefill, the log-prob
-forwards and the backward: stages.rl.prefix_share), encodes and preprocesses each distinct image once
+forwards and the backward: stages.rl.prefix_share, stages.rl.prefill_share), encodes and preprocesses each distinct image once
 (stages.rl.vision_share, stages.rl.image_dedup). The last line is one JSON object with the raw figures and
 "speedup" = TRL time / pathor1 time (above 1: pathor1 is faster).
 
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     from stages.rl.rewards import build_rewards
     from stages.rl.training import grpo_args, prompt_dataset
     from stages.rl.trainer import PathoGRPOTrainer
-    from stages.rl.prefix_share import prefill_stats
+    from stages.rl.prefill_share import prefill_stats
     from stages.rl.vision_share import sharing_stats
 
     work = Path(tempfile.mkdtemp(prefix="rl_step_"))

@@ -24,6 +24,8 @@ Not exact, so not used (TRL's own forward runs instead): gradient checkpointing 
 drops the cache inside checkpointed layers), active dropout while training (one mask for the shared prompt
 instead of G: e.g. LoRA dropout > 0), sliding-window layers, MoE aux loss, model inputs other than
 Qwen-VL's pixel_values / image_grid_thw / mm_token_type_ids, and image tokens inside completions.
+
+The same sharing for the rollouts' prefill lives in `stages.rl.prefill_share`.
 """
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ def plan_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pixel_value
     """Rows with the same prompt (ids, mask and images), as lists of row indices in first-seen order."""
     key_rows = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
     _, inverse = torch.unique(key_rows, dim=0, return_inverse=True)
-    images = _images_per_row(pixel_values, image_grid_thw, num_images, prompt_ids.size(0))
+    images = images_per_row(pixel_values, image_grid_thw, num_images, prompt_ids.size(0))
     groups: list[list[int]] = []
     by_key: dict[int, list[int]] = {}
     for row, key in enumerate(inverse.tolist()):
@@ -83,7 +85,7 @@ def plan_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pixel_value
     return groups
 
 
-def _images_per_row(pixel_values, image_grid_thw, num_images, n_rows):
+def images_per_row(pixel_values, image_grid_thw, num_images, n_rows):
     """Per row: (pixel rows, grids) of its images, or None when the batch has no images."""
     if pixel_values is None or image_grid_thw is None:
         return None
@@ -102,7 +104,7 @@ def _same_images(images, a: int, b: int) -> bool:
 
 def unshareable_reason(model: torch.nn.Module, logits_to_keep: int, extra_inputs: dict) -> str | None:
     """Why the shared forward would not be exact for this model and these inputs (None: it is)."""
-    unwrapped = _unwrap(model)
+    unwrapped = unwrap_model(model)
     mm = extra_inputs.get("mm_token_type_ids")
     if mm is not None and bool((mm[:, -logits_to_keep - 1:] != 0).any()):
         return "image or video tokens inside the completions"
@@ -123,12 +125,12 @@ def unshareable_reason(model: torch.nn.Module, logits_to_keep: int, extra_inputs
     layer_types = getattr(text_config, "layer_types", None) or ["full_attention"]
     if any(t != "full_attention" for t in layer_types) or getattr(text_config, "use_sliding_window", False):
         return "sliding-window attention layers"
-    if extra_inputs.get("pixel_values") is not None and _rope_owner(unwrapped) is None:
+    if extra_inputs.get("pixel_values") is not None and rope_owner(unwrapped) is None:
         return "image inputs on a model without get_rope_index"
     return None
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under DDP / DeepSpeed (`.module`) and peft (`get_base_model()`) wrappers."""
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
@@ -137,7 +139,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _rope_owner(unwrapped: torch.nn.Module):
+def rope_owner(unwrapped: torch.nn.Module):
     for owner in (unwrapped, getattr(unwrapped, "model", None)):
         if owner is not None and hasattr(owner, "get_rope_index"):
             return owner
@@ -149,7 +151,7 @@ def _position_ids(unwrapped, input_ids, attention_mask, image_grid_thw, mm_token
 
     Qwen-VL computes 3-D rope positions (`get_rope_index`) only when both image grids and `mm_token_type_ids`
     are given; otherwise its text model counts 0..L-1 along the padded row -- so do we."""
-    owner = _rope_owner(unwrapped)
+    owner = rope_owner(unwrapped)
     if owner is not None and image_grid_thw is not None and mm_token_type_ids is not None:
         positions, _ = owner.get_rope_index(input_ids, mm_token_type_ids=mm_token_type_ids,
                                             image_grid_thw=image_grid_thw, attention_mask=attention_mask)
@@ -206,11 +208,11 @@ def shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep: int, g
 
     `model` is what TRL calls (possibly DDP / peft wrapped, with TRL's fused LM head installed); `groups` comes
     from `plan_groups`. Both passes go through `model(...)` itself, so wrappers' forward hooks run as usual."""
-    unwrapped = _unwrap(model)
+    unwrapped = unwrap_model(model)
     n_rows, length = input_ids.shape
     cut = length - logits_to_keep - 1  # pass 1: prompt minus its last token; pass 2: that token + completion
     positions = _position_ids(unwrapped, input_ids, attention_mask, image_grid_thw, mm_token_type_ids)
-    images = _images_per_row(pixel_values, image_grid_thw, num_images, n_rows)
+    images = images_per_row(pixel_values, image_grid_thw, num_images, n_rows)
     out_logps, out_entropies, out_rows = [], [], []
     for chunk in _chunks(groups, batch_size):
         reps = [g[0] for g in chunk]
@@ -247,119 +249,3 @@ def shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep: int, g
         stats.shared_forwards += 1
         stats.tokens_unshared += n_rows * length
     return logps, entropies
-
-
-# ------------------------------------------------------------------------------------------ generation
-# The same idea for rollouts: `generate` prefills every row's prompt, i.e. each group's prompt G times. The
-# shared version prefills one row per group minus its last token, expands that cache over the group, and hands
-# transformers' `generate` the full rows plus the cache -- its documented "continue from a cache" path, which
-# feeds only the uncached last prompt token. Position ids are passed in exactly as Qwen-VL's generate would
-# build them for the unshared batch (text row from the padding mask, 3-D rope rows from `get_rope_index`), so
-# every decoding step sees the same positions, masks and keys as before.
-_GENERATE_STATE = "_pathor1_prefix_generate"
-_GENERATE_INPUTS = {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
-
-
-def share_prefill(model: torch.nn.Module) -> bool:
-    """Install the shared prefill as an instance-level `generate` on the transformers model under `model`.
-
-    Returns False for models it does not cover (not a Qwen-VL model with `get_rope_index`)."""
-    import types
-
-    target = _unwrap(model)
-    if _rope_owner(target) is None or not hasattr(target, "generate"):
-        return False
-    if not hasattr(target, _GENERATE_STATE):
-        setattr(target, _GENERATE_STATE, PrefixStats())
-        target.generate = types.MethodType(_shared_generate, target)
-    return True
-
-
-def unshare_prefill(model: torch.nn.Module) -> None:
-    target = _unwrap(model)
-    if hasattr(target, _GENERATE_STATE):
-        del target.generate
-        delattr(target, _GENERATE_STATE)
-
-
-def prefill_stats(model: torch.nn.Module) -> PrefixStats | None:
-    return getattr(_unwrap(model), _GENERATE_STATE, None)
-
-
-def _prefill_unshareable(self, input_ids, attention_mask, kwargs) -> str | None:
-    if input_ids is None or attention_mask is None or attention_mask.dim() != 2 or input_ids.size(1) < 2:
-        return "needs 2-D input_ids and attention_mask"
-    given = {k for k, v in kwargs.items() if isinstance(v, torch.Tensor) or k in ("past_key_values", "inputs_embeds")}
-    if given - _GENERATE_INPUTS:
-        return f"inputs {sorted(given - _GENERATE_INPUTS)} are not supported"
-    config = kwargs.get("generation_config") or self.generation_config
-    if (getattr(config, "num_beams", 1) or 1) > 1 or (getattr(config, "num_return_sequences", 1) or 1) > 1 \
-            or getattr(config, "prefill_chunk_size", None) or kwargs.get("assistant_model") is not None:
-        return "beam search, several sequences per row, chunked prefill or assisted decoding"
-    if (kwargs.get("pixel_values") is None) != (kwargs.get("image_grid_thw") is None):
-        return "pixel_values without image_grid_thw"
-    mm = kwargs.get("mm_token_type_ids")
-    if kwargs.get("pixel_values") is not None and (mm is None or bool((mm[:, -1] != 0).any())):
-        return "image prompts need mm_token_type_ids and a text token last"
-    return unshareable_reason(self, 0, {})
-
-
-def _images_per_row_from_tokens(mm_token_type_ids, image_grid_thw, merge: int) -> list[int]:
-    """How many of the (row-ordered) images each row holds, from its image-token count."""
-    tokens_per_image = (image_grid_thw.prod(-1) // merge ** 2).tolist()
-    counts, i = [], 0
-    for wanted in (mm_token_type_ids == 1).sum(-1).tolist():
-        n = 0
-        while wanted > 0:
-            wanted -= tokens_per_image[i]
-            i, n = i + 1, n + 1
-        counts.append(n)
-    return counts
-
-
-@torch.no_grad()
-def _shared_generate(self, inputs=None, input_ids=None, attention_mask=None, **kwargs):
-    original = type(self).generate
-    input_ids = inputs if input_ids is None else input_ids
-    reason = _prefill_unshareable(self, input_ids, attention_mask, kwargs)
-    pixel_values, grid = kwargs.get("pixel_values"), kwargs.get("image_grid_thw")
-    mm = kwargs.get("mm_token_type_ids")
-    groups = None
-    if reason is None:
-        num_images = None
-        if grid is not None:
-            merge = self.config.vision_config.spatial_merge_size
-            num_images = _images_per_row_from_tokens(mm, grid, merge)
-        groups = plan_groups(input_ids, attention_mask, pixel_values, grid, num_images)
-    if groups is None or len(groups) == input_ids.size(0):
-        return original(self, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-
-    owner_model = _rope_owner(self)
-    text = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-    if grid is not None:
-        rope, deltas = owner_model.get_rope_index(input_ids, mm_token_type_ids=mm, image_grid_thw=grid,
-                                                  attention_mask=attention_mask)
-    else:
-        rope, deltas = text.unsqueeze(0).expand(3, -1, -1), text.new_zeros((input_ids.size(0), 1))
-    positions = torch.cat([text.unsqueeze(0), rope.to(text.dtype)], dim=0)  # (4, N, P): what generate builds
-    reps = torch.tensor([g[0] for g in groups], device=input_ids.device)
-    owner = torch.empty(input_ids.size(0), dtype=torch.long, device=input_ids.device)
-    for k, g in enumerate(groups):
-        owner[g] = k
-    prefill = {"input_ids": input_ids[reps, :-1], "attention_mask": attention_mask[reps, :-1],
-               "position_ids": positions[:, reps, :-1]}
-    if pixel_values is not None:
-        images = _images_per_row(pixel_values, grid, num_images, input_ids.size(0))
-        prefill["pixel_values"] = torch.cat([images[g[0]][0] for g in groups])
-        prefill["image_grid_thw"] = torch.cat([images[g[0]][1] for g in groups])
-        prefill["mm_token_type_ids"] = mm[reps, :-1]
-    cache = self(**prefill, use_cache=True, logits_to_keep=1).past_key_values
-    cache.batch_select_indices(owner)
-    owner_model.rope_deltas = deltas  # as the unshared generate leaves it
-    stats = getattr(self, _GENERATE_STATE)
-    stats.shared_forwards += 1
-    stats.tokens_unshared += input_ids.numel()
-    stats.tokens_run += len(groups) * (input_ids.size(1) - 1) + input_ids.size(0)
-    rest = {k: v for k, v in kwargs.items() if k not in ("pixel_values", "image_grid_thw")}
-    return original(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                    past_key_values=cache, **rest)

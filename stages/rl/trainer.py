@@ -8,7 +8,7 @@
   distinct prompt image preprocessed once per generation step (`stages.rl.image_dedup`);
 * shared-prefix log-prob forwards: each group's prompt runs once in the policy / reference / old-policy
   forwards and the backward (`stages.rl.prefix_share`, hooked into `_get_per_token_logps_and_entropies`),
-  and once in the rollouts' prefill (an instance-level `generate` on the policy model);
+  and once in the rollouts' prefill (`stages.rl.prefill_share`: an instance-level `generate` on the policy);
 * checkpoints through the registry (atomic, with manifest and lineage) instead of `checkpoint-N` folders;
 * completion samples written to TensorBoard as text.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from trl import GRPOTrainer
 
-from stages.rl import prefix_share
+from stages.rl import prefill_share, prefix_share
 from stages.rl.algos import group_rows
 from stages.rl.image_dedup import dedup_images
 from stages.rl.sampling import collect_informative, merge_rows
@@ -56,7 +56,7 @@ class PathoGRPOTrainer(GRPOTrainer):
             logger.warning("share_prefix is off: it hooks a private TRL method checked against TRL %s only",
                            "/".join(prefix_share.TRL_TESTED))
         if share_prefix:  # rollouts: one prefill per group (a public-API override of the model's generate)
-            prefix_share.share_prefill(self.model)
+            prefill_share.share_prefill(self.model)
         if share_vision:
             for m in (self.model, self.ref_model):
                 if m is not None:
@@ -152,7 +152,7 @@ class PathoGRPOTrainer(GRPOTrainer):
                 logs[f"vision_share/{key}"] = float(value)
             if self.share_prefix:
                 logs.update(self.prefix_stats.as_metrics())
-            prefill = prefix_share.prefill_stats(self.model)
+            prefill = prefill_share.prefill_stats(self.model)
             if prefill is not None:
                 logs["prefix_share/generate_token_saving"] = prefill.as_metrics()["prefix_share/token_saving"]
         if self.tensorboard_samples and self.model.training and self.state.is_world_process_zero:

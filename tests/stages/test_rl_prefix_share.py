@@ -13,7 +13,7 @@ from PIL import Image
 from trl.trainer.utils import shuffle_sequence_dict, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from stages.model import LoraConfig, ModelConfig, build_tiny, load_model
-from stages.rl import prefix_share
+from stages.rl import prefill_share, prefix_share
 from stages.rl.config import RLConfig
 from stages.rl.prefix_share import plan_groups, trl_supported
 from stages.rl.training import TRAIN_POLICIES, grpo_args, pad_prompts_left, prompt_dataset
@@ -151,7 +151,7 @@ def test_other_qwen_vl_families(dataset, tmp_path, family):
 
     t = make_trainer(build_tiny(family, tmp_path / "tiny"), dataset, tmp_path, "dr_grpo")
     batch = trl_batch(t)
-    assert prefix_share.prefill_stats(t.model).shared_forwards == 1  # TRL's generation step shared its prefill
+    assert prefill_share.prefill_stats(t.model).shared_forwards == 1  # TRL's generation step shared its prefill
     before = t.prefix_stats.shared_forwards
     torch.testing.assert_close(logps(t, t.model, batch, True)[0], logps(t, t.model, batch, False)[0], rtol=0, atol=1e-5)
     assert t.prefix_stats.shared_forwards == before + 1
@@ -164,7 +164,7 @@ def test_other_qwen_vl_families(dataset, tmp_path, family):
     inputs = t.processing_class(images=[r["images"] for r in rows], text=texts, padding=True, return_tensors="pt")
     settings = dict(max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True)
     shared = t.model.eval().generate(**inputs, **settings)
-    prefix_share.unshare_prefill(t.model)
+    prefill_share.unshare_prefill(t.model)
     unshared = t.model.generate(**inputs, **settings)
     assert torch.equal(shared.sequences, unshared.sequences)
     torch.testing.assert_close(torch.stack(shared.scores), torch.stack(unshared.scores), rtol=0, atol=1e-5)
@@ -220,9 +220,9 @@ def test_shared_prefill_samples_the_same_rollouts(folder, dataset, tmp_path, set
     t.model.train()  # as in training
     torch.manual_seed(3)
     shared = t._generate_and_score_completions(rows)
-    stats = prefix_share.prefill_stats(t.model)
+    stats = prefill_share.prefill_stats(t.model)
     assert stats.shared_forwards == 1 and stats.as_metrics()["prefix_share/token_saving"] > 0.5
-    prefix_share.unshare_prefill(t.model)
+    prefill_share.unshare_prefill(t.model)
     torch.manual_seed(3)
     unshared = t._generate_and_score_completions(rows)
     assert torch.equal(shared["completion_ids"], unshared["completion_ids"])
@@ -240,8 +240,8 @@ def test_shared_prefill_greedy_scores_match(folder, dataset, tmp_path):
     batch = processor(images=[r["images"] for r in rows], text=texts, padding=True, return_tensors="pt")
     settings = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
     shared = model.generate(**batch, **settings)
-    assert prefix_share.prefill_stats(model).shared_forwards == 1
-    prefix_share.unshare_prefill(model)
+    assert prefill_share.prefill_stats(model).shared_forwards == 1
+    prefill_share.unshare_prefill(model)
     assert "generate" not in vars(model)
     unshared = model.generate(**batch, **settings)
     assert torch.equal(shared.sequences, unshared.sequences)
