@@ -1,8 +1,11 @@
-"""One RL step, pathor1 vs plain TRL: PathoGRPOTrainer (group-shared vision encoding) against trl.GRPOTrainer
-on the same tiny Qwen2.5-VL, data and settings, in one process. The last line is one JSON object with the
-raw figures and "speedup" = TRL time / pathor1 time (above 1: pathor1 is faster).
+"""One RL step, pathor1 vs plain TRL: PathoGRPOTrainer against trl.GRPOTrainer on the same tiny Qwen2.5-VL,
+data and settings, in one process. Ours runs each group's prompt once (generation's prefill, the log-prob
+forwards and the backward: stages.rl.prefix_share, stages.rl.prefill_share), encodes and preprocesses each distinct image once
+(stages.rl.vision_share, stages.rl.image_dedup). The last line is one JSON object with the raw figures and
+"speedup" = TRL time / pathor1 time (above 1: pathor1 is faster).
 
-    python benchmarks/rl_step.py --image-size 448 --generations 8 --steps 3
+    OMP_NUM_THREADS=1 python benchmarks/rl_step.py                                  # 256 image tokens, 8-token completions
+    OMP_NUM_THREADS=1 python benchmarks/rl_step.py --image-size 896 --completion 256  # 1,024 image tokens
 """
 from __future__ import annotations
 
@@ -34,14 +37,18 @@ def parse(argv=None):
 
 def make_data(folder: Path, size: int, n: int):
     """n prompts, each with its own image (a real IHC tissue crop from scikit-image, shifted per prompt)."""
+    import numpy as np
     from datasets import Dataset
     from PIL import Image
     from skimage import data as skdata
 
-    tissue = skdata.immunohistochemistry()
+    tissue = skdata.immunohistochemistry()  # 512 x 512: scaled up when a crop needs more
+    if size > tissue.shape[0]:
+        side = size + 64
+        tissue = np.asarray(Image.fromarray(tissue).resize((side, side), Image.BICUBIC))
     rows = []
     for i in range(n):
-        y, x = (37 * i) % (tissue.shape[0] - size), (53 * i) % (tissue.shape[1] - size)
+        y, x = (37 * i) % (tissue.shape[0] - size + 1), (53 * i) % (tissue.shape[1] - size + 1)
         path = folder / f"img{i}.png"
         Image.fromarray(tissue[y:y + size, x:x + size]).save(path)
         rows.append({"question": "Which stain pattern is present?", "options": ["nuclear", "membranous", "none"],
@@ -95,6 +102,7 @@ def main(argv=None) -> int:
     from stages.rl.rewards import build_rewards
     from stages.rl.training import grpo_args, prompt_dataset
     from stages.rl.trainer import PathoGRPOTrainer
+    from stages.rl.prefill_share import prefill_stats
     from stages.rl.vision_share import sharing_stats
 
     work = Path(tempfile.mkdtemp(prefix="rl_step_"))
@@ -111,9 +119,13 @@ def main(argv=None) -> int:
     ours_times, ours = time_trainer(PathoGRPOTrainer, folder, dataset, args_fn, rewards, a.train, share_vision=True)
     trl_s, ours_s = statistics.median(trl_times), statistics.median(ours_times)
     stats = sharing_stats(ours.model)
+    forward_saving = ours.prefix_stats.as_metrics()["prefix_share/token_saving"]
+    prefill = prefill_stats(ours.model)
+    prefill_saving = prefill.as_metrics()["prefix_share/token_saving"] if prefill else 0.0
     print(f"TRL GRPOTrainer step:     {trl_s:.3f} s  (steps {['%.2f' % t for t in trl_times]})")
     print(f"pathor1 PathoGRPOTrainer: {ours_s:.3f} s  (steps {['%.2f' % t for t in ours_times]})")
     print(f"vision tower: {stats.get('images_seen')} images handed in, {stats.get('images_encoded')} encoded")
+    print(f"language model tokens not run: {forward_saving:.1%} of the log-prob forwards, {prefill_saving:.1%} of prefill")
     print(json.dumps({
         "benchmark": "rl_step", "device": "cuda" if torch.cuda.is_available() else "cpu",
         "image_tokens_per_prompt": processor_tokens, "num_generations": a.generations, "batch": a.batch,
@@ -121,6 +133,7 @@ def main(argv=None) -> int:
         "trl_step_s": round(trl_s, 4), "pathor1_step_s": round(ours_s, 4),
         "trl_steps_s": [round(t, 4) for t in trl_times], "pathor1_steps_s": [round(t, 4) for t in ours_times],
         "images_seen": stats.get("images_seen"), "images_encoded": stats.get("images_encoded"),
+        "forward_token_saving": forward_saving, "prefill_token_saving": prefill_saving,
         "speedup": round(trl_s / ours_s, 3),
     }))
     return 0

@@ -160,6 +160,8 @@ class RLConfig:
     # -- speed
     share_vision: bool = _f(True, "Encode each distinct prompt image once per forward (and once per step when the "
                                   "vision tower is frozen) instead of once per completion.")
+    share_prefix: bool = _f(True, "Run each group's prompt once -- in the rollouts' prefill, the log-prob forwards and the "
+                                  "backward -- and reuse its KV cache for the G completions; unshared where not exact.")
     use_vllm: bool = _f(False, "Generate with vLLM (GPU only).")
     vllm_mode: Literal["colocate", "server"] = _f("colocate", "colocate: vLLM inside this process; server: `trl vllm-serve`.")
     vllm_gpu_memory_utilization: float = _f(0.3, "colocate: share of GPU memory vLLM may take.")

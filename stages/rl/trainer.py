@@ -5,7 +5,11 @@
   slowest rank needs (on fresh prompts), keep the informative groups (`stages.rl.sampling`), pad a shortfall
   with inert rows and hand TRL one merged batch of the planned size -- its advantages, losses, buffering over
   `num_iterations` and shuffling stay untouched (the batch layout it relies on: `stages.rl.trl_batch`);
-* group-shared vision encoding on the policy and reference models (`stages.rl.vision_share`);
+* group-shared vision encoding on the policy and reference models (`stages.rl.vision_share`), and each
+  distinct prompt image preprocessed once per generation step (`stages.rl.image_dedup`);
+* shared-prefix log-prob forwards: each group's prompt runs once in the policy / reference / old-policy
+  forwards and the backward (`stages.rl.prefix_share`, hooked into `_get_per_token_logps_and_entropies`),
+  and once in the rollouts' prefill (`stages.rl.prefill_share`: an instance-level `generate` on the policy);
 * checkpoints through the registry (atomic, with manifest and lineage) instead of `checkpoint-N` folders;
 * completion samples written to TensorBoard as text.
 """
@@ -13,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from trl import GRPOTrainer
 
-from stages.rl import trl_batch
+from stages.rl import prefill_share, prefix_share, trl_batch
+from stages.rl.image_dedup import dedup_images
 from stages.rl.sampling import collect_informative, refill_prompt_indices
 from stages.rl.vision_share import share_vision_encoding, sharing_stats
 
@@ -28,10 +34,11 @@ TRAINER_STATE_DIR = "trainer_state"
 
 class PathoGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, dynamic_sampling: bool = False, max_num_gen_batches: int = 4,
-                 share_vision: bool = True, checkpoint_target: dict | None = None,
+                 share_vision: bool = True, share_prefix: bool = True, checkpoint_target: dict | None = None,
                  tensorboard_samples: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
+        self.share_vision = share_vision
         self.max_num_gen_batches = max_num_gen_batches
         self.checkpoint_target = checkpoint_target
         self.tensorboard_samples = tensorboard_samples
@@ -45,10 +52,38 @@ class PathoGRPOTrainer(GRPOTrainer):
             if not hasattr(self.train_dataset, "__getitem__"):
                 raise ValueError("dynamic_sampling refills with dataset rows drawn by index: it needs a map-style "
                                  f"train_dataset, got {type(self.train_dataset).__name__} (load without streaming)")
+        self.prefix_stats = prefix_share.PrefixStats()
+        self.share_prefix = share_prefix and prefix_share.trl_supported()
+        if share_prefix and not self.share_prefix:
+            logger.warning("share_prefix is off: it hooks a private TRL method checked against TRL %s only",
+                           "/".join(prefix_share.TRL_TESTED))
+        if share_prefix:  # rollouts: one prefill per group (a public-API override of the model's generate)
+            prefill_share.share_prefill(self.model)
         if share_vision:
             for m in (self.model, self.ref_model):
                 if m is not None:
                     share_vision_encoding(self.accelerator.unwrap_model(m))
+
+    # ------------------------------------------------------------------------------ shared-prefix log-probs
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                           batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                           **inputs):
+        # Private TRL hook (its version was checked in __init__): TRL's contract, each group's prompt run once.
+        if self.share_prefix:
+            with self.accelerator.autocast():
+                shared = prefix_share.try_shared_logps(
+                    model, input_ids, attention_mask, logits_to_keep, inputs, batch_size=batch_size,
+                    compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, stats=self.prefix_stats)
+            if shared is not None:
+                return (*shared, None)
+        return super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy,
+            compute_aux_loss=compute_aux_loss, **inputs)
+
+    def _prepare_inputs(self, generation_batch):
+        # TRL preprocesses every row's images (each prompt's G times) for generation and again for the forwards.
+        with dedup_images(self.processing_class) if self.share_vision else nullcontext():
+            return super()._prepare_inputs(generation_batch)
 
     # ------------------------------------------------------------------------------ dynamic sampling
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -121,6 +156,11 @@ class PathoGRPOTrainer(GRPOTrainer):
         if self.model.training:
             for key, value in sharing_stats(self.accelerator.unwrap_model(self.model)).items():
                 logs[f"vision_share/{key}"] = float(value)
+            if self.share_prefix:
+                logs.update(self.prefix_stats.as_metrics())
+            prefill = prefill_share.prefill_stats(self.model)
+            if prefill is not None:
+                logs["prefix_share/generate_token_saving"] = prefill.as_metrics()["prefix_share/token_saving"]
         if self.tensorboard_samples and self.model.training and self.state.is_world_process_zero:
             self._write_samples()
         self._last_logs = dict(logs)

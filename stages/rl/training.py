@@ -244,6 +244,7 @@ def run(cfg: RLConfig) -> Path:
         dynamic_sampling=cfg.dynamic_sampling,
         max_num_gen_batches=cfg.max_num_gen_batches,
         share_vision=cfg.share_vision,
+        share_prefix=cfg.share_prefix,
         tensorboard_samples=cfg.log_completions,
         checkpoint_target=dict(run=cfg.run, parent=init, config=cfg, data=[path],
                                keep_last=cfg.keep_last, extra={"template": cfg.template, "algorithm": cfg.algorithm}),

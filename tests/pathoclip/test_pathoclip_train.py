@@ -173,3 +173,24 @@ def test_shipped_big_architectures_match_open_clip_so_its_pretrained_weights_loa
     assert PRETRAINED_BASE[ours] == base
     assert open_clip.get_model_config(ours) == open_clip.get_model_config(base)
     assert open_clip.list_pretrained_tags_by_model(base)  # e.g. openai: the tags a user can pass
+
+
+def test_open_clip_train_runs_with_the_old_heap_frozen(monkeypatch):
+    """The import-time heap is frozen while open_clip_train's loop runs (the GC skips it) and released after."""
+    import gc
+
+    import open_clip_train.main as open_clip_main
+
+    from pathoclip.launch import run_open_clip_train
+
+    seen = {}
+
+    def fake_main(argv):
+        seen["frozen"] = gc.get_freeze_count()
+        return 0
+
+    monkeypatch.setattr(open_clip_main, "main", fake_main)
+    before = gc.get_freeze_count()
+    run_open_clip_train(["--help-not-parsed"])
+    assert seen["frozen"] > before + 10_000  # torch, open_clip, ... all moved out of the collector's way
+    assert gc.get_freeze_count() == 0
