@@ -48,7 +48,7 @@ TRAIN_POLICIES = {
 # Files of the library's checkpoint folder that are training state, not part of the HF model folder.
 _STATE_ONLY = {"optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin", "latest",
                "zero_to_fp32.py", "README.md", "adapter_config.json", "adapter_model.safetensors",
-               "adapter_model.bin", "entropy_ctrl_state.json"}
+               "adapter_model.bin", "entropy_ctrl_state.json", "zero_to_torch.py"}
 _STATE_PREFIXES = ("rng_state", "pytorch_model_fsdp", "optimizer")
 
 

@@ -18,6 +18,7 @@ checkpoint records :func:`describe` (engine, world size, mixed precision).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 import accelerate
@@ -39,10 +40,21 @@ def world_size() -> int:
 def requested_engine() -> str:
     """The engine the launcher asked for (from accelerate's / torchrun's environment)."""
     if _flag("ACCELERATE_USE_DEEPSPEED"):
-        return f"deepspeed-zero{os.environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '2')}"
+        return f"deepspeed-zero{_zero_stage()}"
     if _flag("ACCELERATE_USE_FSDP"):
         return f"fsdp{os.environ.get('FSDP_VERSION', '1')}"
     return "ddp" if world_size() > 1 else "single"
+
+
+def _zero_stage() -> str:
+    """The ZeRO stage: from the DeepSpeed JSON the accelerate config names, else from its zero_stage field."""
+    config_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if config_file and os.path.isfile(config_file):
+        with open(config_file) as fh:
+            stage = json.load(fh).get("zero_optimization", {}).get("stage")
+        if stage is not None:
+            return str(stage)
+    return os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
 
 
 def _cuda() -> bool:

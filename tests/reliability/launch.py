@@ -10,6 +10,9 @@ The entry point runs unchanged; the probes only observe or slow it, each switche
   parameters: equal on all ranks only if DDP synchronised the gradients).
 - ``PATHOR1_PROBE_EPOCH_DELAY=SECONDS``: open_clip_train waits this long before each epoch after the first
   (touching ``<logs>/<phase>/.probe-epoch-<N>``), so a test can SIGKILL PathoCLIP between its checkpoints.
+- ``PATHOR1_PROBE_GATHERED=DIR``: after ``train()`` every rank takes part in gathering the full parameters
+  (accelerate's ``get_state_dict``: ZeRO-3 / FSDP all-gather) and rank 0 writes them, under the names of the
+  live (unwrapped) model, to ``DIR/gathered.safetensors``, with ``DIR/engine.json`` (the engine that ran).
 - ``PATHOR1_PROBE_COMMIT_DELAY=SECONDS``: a registry checkpoint of step >= 2 waits this long after its payload
   is written and before its manifest is -- a window in which a test can SIGKILL the process mid-write.
 """
@@ -80,6 +83,31 @@ def probe_samples(folder: Path) -> None:
         collate_and_record, rewards_and_record, train_and_record)
 
 
+def probe_gathered(folder: Path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import Trainer
+
+    from stages.distributed import engine_of
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train = Trainer.train
+
+    def train_and_gather(self, *args, **kwargs):
+        out = train(self, *args, **kwargs)
+        wrapped = self.model_wrapped if self.is_deepspeed_enabled else self.model
+        state = self.accelerator.get_state_dict(wrapped)  # collective under ZeRO-3 / FSDP
+        if self.accelerator.is_main_process:
+            tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+            save_file(tensors, str(folder / "gathered.safetensors"))
+            (folder / "engine.json").write_text(json.dumps(
+                {"engine": engine_of(self.accelerator), "world_size": self.accelerator.num_processes}))
+        return out
+
+    Trainer.train = train_and_gather
+
+
 def delay_commits(seconds: float) -> None:
     from stages.registry import CheckpointWriter
 
@@ -118,6 +146,8 @@ def main() -> None:
 
     if os.environ.get("PATHOR1_PROBE_SAMPLES"):
         probe_samples(Path(os.environ["PATHOR1_PROBE_SAMPLES"]))
+    if os.environ.get("PATHOR1_PROBE_GATHERED"):
+        probe_gathered(Path(os.environ["PATHOR1_PROBE_GATHERED"]))
     if os.environ.get("PATHOR1_PROBE_COMMIT_DELAY"):
         delay_commits(float(os.environ["PATHOR1_PROBE_COMMIT_DELAY"]))
     if os.environ.get("PATHOR1_PROBE_EPOCH_DELAY"):
