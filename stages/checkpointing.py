@@ -129,8 +129,9 @@ def merge_adapter(base: str, adapter_dir: Path, out: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(base, dtype="auto", device_map="cpu")
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    with distributed.without_zero3_init():  # a plain CPU copy on this process only
+        model = AutoModelForImageTextToText.from_pretrained(base, dtype="auto")
+        merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out)
 
 

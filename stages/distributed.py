@@ -25,6 +25,8 @@ import accelerate
 from packaging.version import Version
 
 ENGINES = ("single", "ddp", "deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3", "fsdp1", "fsdp2")
+# without_zero3_init reads transformers' DeepSpeed weakref: checked against these transformers versions.
+_ZERO3_WEAKREF_TRANSFORMERS = (Version("5.17"), Version("5.23"))
 # The FSDP-on-CPU adapter below writes PartialState's shared state: checked against these accelerate versions.
 _FSDP_CPU_ACCELERATE = (Version("1.15"), Version("1.16"))
 
@@ -114,6 +116,30 @@ def main_process_first():
     kwargs = {} if _cuda() else {"backend": "gloo", "cpu": not requested_engine().startswith("deepspeed")}
     with PartialState(**kwargs).main_process_first():
         yield
+
+
+@contextlib.contextmanager
+def without_zero3_init():
+    """Load a model on one process inside a ZeRO-3 run: transformers would otherwise build it under
+    ``deepspeed.zero.Init`` (sharded across ranks: a collective the other ranks never join, so a hang)."""
+    import transformers
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    config = ref() if ref is not None else None
+    if config is None:
+        yield
+        return
+    version = Version(transformers.__version__).release[:2]
+    low, high = (v.release[:2] for v in _ZERO3_WEAKREF_TRANSFORMERS)
+    if not low <= version <= high:
+        raise RuntimeError(f"stages/distributed.py without_zero3_init was checked with transformers "
+                           f"{low[0]}.{low[1]}-{high[0]}.{high[1]}, not {transformers.__version__}: re-check it")
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)
 
 
 def engine_of(accelerator) -> str:
