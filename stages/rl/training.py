@@ -89,7 +89,8 @@ def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] 
         save_steps=cfg.save_every or 10**9,
         report_to=["tensorboard"],
         seed=cfg.seed,
-        bf16=cuda and cfg.model.dtype in ("auto", "bfloat16"),
+        # bf16 autocast whenever the weights are bf16: the trainable ones are fp32 (stages.distributed)
+        bf16=cfg.model.dtype == "bfloat16" or (cuda and cfg.model.dtype == "auto"),
         **engine_arguments(),  # use_cpu / ddp_backend for the engine the launcher asked for
         remove_unused_columns=False,
         log_completions=False,
