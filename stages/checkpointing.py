@@ -238,7 +238,8 @@ class PublishingTrainer:
     """Mixin for a ``Trainer`` subclass: the requested engine or an error, fp32 trainable weights where no
     engine keeps fp32 master weights, and checkpoints published to the registry."""
 
-    def __init__(self, *args, publication: Publication, **kwargs):
+    def __init__(self, *args, publication: Publication | None = None, **kwargs):
+        """``publication`` None: the Trainer's plain ``checkpoint-N`` folders stay where it writes them."""
         training_args, model = kwargs["args"], kwargs["model"]
         distributed.prepare_state(training_args)
         if not distributed.requested_engine().startswith("deepspeed"):
@@ -247,7 +248,8 @@ class PublishingTrainer:
         self.engine = distributed.check_engine(self.accelerator)
         _check_full_weights_saved(self.accelerator)
         self.publication = publication
-        self.add_callback(RegistryPublisher(self, publication))
+        if publication is not None:
+            self.add_callback(RegistryPublisher(self, publication))
 
     def checkpoint_metrics(self) -> dict:
         """Metrics recorded in each entry's manifest (override; may use collectives)."""
