@@ -65,10 +65,20 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _pin_cpu_device() -> None:
+    """DDP on CPU: accelerate names each rank's device ``cpu:<local rank % 1>`` = ``cpu:0``, and transformers 5.17
+    resumes a multi-rank run with ``torch.load(optimizer.pt, map_location=args.device)``, which torch refuses for
+    ``cpu:0`` ("don't know how to restore data location"). accelerate's own ACCELERATE_TORCH_DEVICE names it
+    plain ``cpu``. (DeepSpeed and FSDP load their optimizer state their own way.)"""
+    if requested_engine() == "ddp" and not _cuda():
+        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
+
+
 def engine_arguments() -> dict:
     """TrainingArguments fields the requested engine needs on this machine (merged into every stage's args)."""
     if _cuda():
         return {"use_cpu": False}
+    _pin_cpu_device()
     engine = requested_engine()
     if engine.startswith("deepspeed"):
         return {"use_cpu": False, "ddp_backend": "gloo"}
@@ -113,6 +123,7 @@ def main_process_first():
         return
     from accelerate.state import PartialState
 
+    _pin_cpu_device()
     kwargs = {} if _cuda() else {"backend": "gloo", "cpu": not requested_engine().startswith("deepspeed")}
     with PartialState(**kwargs).main_process_first():
         yield

@@ -77,7 +77,9 @@ def check_published(entry: Path, probe: Path, engine: str, *, lora_scale: float 
     its manifest records the engine. Returns the loaded weights."""
     manifest = Registry().manifest(entry)
     assert manifest["extra"]["training"] == {"engine": engine, "world_size": RANKS, "mixed_precision": "no"}
-    assert json.loads((probe / "engine.json").read_text()) == {"engine": engine, "world_size": RANKS}
+    sharded = engine in ("deepspeed-zero3", "fsdp2")  # the parameters themselves were split across the ranks
+    assert json.loads((probe / "engine.json").read_text()) == {"engine": engine, "world_size": RANKS,
+                                                                "sharded": sharded}
     assert (entry / "README.md").read_text().count(manifest["data_fingerprint"]) == 1  # the model card
     published = plain_weights(entry)
     gathered = load_file(probe / "gathered.safetensors")

@@ -12,7 +12,8 @@ The entry point runs unchanged; the probes only observe or slow it, each switche
   (touching ``<logs>/<phase>/.probe-epoch-<N>``), so a test can SIGKILL PathoCLIP between its checkpoints.
 - ``PATHOR1_PROBE_GATHERED=DIR``: after ``train()`` every rank takes part in gathering the full parameters
   (accelerate's ``get_state_dict``: ZeRO-3 / FSDP all-gather) and rank 0 writes them, under the names of the
-  live (unwrapped) model, to ``DIR/gathered.safetensors``, with ``DIR/engine.json`` (the engine that ran).
+  live (unwrapped) model, to ``DIR/gathered.safetensors``, with ``DIR/engine.json`` (the engine that ran, and
+  whether rank 0 held only shards of the parameters).
 - ``PATHOR1_PROBE_COMMIT_DELAY=SECONDS``: a registry checkpoint of step >= 2 waits this long after its payload
   is written and before its manifest is -- a window in which a test can SIGKILL the process mid-write.
 """
@@ -83,6 +84,15 @@ def probe_samples(folder: Path) -> None:
         collate_and_record, rewards_and_record, train_and_record)
 
 
+def holds_a_shard(p) -> bool:
+    """This rank holds only part of the parameter: an FSDP2 DTensor shard, or a ZeRO-3 partition."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(p, DTensor):
+        return p.to_local().numel() < p.numel()
+    return getattr(p, "ds_tensor", None) is not None and p.ds_tensor.numel() < p.ds_numel
+
+
 def probe_gathered(folder: Path) -> None:
     import json
 
@@ -96,13 +106,15 @@ def probe_gathered(folder: Path) -> None:
 
     def train_and_gather(self, *args, **kwargs):
         out = train(self, *args, **kwargs)
+        sharded = any(holds_a_shard(p) for p in self.model.parameters())
         wrapped = self.model_wrapped if self.is_deepspeed_enabled else self.model
         state = self.accelerator.get_state_dict(wrapped)  # collective under ZeRO-3 / FSDP
         if self.accelerator.is_main_process:
             tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
             save_file(tensors, str(folder / "gathered.safetensors"))
             (folder / "engine.json").write_text(json.dumps(
-                {"engine": engine_of(self.accelerator), "world_size": self.accelerator.num_processes}))
+                {"engine": engine_of(self.accelerator), "world_size": self.accelerator.num_processes,
+                 "sharded": sharded}))
         return out
 
     Trainer.train = train_and_gather

@@ -1,5 +1,6 @@
 """The engine adapter (stages/distributed.py) and the shared checkpoint policies (stages/checkpointing.py)."""
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +12,7 @@ from stages.model import ModelConfig, LoraConfig, quantized_device_map
 from stages.registry import Registry
 
 LAUNCH_ENV = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_DEEPSPEED_CONFIG_FILE",
-              "ACCELERATE_USE_FSDP", "FSDP_VERSION", "FSDP_ACTIVATION_CHECKPOINTING", "WORLD_SIZE")
+              "ACCELERATE_USE_FSDP", "FSDP_VERSION", "FSDP_ACTIVATION_CHECKPOINTING", "WORLD_SIZE", "ACCELERATE_TORCH_DEVICE")
 
 
 @pytest.fixture
@@ -49,6 +50,7 @@ def test_zero_stage_comes_from_the_deepspeed_json_the_config_names(launcher, tmp
 def test_engine_arguments_on_cpu(launcher):
     launcher(WORLD_SIZE=2)
     assert distributed.engine_arguments() == {"use_cpu": True}  # DDP over gloo
+    assert os.environ["ACCELERATE_TORCH_DEVICE"] == "cpu"  # not cpu:0, which transformers' resume cannot map to
     launcher(ACCELERATE_USE_DEEPSPEED="true")
     # DeepSpeed is skipped under use_cpu, and needs a backend to see the other ranks
     assert distributed.engine_arguments() == {"use_cpu": False, "ddp_backend": "gloo"}
