@@ -31,6 +31,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from stages import distributed
@@ -240,9 +241,11 @@ class PublishingTrainer:
 
     def __init__(self, *args, publication: Publication | None = None, **kwargs):
         """``publication`` None: the Trainer's plain ``checkpoint-N`` folders stay where it writes them."""
-        training_args, model = kwargs["args"], kwargs["model"]
-        distributed.prepare_state(training_args)
-        if not distributed.requested_engine().startswith("deepspeed"):
+        model = kwargs.get("model", args[0] if args else None)
+        training_args = kwargs.get("args")  # by keyword: Trainer and GRPOTrainer place it differently
+        if training_args is not None:
+            distributed.prepare_state(training_args)
+        if isinstance(model, torch.nn.Module) and not distributed.requested_engine().startswith("deepspeed"):
             distributed.upcast_trainable(model)
         super().__init__(*args, **kwargs)
         self.engine = distributed.check_engine(self.accelerator)
