@@ -104,3 +104,20 @@ def test_resume_policy_is_one_for_every_stage(tmp_path):
     assert resume_point("sft", "x", "rl:r/2", registry) == entry
     with pytest.raises(ValueError, match="run rl/r already has checkpoints; pass resume=auto"):
         resume_point("rl", "r", "never", registry)
+
+
+def test_engine_settings_that_save_no_full_weights_are_refused_at_start():
+    from stages.checkpointing import _check_full_weights_saved
+
+    def accelerator(**state):
+        return SimpleNamespace(state=SimpleNamespace(**state))
+
+    zero3 = SimpleNamespace(zero_stage=3, deepspeed_config={"zero_optimization": {"stage": 3}})
+    with pytest.raises(ValueError, match="ZeRO-3 without stage3_gather_16bit_weights_on_model_save saves no full "
+                                         "weights: set zero3_save_16bit_model: true"):
+        _check_full_weights_saved(accelerator(deepspeed_plugin=zero3))
+    zero3.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    _check_full_weights_saved(accelerator(deepspeed_plugin=zero3))
+    with pytest.raises(ValueError, match="FSDP with SHARDED_STATE_DICT saves no full weights"):
+        _check_full_weights_saved(accelerator(fsdp_plugin=SimpleNamespace(state_dict_type="SHARDED_STATE_DICT")))
+    _check_full_weights_saved(accelerator(fsdp_plugin=SimpleNamespace(state_dict_type="FULL_STATE_DICT")))
