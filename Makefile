@@ -28,10 +28,12 @@ install: $(STAMP)
 # requirements.lock pins every package; torch==2.13.0 resolves to the CPU wheel on CPU machines
 # (pip's find-links) and to the CUDA wheel on GPU machines. The .pth line installs the torchvision fix
 # (stages/compat.py) for every interpreter in the venv, so CLIs like `accelerate` and `torchrun` get it.
+# DS_BUILD_OPS=0: DeepSpeed installs in seconds without compiling; the one op its CPU runs need
+# (deepspeed_shm_comm) JIT-compiles on first use (~2 min, g++ + ninja, cached in ~/.cache/torch_extensions).
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -r requirements.lock
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -c requirements.lock -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	echo "import stages.compat as _c; _c.install()" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-pathor1-torchvision-fix.pth
 	touch $(STAMP)

@@ -79,7 +79,7 @@ def time_trainer(cls, folder, dataset, args_fn, rewards, train, **extra):
     import torch
 
     from stages.model import ModelConfig, load_model
-    from stages.rl.training import TRAIN_POLICIES
+    from stages.checkpointing import TRAIN_POLICIES
 
     freeze = dict(zip(("freeze_vision", "freeze_projector", "freeze_llm"), TRAIN_POLICIES[train]))
     model, processor = load_model(ModelConfig(name_or_path=str(folder), **freeze))

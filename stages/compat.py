@@ -94,18 +94,3 @@ def offline_hub() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-
-def plain_cpu_device() -> None:
-    """Without CUDA, name accelerate's device plain ``cpu`` through its ``ACCELERATE_TORCH_DEVICE`` setting.
-
-    Why: in a multi-process CPU run (gloo) accelerate names every rank's device ``cpu:0``; when the Trainer resumes
-    it maps the optimizer state to that device, and ``torch.load(map_location="cpu:0")`` raises "don't know how to
-    restore data location ... (tagged with cpu:0)" (measured: transformers 5.17, 2 ranks under accelerate launch).
-    Call before ``TrainingArguments`` builds accelerate's state. Nothing changes where CUDA is present or the
-    variable is already set.
-    """
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")

@@ -9,9 +9,8 @@ What we write by hand and why:
   TRL's generation-tagged copy of the Qwen-VL template); we only load the images, put them in the first user
   turn and turn the mask into labels. TRL's own vision collator does the same but takes PIL images in the
   dataset, which would force every image into memory up front.
-- ``StageTrainer._save_checkpoint``: the Trainer writes ``checkpoint-N`` folders with no manifest and no
-  atomicity; we write the same files through ``Registry.writer`` so a crash never leaves a half checkpoint,
-  and keep optimizer/scheduler/RNG/trainer state in a ``trainer_state/`` subfolder for exact resume.
+- nothing for checkpoints: the Trainer saves them itself on every rank and ``stages.checkpointing`` publishes
+  each one into the registry (the same path as the RL stage's).
 """
 from __future__ import annotations
 
@@ -26,8 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_callback import ExportableState
+from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
@@ -35,18 +33,13 @@ from corpora.chat import user_content
 from corpora.demo import DEMO_IMAGE_SIZE, build_demo
 from corpora.validate import validate
 
+from stages import distributed
+from stages.checkpointing import TRAINER_STATE_DIR, StopAfter  # noqa: F401 (re-exported for tests and stages)
+from stages.checkpointing import TRAIN_POLICIES, PublishingTrainer, Publication, resume_argument, resume_point
 from stages.model import ModelConfig, build_folder_once, load_model, resolve_model_path
-from stages.registry import Registry, home, step_dir
+from stages.registry import Registry, home
 
-# train policy -> (freeze_vision, freeze_projector, freeze_llm)
-TRAIN_POLICIES = {
-    "projector": (True, False, True),
-    "projector_llm": (True, False, False),
-    "all": (False, False, False),
-}
-TRAINER_STATE_DIR = "trainer_state"
-_CHECKPOINTING_FLAG = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
-                       else "gradient_checkpointing")
+STAGE_POLICIES = ("projector", "projector_llm", "all")  # of stages.checkpointing.TRAIN_POLICIES
 IGNORE_INDEX = -100
 
 
@@ -105,8 +98,8 @@ class StageConfig:
             self.model = ModelConfig(**self.model)
         if self.center_image_features and self.model.lora.enabled:
             raise ValueError("center_image_features edits the projector in place and does not work with lora.enabled")
-        if self.train not in TRAIN_POLICIES:
-            raise ValueError(f"train must be one of {'|'.join(TRAIN_POLICIES)}, got {self.train!r}")
+        if self.train not in STAGE_POLICIES:
+            raise ValueError(f"train must be one of {'|'.join(STAGE_POLICIES)}, got {self.train!r}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -292,43 +285,6 @@ def add_lengths(rows, processor):
 
 
 # ----------------------------------------------------------------------------------------------- trainer
-def _is_peft(model) -> bool:
-    return hasattr(model, "peft_config")
-
-
-def save_weights(model, out: Path) -> None:
-    """A plain HF folder (safetensors) that ``AutoModelForImageTextToText`` loads: LoRA is merged into a copy."""
-    if _is_peft(model):
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
-
-
-class StopAfter(TrainerCallback):
-    """Stop (and checkpoint) after ``step`` optimizer steps; the schedule still spans the planned steps."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-            control.should_save = True
-        return control
-
-
-@dataclass
-class Checkpointing:
-    """Where and how ``StageTrainer`` writes its registry entries."""
-
-    stage: str
-    run: str
-    parent: str  # the input model ref: every entry of the run names it, so lineage skips resume hops
-    config: object
-    data: list
-    template: str
-    keep_last: int = 0
-
-
 class SeededLengthSampler(LengthGroupedSampler):
     """transformers' length-grouped order (shuffle, sort inside mega-batches of 50 batches, shuffle the batches),
     with two changes: the order comes from (seed, epoch) instead of the global RNG, so a run resumed mid-epoch
@@ -360,46 +316,12 @@ def rng_untouched():
     np.random.set_state(np_state)
 
 
-class StageTrainer(Trainer):
-    """A ``Trainer`` whose checkpoints are registry entries, with the eval loss and loss curve in the manifest."""
+class StageTrainer(PublishingTrainer, Trainer):
+    """A ``Trainer`` whose checkpoints are published to the registry (stages.checkpointing), with the eval loss
+    and loss curve in the manifest."""
 
-    def __init__(self, *args, checkpointing: Checkpointing, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.checkpointing = checkpointing
-        self.registry = Registry()
-
-    def _save_checkpoint(self, model, trial):
-        # Same files as Trainer._save_checkpoint, written through the registry (manifest last, atomic rename),
-        # with the resume state in trainer_state/ so the checkpoint folder itself stays a plain HF folder.
-        self.store_flos()  # both are collective under DDP: every rank takes part
-        metrics = self._metrics()
-        # One writer per checkpoint (a second rank would race the main process for the same entry); the other
-        # ranks wait at the barrier so nobody trains on while the checkpoint is being written.
-        if self.args.should_save:
-            self._write_entry(metrics)
-        self.accelerator.wait_for_everyone()
-
-    def _write_entry(self, metrics: dict) -> None:
-        ck, step = self.checkpointing, self.state.global_step
-        if (self.registry.root / ck.stage / ck.run / step_dir(step)).exists():
-            return  # resumed exactly at a saved step: nothing new to write
-        with self.registry.writer(ck.stage, ck.run, step, parent=ck.parent, config=ck.config, data=ck.data) as w:
-            save_weights(self.model, w.path)
-            self.processing_class.save_pretrained(w.path)
-            state_dir = w.path / TRAINER_STATE_DIR
-            state_dir.mkdir()
-            if _is_peft(self.model):
-                self.model.save_pretrained(state_dir)  # the adapter, which resume loads back
-            self._save_optimizer_and_scheduler(str(state_dir))
-            self._save_scaler(str(state_dir))
-            self._save_rng_state(str(state_dir))
-            for cb in [c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)]:
-                self.state.stateful_callbacks[cb.__class__.__name__] = cb.state()
-            self.state.save_to_json(str(state_dir / "trainer_state.json"))
-            w.metrics.update(metrics)
-            w.extra.update(template=ck.template, planned_steps=self.state.max_steps)
-        if ck.keep_last:
-            self.registry.prune(ck.stage, ck.run, ck.keep_last)
+    def checkpoint_metrics(self) -> dict:
+        return self._metrics()
 
     def _metrics(self) -> dict:
         curve = [[e["step"], e["loss"]] for e in self.state.log_history if "loss" in e]
@@ -418,18 +340,8 @@ class StageTrainer(Trainer):
                                        dataset["length"], self.args.seed)
         return super()._get_train_sampler(train_dataset)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # Full weights were loaded with the model (run_stage loads the checkpoint folder itself: Trainer's loader
-        # would miss them, transformers 5 saves them under the original checkpoint key names); a LoRA adapter
-        # lives in trainer_state/ and loads through peft here.
-        if _is_peft(self.model):
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-
 
 def training_arguments(cfg: StageConfig, log_dir: Path) -> TrainingArguments:
-    from stages.compat import plain_cpu_device
-
-    plain_cpu_device()  # a 2-rank CPU run could not resume otherwise (see there)
     bf16 = cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and torch.cuda.is_available())
     return TrainingArguments(
         output_dir=str(log_dir),  # TensorBoard event files go under it; checkpoints go to the registry
@@ -455,42 +367,45 @@ def training_arguments(cfg: StageConfig, log_dir: Path) -> TrainingArguments:
         dataloader_num_workers=0,
         bf16=bf16,
         dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(),  # without it a torchrun/accelerate job on CPU trains each rank alone
-        # transformers 5.23 renamed gradient_checkpointing to activation_checkpointing; 5.17 knows only the old name
-        **({_CHECKPOINTING_FLAG: True} if cfg.gradient_checkpointing else {}),
+        **distributed.engine_arguments(),  # use_cpu / ddp_backend for the engine the launcher asked for
+        **gradient_checkpointing_argument(cfg.gradient_checkpointing),
         disable_tqdm=False,
     )
+
+
+def gradient_checkpointing_argument(enabled: bool) -> dict:
+    """The one activation-checkpointing switch, under the TrainingArguments name of the installed transformers
+    (``gradient_checkpointing`` in 5.17; later versions also accept ``activation_checkpointing``). FSDP's own
+    ``fsdp_activation_checkpointing`` is refused (stages.distributed.engine_arguments): the Trainer forbids both."""
+    if not enabled:
+        return {}
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": True}
 
 
 def prepare_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> tuple[StageTrainer, Path | None]:
     """The trainer for ``rows`` (``images`` + ``messages``) from ``init``, and the checkpoint to resume from."""
     registry = Registry()
-    resume_from = None
-    if cfg.resume == "auto":
-        resume_from = registry.latest(stage, cfg.run)
-    elif cfg.resume != "never":
-        resume_from = registry.resolve(cfg.resume)
-    elif registry.latest(stage, cfg.run) is not None:
-        raise ValueError(f"run {stage}/{cfg.run} already has checkpoints; pass resume=auto to continue it "
-                         f"or choose another run=NAME")
+    resume_from = resume_point(stage, cfg.run, cfg.resume, registry)
     if resume_from is not None:
         init = registry.manifest(resume_from).get("parent") or init  # continue from the same input model
 
     # Resuming full weights: load them from the checkpoint; LoRA: the same base, the adapter comes later.
-    weights = resume_from if resume_from is not None and not cfg.model.lora.enabled else init
-    weights = resolve_model_path(str(weights))  # may build the tiny preset, which seeds torch itself
+    base = resolve_model_path(str(init))  # may build the tiny preset, which seeds torch itself
+    weights = resolve_model_path(str(resume_from)) if resume_from is not None and not cfg.model.lora.enabled else base
     set_seed(cfg.seed)  # LoRA initialises its A matrices when the model loads, before the Trainer seeds anything
     model, processor = load_model(cfg.model_config(weights))
     if cfg.group_by_length:
-        rows = add_lengths(rows, processor)
+        with distributed.main_process_first():  # datasets' map cache: one rank computes, the others read it
+            rows = add_lengths(rows, processor)
     train_rows, eval_rows = split_by_image(rows, cfg.eval_fraction, cfg.seed)
     log_dir = Path(home()) / "logs" / stage / cfg.run
     trainer = StageTrainer(
         model=model, args=training_arguments(cfg, log_dir), train_dataset=train_rows, eval_dataset=eval_rows,
         processing_class=processor, data_collator=ChatCollator(processor, max_length=cfg.max_length),
         callbacks=stage_callbacks(cfg, model),
-        checkpointing=Checkpointing(stage, cfg.run, init, dataclasses.replace(cfg, init=init), list(data_files),
-                                    cfg.template, cfg.keep_last),
+        publication=Publication(stage, cfg.run, parent=init, base=base, config=dataclasses.replace(cfg, init=init),
+                                data=list(data_files), keep_last=cfg.keep_last, extra={"template": cfg.template}),
     )
     return trainer, resume_from
 
@@ -512,7 +427,7 @@ def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> P
         if m["step"] >= ((m.get("extra") or {}).get("planned_steps") or float("inf")):
             print(f"{stage}/{cfg.run} already finished at step {m['step']}: nothing to do", flush=True)
             return resume_from
-    trainer.train(resume_from_checkpoint=str(resume_from / TRAINER_STATE_DIR) if resume_from else None)
+    trainer.train(resume_from_checkpoint=resume_argument(resume_from))
     return Registry().latest(stage, cfg.run)
 
 

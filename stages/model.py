@@ -321,6 +321,16 @@ def _quantization_config(cfg: ModelConfig, dtype):
                               bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
 
 
+def quantized_device_map(cfg: ModelConfig) -> dict | None:
+    """QLoRA on GPUs: bitsandbytes quantises onto the device the weights are loaded to, and the model is loaded
+    before the Trainer picks each rank's GPU, so every rank names its own (LOCAL_RANK) or they all land on cuda:0."""
+    import torch
+
+    if cfg.quantization == "none" or not torch.cuda.is_available():
+        return None
+    return {"": f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"}
+
+
 def tower_of(param_name: str) -> str:
     """Which tower a parameter belongs to: vision, projector, llm, or other."""
     for tower, pattern in _TOWER_PATTERNS:
@@ -387,6 +397,7 @@ def load_model(cfg: ModelConfig):
     model = AutoModelForImageTextToText.from_pretrained(
         path, config=config, dtype=dtype, attn_implementation=_resolve_attention(cfg.attn_implementation, dtype),
         quantization_config=_quantization_config(cfg, dtype), trust_remote_code=cfg.trust_remote_code,
+        device_map=quantized_device_map(cfg),
     )
     pixels = {k: v for k, v in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels)) if v is not None}
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **pixels)

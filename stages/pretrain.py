@@ -13,6 +13,7 @@ from typing import Literal
 
 from corpora.prompts import render_prompt, render_response
 from corpora.readers import load_pairs
+from stages import distributed
 from stages.engine import StageConfig, check_data, data_file, run_stage
 
 STAGE = "pretrain"
@@ -42,7 +43,8 @@ def caption_rows(pairs, template: str):
 def run(cfg: PretrainConfig) -> Path:
     """Train and return the final registry checkpoint folder (parent: the input model)."""
     path = data_file(cfg.data, "pairs.jsonl")
-    bad = check_data(path, "pairs", cfg.validate, cfg.template)
-    rows = caption_rows(load_pairs(path, skip=bad), cfg.template)
+    with distributed.main_process_first():  # every rank checks the data, the main process first
+        bad = check_data(path, "pairs", cfg.validate, cfg.template)
+        rows = caption_rows(load_pairs(path, skip=bad), cfg.template)
     init = cfg.model.name_or_path if cfg.init == "auto" else cfg.init
     return run_stage(cfg, stage=STAGE, rows=rows, init=init, data_files=[path])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corpora.readers import load_sft
+from stages import distributed
 from stages.engine import StageConfig, check_data, data_file, run_stage
 from stages.registry import Registry
 
@@ -39,5 +40,6 @@ def training_rows(cfg: SFTConfig):
 
 def run(cfg: SFTConfig) -> Path:
     """Train and return the final registry checkpoint folder (parent: the input model)."""
-    rows, path = training_rows(cfg)
+    with distributed.main_process_first():  # every rank checks the data, the main process first
+        rows, path = training_rows(cfg)
     return run_stage(cfg, stage=STAGE, rows=rows, init=default_init(cfg), data_files=[path])

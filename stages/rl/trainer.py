@@ -10,37 +10,34 @@
 * shared-prefix log-prob forwards: each group's prompt runs once in the policy / reference / old-policy
   forwards and the backward (`stages.rl.prefix_share`, hooked into `_get_per_token_logps_and_entropies`),
   and once in the rollouts' prefill (`stages.rl.prefill_share`: an instance-level `generate` on the policy);
-* checkpoints through the registry (atomic, with manifest and lineage) instead of `checkpoint-N` folders;
+* checkpoints published to the registry (stages.checkpointing, shared with pretrain and SFT);
 * completion samples written to TensorBoard as text.
 """
 from __future__ import annotations
 
 import logging
-import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from trl import GRPOTrainer
 
+from stages.checkpointing import TRAINER_STATE_DIR, PublishingTrainer  # noqa: F401 (re-exported)
 from stages.rl import prefill_share, prefix_share, trl_batch
 from stages.rl.image_dedup import dedup_images
 from stages.rl.sampling import collect_informative, refill_prompt_indices
 from stages.rl.vision_share import share_vision_encoding, sharing_stats
 
 logger = logging.getLogger(__name__)
-TRAINER_STATE_DIR = "trainer_state"
 
 
-class PathoGRPOTrainer(GRPOTrainer):
+class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
     def __init__(self, *args, dynamic_sampling: bool = False, max_num_gen_batches: int = 4,
-                 share_vision: bool = True, share_prefix: bool = True, checkpoint_target: dict | None = None,
-                 tensorboard_samples: int = 0, **kwargs):
+                 share_vision: bool = True, share_prefix: bool = True, tensorboard_samples: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
         self.share_vision = share_vision
         self.max_num_gen_batches = max_num_gen_batches
-        self.checkpoint_target = checkpoint_target
         self.tensorboard_samples = tensorboard_samples
         self.last_sampling = None  # the last step's `Collected.summary()`: stats, kept / padding rows per round
         self.last_rounds: list = []  # (prompt ids, gathered rewards) of each generation round of the last step
@@ -187,53 +184,5 @@ class PathoGRPOTrainer(GRPOTrainer):
         self._text_writer.flush()
 
     # ------------------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, model, trial):
-        target = self.checkpoint_target
-        if target is None:
-            return super()._save_checkpoint(model, trial)
-        from stages.registry import Registry
-
-        registry = Registry()
-        step = self.state.global_step
-        # Each rank samples its own completions, so each rank's RNG state goes into the checkpoint: every rank
-        # drops it in a hidden folder beside the run; the main process moves them into the entry it writes.
-        rng_dir = registry.root / "rl" / target["run"] / f".rng-step-{step:08d}"
-        rng_dir.mkdir(parents=True, exist_ok=True)
-        self._save_rng_state(str(rng_dir))
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            try:
-                self._write_entry(registry, target, step, rng_dir)
-            finally:
-                shutil.rmtree(rng_dir, ignore_errors=True)
-        # One writer per checkpoint: the other ranks would race the main process for the same entry (and write
-        # one without weights); they wait here so nobody trains on while the checkpoint is still being written.
-        self.accelerator.wait_for_everyone()
-
-    def _write_entry(self, registry, target: dict, step: int, rng_dir: Path) -> None:
-        with registry.writer("rl", target["run"], step, parent=target["parent"], config=target["config"],
-                             data=target["data"]) as w:
-            self.accelerator.unwrap_model(self.model).save_pretrained(w.path)
-            self.processing_class.save_pretrained(w.path)
-            state_dir = Path(w.path) / TRAINER_STATE_DIR
-            state_dir.mkdir()
-            self._save_optimizer_and_scheduler(str(state_dir))
-            self._save_scaler(str(state_dir))
-            for rng_file in rng_dir.iterdir():  # rng_state.pth, or rng_state_<rank>.pth for every rank
-                shutil.copy2(rng_file, state_dir / rng_file.name)
-            self.state.save_to_json(str(state_dir / "trainer_state.json"))
-            w.metrics.update({k: v for k, v in getattr(self, "_last_logs", {}).items()
-                              if isinstance(v, (int, float))})
-            w.extra.update(target.get("extra", {}))
-        if target.get("keep_last"):
-            registry.prune("rl", target["run"], target["keep_last"])
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # Registry entries keep the weights at the top and optimizer/RNG/trainer state in trainer_state/. Full
-        # weights were loaded with the model (stages.rl.training); a LoRA adapter loads through peft here.
-        if not hasattr(self.model, "peft_config"):
-            return None
-        folder = Path(resume_from_checkpoint)
-        if folder.name == TRAINER_STATE_DIR:
-            folder = folder.parent
-        return super()._load_from_checkpoint(str(folder), model)
+    def checkpoint_metrics(self) -> dict:  # published by stages.checkpointing with every registry entry
+        return {k: v for k, v in getattr(self, "_last_logs", {}).items() if isinstance(v, (int, float))}

@@ -10,8 +10,6 @@ from stages.rl.config import RLConfig
 
 logger = logging.getLogger(__name__)
 STAGE = "rl"
-# `train` policy -> (freeze_vision, freeze_projector, freeze_llm)
-TRAIN_POLICIES = {"llm": (True, True, False), "projector_llm": (True, False, False), "all": (False, False, False)}
 
 
 def prompt_dataset(qa, template: str):
@@ -126,9 +124,7 @@ def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] 
     import torch
     from trl import GRPOConfig
 
-    from stages.compat import plain_cpu_device
-
-    plain_cpu_device()  # a multi-rank CPU run could not resume otherwise (see there)
+    from stages.distributed import engine_arguments
 
     cuda = torch.cuda.is_available()
     kwargs = dict(
@@ -160,12 +156,13 @@ def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] 
         vllm_server_port=cfg.vllm_server_port,
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
-        save_strategy="steps" if cfg.save_every else "no",
-        save_steps=cfg.save_every or 500,
+        save_strategy="steps",  # the Trainer also saves at the end: the final entry is published like the others
+        save_steps=cfg.save_every or 10**9,
         report_to=["tensorboard"],
         seed=cfg.seed,
-        bf16=cuda and cfg.model.dtype in ("auto", "bfloat16"),
-        use_cpu=not cuda,
+        # bf16 autocast whenever the weights are bf16: the trainable ones are fp32 (stages.distributed)
+        bf16=cfg.model.dtype == "bfloat16" or (cuda and cfg.model.dtype == "auto"),
+        **engine_arguments(),  # use_cpu / ddp_backend for the engine the launcher asked for
         remove_unused_columns=False,
         log_completions=False,
         disable_tqdm=False,
@@ -177,45 +174,32 @@ def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] 
     return GRPOConfig(**kwargs)
 
 
-def _resume_point(cfg: RLConfig):
-    """The registry entry to resume from, or None."""
-    from stages.registry import Registry
-
-    if cfg.resume == "never":
-        return None
-    if cfg.resume == "auto":
-        return Registry().latest(STAGE, cfg.run)
-    return Registry().resolve(cfg.resume)
-
-
 def run(cfg: RLConfig) -> Path:
     """Train with RL from `cfg.init`; returns the final registry checkpoint folder (rl/<run>/step-N)."""
     from corpora.readers import load_qa
+    from stages import distributed
+    from stages.checkpointing import (TRAIN_POLICIES, Publication, StopAfter, resume_argument, resume_point,
+                                      trained_steps)
     from stages.engine import check_data, data_file
     from stages.model import load_model, resolve_model_path
     from stages.registry import Registry, home
     from stages.rl.rewards import build_rewards
-    from stages.rl.trainer import TRAINER_STATE_DIR, PathoGRPOTrainer
+    from stages.rl.trainer import PathoGRPOTrainer
 
     cfg = cfg.resolved()
     registry = Registry()
     init = cfg.init
     if ":" in init and not init.startswith("tiny:"):
         init = str(registry.resolve(init))  # sft:latest -> the folder; fails early with RegistryError
-    resume_from = _resume_point(cfg)
-    if resume_from is not None and (resume_from / TRAINER_STATE_DIR / "trainer_state.json").exists():
-        state = resume_from / TRAINER_STATE_DIR
-        import json
-
-        if json.loads((state / "trainer_state.json").read_text())["global_step"] >= cfg.steps:
-            logger.warning("run %s already reached step %d: nothing to do", cfg.run, cfg.steps)
-            return resume_from
-    else:
-        resume_from = None
+    resume_from = resume_point(STAGE, cfg.run, cfg.resume, registry)
+    if resume_from is not None and trained_steps(resume_from) >= cfg.steps:
+        logger.warning("run %s already reached step %d: nothing to do", cfg.run, cfg.steps)
+        return resume_from
 
     path = data_file(cfg.data, "rl.jsonl")
-    bad = check_data(path, "qa", cfg.validate, cfg.template)  # file:line problems before any model loads
-    dataset = prompt_dataset(load_qa(path, skip=bad), cfg.template)
+    with distributed.main_process_first():  # every rank checks the data, the main process first
+        bad = check_data(path, "qa", cfg.validate, cfg.template)  # file:line problems before any model loads
+        dataset = prompt_dataset(load_qa(path, skip=bad), cfg.template)
 
     model_cfg = copy.deepcopy(cfg.model)
     # Resuming full weights: load them from the checkpoint here (the Trainer's own loader would skip them all:
@@ -227,8 +211,9 @@ def run(cfg: RLConfig) -> Path:
     pad_prompts_left(processor)
     if cfg.model.max_pixels:  # vLLM's processor and ours then agree on every image's token count
         dataset = cap_image_pixels(dataset, processor, cfg.model.max_pixels)
+    base = resolve_model_path(init)
     if full_resume:  # TRL builds the KL reference model from this name: it stays the input model
-        model.config._name_or_path = resolve_model_path(init)
+        model.config._name_or_path = base
 
     rewards = build_rewards(cfg.resolved_rewards(), template=cfg.template,
                             max_completion_length=cfg.max_completion_length, overlong_cache=cfg.overlong_cache,
@@ -241,29 +226,14 @@ def run(cfg: RLConfig) -> Path:
                        suppress_tokens=vision_tokens(processor)),
         train_dataset=dataset,
         processing_class=processor,
+        callbacks=[StopAfter(cfg.stop_after)] if cfg.stop_after else None,
         dynamic_sampling=cfg.dynamic_sampling,
         max_num_gen_batches=cfg.max_num_gen_batches,
         share_vision=cfg.share_vision,
         share_prefix=cfg.share_prefix,
         tensorboard_samples=cfg.log_completions,
-        checkpoint_target=dict(run=cfg.run, parent=init, config=cfg, data=[path],
-                               keep_last=cfg.keep_last, extra={"template": cfg.template, "algorithm": cfg.algorithm}),
+        publication=Publication(STAGE, cfg.run, parent=init, base=base, config=cfg, data=[path],
+                                keep_last=cfg.keep_last, extra={"template": cfg.template, "algorithm": cfg.algorithm}),
     )
-    if cfg.stop_after:
-        from transformers import TrainerCallback
-
-        class StopAfter(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step >= cfg.stop_after:
-                    control.should_training_stop = True
-                    control.should_save = True
-
-        trainer.add_callback(StopAfter())
-    trainer.train(resume_from_checkpoint=str(resume_from / TRAINER_STATE_DIR) if resume_from else None)
-    final = registry.latest(STAGE, cfg.run)
-    missing = final is None or int(final.name.split("-")[-1]) != trainer.state.global_step
-    trainer.accelerator.wait_for_everyone()  # every rank looks before rank 0 writes, so all agree on `missing`
-    if missing:
-        trainer._save_checkpoint(trainer.model, None)
-        final = registry.latest(STAGE, cfg.run)
-    return final
+    trainer.train(resume_from_checkpoint=resume_argument(resume_from))
+    return registry.latest(STAGE, cfg.run)

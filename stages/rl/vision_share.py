@@ -41,7 +41,8 @@ def _fingerprints(pixel_values: torch.Tensor, lengths: list[int]) -> list[tuple]
     """Per image: two random projections summed over its rows -- equal images give equal fingerprints."""
     gen = torch.Generator().manual_seed(0)
     probe = torch.randn(pixel_values.size(1), 2, generator=gen).to(pixel_values.device)
-    projected = pixel_values.detach().float() @ probe  # (rows, 2)
+    with torch.autocast(pixel_values.device.type, enabled=False):  # fp32 fingerprints under bf16 autocast too
+        projected = pixel_values.detach().float() @ probe  # (rows, 2)
     owner = torch.repeat_interleave(torch.arange(len(lengths), device=pixel_values.device),
                                     torch.tensor(lengths, device=pixel_values.device))
     sums = torch.zeros(len(lengths), 2, device=pixel_values.device).index_add_(0, owner, projected)

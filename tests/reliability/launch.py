@@ -14,6 +14,10 @@ The entry point runs unchanged; the probes only observe or slow it, each switche
   ``DIR/dynamic-<R>.jsonl``: the step, the rounds it ran, whether it skipped, the prompt ids and rewards of each
   round's rows on this rank, which rows it kept and padded, whether the padding is inert, and a digest of its
   weights before the step (equal to the previous step's digest when that step was skipped).
+- ``PATHOR1_PROBE_GATHERED=DIR``: after ``train()`` every rank takes part in gathering the full parameters
+  (accelerate's ``get_state_dict``: ZeRO-3 / FSDP all-gather) and rank 0 writes them, under the names of the
+  live (unwrapped) model, to ``DIR/gathered.safetensors``, with ``DIR/engine.json`` (the engine that ran, and
+  whether rank 0 held only shards of the parameters).
 - ``PATHOR1_PROBE_COMMIT_DELAY=SECONDS``: a registry checkpoint of step >= 2 waits this long after its payload
   is written and before its manifest is -- a window in which a test can SIGKILL the process mid-write.
 """
@@ -136,6 +140,42 @@ def probe_dynamic(folder: Path) -> None:
     PathoGRPOTrainer._generate_and_score_completions = generate_and_record
 
 
+def holds_a_shard(p) -> bool:
+    """This rank holds only part of the parameter: an FSDP2 DTensor shard, or a ZeRO-3 partition."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(p, DTensor):
+        return p.to_local().numel() < p.numel()
+    return getattr(p, "ds_tensor", None) is not None and p.ds_tensor.numel() < p.ds_numel
+
+
+def probe_gathered(folder: Path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import Trainer
+
+    from stages.distributed import engine_of
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train = Trainer.train
+
+    def train_and_gather(self, *args, **kwargs):
+        out = train(self, *args, **kwargs)
+        sharded = any(holds_a_shard(p) for p in self.model.parameters())
+        wrapped = self.model_wrapped if self.is_deepspeed_enabled else self.model
+        state = self.accelerator.get_state_dict(wrapped)  # collective under ZeRO-3 / FSDP
+        if self.accelerator.is_main_process:
+            tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+            save_file(tensors, str(folder / "gathered.safetensors"))
+            (folder / "engine.json").write_text(json.dumps(
+                {"engine": engine_of(self.accelerator), "world_size": self.accelerator.num_processes,
+                 "sharded": sharded}))
+        return out
+
+    Trainer.train = train_and_gather
+
+
 def delay_commits(seconds: float) -> None:
     from stages.registry import CheckpointWriter
 
@@ -176,6 +216,8 @@ def main() -> None:
         probe_samples(Path(os.environ["PATHOR1_PROBE_SAMPLES"]))
     if os.environ.get("PATHOR1_PROBE_DYNAMIC"):
         probe_dynamic(Path(os.environ["PATHOR1_PROBE_DYNAMIC"]))
+    if os.environ.get("PATHOR1_PROBE_GATHERED"):
+        probe_gathered(Path(os.environ["PATHOR1_PROBE_GATHERED"]))
     if os.environ.get("PATHOR1_PROBE_COMMIT_DELAY"):
         delay_commits(float(os.environ["PATHOR1_PROBE_COMMIT_DELAY"]))
     if os.environ.get("PATHOR1_PROBE_EPOCH_DELAY"):

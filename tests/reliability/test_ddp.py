@@ -3,7 +3,8 @@
 
 Checked: both processes joined one process group of 2 and trained on different samples; after training both
 hold the same weights (gradients were all-reduced), which are the weights of the last checkpoint; only rank 0
-wrote: exactly one complete registry entry per saved step, no staging folder left, LATEST on the last step.
+published: exactly one complete registry entry per saved step (with every rank's RNG state), no staging folder
+left, LATEST on the last step.
 """
 from collections import defaultdict
 
@@ -66,7 +67,7 @@ def test_sft_two_ranks(demo, tiny, tmp_path):
     args = [f"data={demo.root}", f"init={tiny}", f"max_steps={steps}", "save_every=1", f"batch_size={batch}",
             "lr=1e-3", "warmup_ratio=0"]
     run_child("recipes.sft", [*args, "run=ddp"], ranks=RANKS, launcher="accelerate", samples=tmp_path / "probe")
-    final = check_only_rank0_wrote("sft", "ddp", [1, 2, 3], {"rng_state_0.pth"})  # the engine keeps rank 0's only
+    final = check_only_rank0_wrote("sft", "ddp", [1, 2, 3], {"rng_state_0.pth", "rng_state_1.pth"})
     check_both_ranks_trained(tmp_path / "probe", final, digest_of(tiny), min_samples=steps * batch)
     assert Registry().manifest(final)["parent"] == str(tiny)
 

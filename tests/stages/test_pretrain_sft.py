@@ -83,9 +83,13 @@ def test_pretrain_then_sft_trains_the_right_towers_and_records_lineage(demo, cap
     assert ckpt == registry.latest("pretrain", "p1") and ckpt.name == "step-00000006"
     assert {p.name for p in ckpt.iterdir()} == {
         "config.json", "generation_config.json", "model.safetensors", "processor_config.json", "tokenizer.json",
-        "tokenizer_config.json", "chat_template.jinja", "manifest.json", TRAINER_STATE_DIR}
+        "tokenizer_config.json", "chat_template.jinja", "manifest.json", "README.md", TRAINER_STATE_DIR}
+    # trainer_state/ is the Trainer's own checkpoint-N, as written; the top-level weights are hard links into it
     assert {p.name for p in (ckpt / TRAINER_STATE_DIR).iterdir()} == {
+        "config.json", "generation_config.json", "model.safetensors", "processor_config.json", "tokenizer.json",
+        "tokenizer_config.json", "chat_template.jinja", "training_args.bin",
         "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"}
+    assert (ckpt / "model.safetensors").samefile(ckpt / TRAINER_STATE_DIR / "model.safetensors")
     manifest = registry.manifest(ckpt)
     curve = [loss for _, loss in manifest["metrics"]["train_loss_curve"]]
     assert len(curve) == 6 and sum(curve[-2:]) / 2 < curve[0] - 0.3, curve  # the caption loss goes down
