@@ -16,7 +16,8 @@ from stages.model import LoraConfig, ModelConfig, build_tiny, load_model
 from stages.rl import prefill_share, prefix_share
 from stages.rl.config import RLConfig
 from stages.rl.prefix_share import plan_groups, trl_supported
-from stages.rl.training import TRAIN_POLICIES, grpo_args, pad_prompts_left, prompt_dataset
+from stages.checkpointing import TRAIN_POLICIES
+from stages.rl.training import grpo_args, pad_prompts_left, prompt_dataset
 from stages.rl.trainer import PathoGRPOTrainer
 
 G = 4
