@@ -21,6 +21,7 @@ import jsonlines
 import numpy as np
 from PIL import Image
 
+from corpora.files import build_folder_once
 from corpora.synthetic import STYLES, TISSUES, render
 
 CLASSES = list(TISSUES)  # folder names, in label order
@@ -34,8 +35,9 @@ SYNONYMS = {
 }
 SUBSETS = list(STYLES)
 # The size the demo recipe trains on: 16 image tokens with the tiny preset; at 56 px (4 tokens) the tiny VLM
-# never learnt to read the class. build_demo's own default stays small for fast tests.
+# never learnt to read the class. Tests pass smaller sizes explicitly.
 DEMO_IMAGE_SIZE = 112
+DEMO_N_TRAIN = 400
 # Held-out images of the demo recipe: at 400 a 5-point gain with a 3:1 fixed/broken ratio is inside the paired
 # CI's reach (at 160 it takes ~6 points).
 DEMO_N_EVAL = 400
@@ -173,7 +175,8 @@ def _write_jsonl(path: Path, records) -> None:
         writer.write_all(records)
 
 
-def build_demo(out_dir, seed: int = 0, *, n_train: int = 400, n_eval: int = 160, image_size: int = 56,
+def build_demo(out_dir, seed: int = 0, *, n_train: int = DEMO_N_TRAIN, n_eval: int = DEMO_N_EVAL,
+               image_size: int = DEMO_IMAGE_SIZE,
                subsets=tuple(SUBSETS), overwrite: bool = False) -> DemoCorpus:
     """Write the demo corpus to `out_dir` (deterministic in all arguments) and return its paths.
 
@@ -233,6 +236,30 @@ def build_demo(out_dir, seed: int = 0, *, n_train: int = 400, n_eval: int = 160,
     return corpus
 
 
+def demo_corpus(home, seed: int = 0, *, n_train: int = DEMO_N_TRAIN, n_eval: int = DEMO_N_EVAL,
+                image_size: int = DEMO_IMAGE_SIZE) -> DemoCorpus:
+    """The demo corpus: the one place every command (stages, recipes, pathoclip, evaluation) gets it from.
+
+    Built once into ``home/demo_corpora/<key of the arguments>`` and renamed into place atomically, so concurrent
+    runs never see half a corpus and two sizes never overwrite each other.
+    """
+    key = f"n{n_train}-e{n_eval}-s{image_size}-seed{seed}"
+    root = build_folder_once(Path(home) / "demo_corpora" / key,
+                             lambda out: build_demo(out, seed, n_train=n_train, n_eval=n_eval, image_size=image_size),
+                             marker="demo.json")
+    return DemoCorpus.at(root)
+
+
+def demo_corpus_of(path) -> DemoCorpus | None:
+    """The demo corpus that file or folder ``path`` belongs to (a ``demo.json`` beside it or up to two folders
+    above: ``rl.jsonl``, ``eval/mcq.jsonl``), or None."""
+    path = Path(path)
+    for folder in [path, *path.parents][:3]:
+        if (folder / "demo.json").is_file():
+            return DemoCorpus.at(folder)
+    return None
+
+
 def text_only_baseline(train_records, eval_records) -> float:
     """Accuracy of a blind guesser on `eval_records`: for each question text (plus its options) it answers
     the most frequent training answer of that question (global majority for unseen questions).
@@ -260,7 +287,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m corpora.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=400, help="training images")
+    parser.add_argument("--n-train", type=int, default=DEMO_N_TRAIN, help="training images")
     parser.add_argument("--n-eval", type=int, default=DEMO_N_EVAL, help="held-out images; default: the demo recipe's")
     parser.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE,
                         help="pixels per side (Qwen-VL patches are 14 px); default: the demo recipe's size")

@@ -200,12 +200,12 @@ class Evaluation:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
         self.suite, self.model_ref = suite, str(model_ref)
-        self.data = suite_data(suite, data, data_root)
+        self.model_path, self.checkpoint = resolve_model(model_ref)  # first: a demo suite reads its corpus from it
+        self.data = suite_data(suite, data, data_root, self.checkpoint)
         records = load_suite(suite, self.data, **suite_options)
         if manifest:  # the manifest picks the questions; --limit then cuts its list
             records = apply_manifest(records, manifest)
         self.records = records[:limit] if limit else records
-        self.model_path, self.checkpoint = resolve_model(model_ref)
         self.greedy = Decoding(max_new_tokens=max_new_tokens)
         self.sampling = Decoding(max_new_tokens=max_new_tokens, samples=samples, temperature=temperature,
                                  top_p=top_p, top_k=top_k, seed=seed) if samples > 1 else None

@@ -47,7 +47,7 @@ class SuiteError(ValueError):
 class Suite:
     name: str
     load: Callable[..., list[dict]]
-    default_data: Callable[[], Path]
+    default_data: Callable[[dict | None], Path]  # given the evaluated checkpoint's manifest (or None)
     description: str
     layout: tuple[str, ...] | None = None  # where its data sits under a --data-root folder
     source: str = ""  # where the data comes from (README's suites table)
@@ -313,23 +313,31 @@ def _load_corpora_qa(data: Path, **_) -> list[dict]:
     return [dict(r) for r in load_qa(data)]
 
 
-def _demo_path(name: str) -> Callable[[], Path]:
-    def default() -> Path:
+def trained_demo_corpus(checkpoint: dict | None):
+    """The demo corpus a checkpoint was trained on, from the data file its manifest's config names (every stage
+    config has ``data``; a recipe fills in its corpus's file), or None when it was not trained on one."""
+    from corpora.demo import demo_corpus_of
+
+    data = ((checkpoint or {}).get("config") or {}).get("data")
+    return demo_corpus_of(data) if data else None
+
+
+def _demo_path(name: str) -> Callable[[dict | None], Path]:
+    def default(checkpoint: dict | None = None) -> Path:
+        # The held-out split of the corpus the checkpoint trained on: `make demo` at any size and then `make eval`
+        # score the recipe's own held-out questions. A checkpoint that records no demo corpus (a user's data, a
+        # hub model) gets the default demo corpus, the one `make pretrain` with no data trains on.
+        from corpora.demo import demo_corpus
         from stages import registry
 
-        root = registry.home() / "demo_corpus"
-        path = root / "eval" / name
-        if not path.exists():  # build the demo corpus on first use, like every other demo entry point
-            from corpora.demo import build_demo
-
-            build_demo(root)
-        return path
+        corpus = trained_demo_corpus(checkpoint) or demo_corpus(registry.home())
+        return corpus.root / "eval" / name
 
     return default
 
 
-def _home_data(*parts: str) -> Callable[[], Path]:
-    def default() -> Path:
+def _home_data(*parts: str) -> Callable[[dict | None], Path]:
+    def default(checkpoint: dict | None = None) -> Path:
         from stages import registry
 
         return registry.home().joinpath("data", *parts)
@@ -389,8 +397,10 @@ def get_suite(name: str) -> Suite:
     return SUITES[name]
 
 
-def suite_data(name: str, data: str | Path | None = None, data_root: str | Path | None = None) -> Path:
-    """The data path of suite ``name``: ``data``, else ``data_root``/its layout, else its default location."""
+def suite_data(name: str, data: str | Path | None = None, data_root: str | Path | None = None,
+               checkpoint: dict | None = None) -> Path:
+    """The data path of suite ``name``: ``data``, else ``data_root``/its layout, else its default location
+    (for the demo suites: the corpus the ``checkpoint`` manifest says it trained on)."""
     suite = get_suite(name)
     if data is not None:
         return Path(data)
@@ -398,7 +408,7 @@ def suite_data(name: str, data: str | Path | None = None, data_root: str | Path 
         if suite.layout is None:
             raise SuiteError(f"suite {name!r} has no place under --data-root; pass its file with --data {name}=FILE")
         return Path(data_root).joinpath(*suite.layout)
-    return suite.default_data()
+    return suite.default_data(checkpoint)
 
 
 def load_suite(name: str, data: str | Path | None = None, *, limit: int | None = None, **options) -> list[dict]:

@@ -1,6 +1,6 @@
 """Corpus alignment check: score every image-caption pair with a reference CLIP, flag the likely misaligned.
 
-    python -m pathoclip.align runs/data/demo-seed0/pairs.jsonl --model pathoclip:latest --worst 10
+    python -m pathoclip.align runs/demo_corpora/n400-e400-s112-seed0/pairs.jsonl --model pathoclip:latest --worst 10
     python -m pathoclip.align pairs.csv --model pathoclip:latest --keep-quantile 0.05 --out pairs.aligned.csv
 
 Prints the score distribution (quantiles) and the worst pairs; with ``--out`` writes the pairs that pass

@@ -2,9 +2,9 @@
 
 The evaluation suite calls this CLI (it may not import pathoclip) and reads the JSON it writes.
 
-    python -m pathoclip.evaluate --model pathoclip:latest --zeroshot runs/data/demo-seed0/eval/zeroshot \\
-        --prompts runs/data/demo-seed0/eval/zeroshot_prompts.json --fewshot runs/data/demo-seed0/eval/zeroshot \\
-        --retrieval runs/data/demo-seed0/eval/retrieval.jsonl --out report.json
+    python -m pathoclip.evaluate --model pathoclip:latest --zeroshot runs/demo_corpora/n400-e400-s112-seed0/eval/zeroshot \\
+        --prompts runs/demo_corpora/n400-e400-s112-seed0/eval/zeroshot_prompts.json --fewshot runs/demo_corpora/n400-e400-s112-seed0/eval/zeroshot \\
+        --retrieval runs/demo_corpora/n400-e400-s112-seed0/eval/retrieval.jsonl --out report.json
 """
 from __future__ import annotations
 

@@ -80,12 +80,13 @@ class CLIPTrainConfig:
 
 
 def resolve_corpus(cfg: CLIPTrainConfig) -> CLIPTrainConfig:
-    """Build the demo corpus once under $PATHOR1_HOME/data when asked for, and point zero-shot at it."""
+    """The demo corpus (corpora.demo.demo_corpus, the one the demo stages train on) when asked for, with
+    zero-shot pointed at it."""
     if cfg.data != "demo":
         return cfg
-    from corpora.demo import build_demo
+    from corpora.demo import demo_corpus
 
-    demo = build_demo(home() / "data" / f"demo-seed{cfg.seed}", seed=cfg.seed)  # reused once built
+    demo = demo_corpus(home(), seed=cfg.seed)  # built once, reused
     cfg.data = str(demo.pairs)
     cfg.zeroshot_dir = cfg.zeroshot_dir or str(demo.zeroshot)
     cfg.zeroshot_prompts = cfg.zeroshot_prompts or str(demo.zeroshot_prompts)

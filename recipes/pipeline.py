@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corpora.demo import DEMO_IMAGE_SIZE, DEMO_N_EVAL, build_demo
+from corpora.demo import DEMO_IMAGE_SIZE, DEMO_N_EVAL, DEMO_N_TRAIN, demo_corpus
 from corpora.validate import validate
 from stages.config import to_dict
 from stages.registry import home
@@ -21,7 +21,7 @@ from stages.registry import home
 
 @dataclass
 class DemoCorpusConfig:
-    n_train: int = field(default=400, metadata={"help": "Training images of the built-in demo corpus."})
+    n_train: int = field(default=DEMO_N_TRAIN, metadata={"help": "Training images of the built-in demo corpus."})
     n_eval: int = field(default=DEMO_N_EVAL, metadata={"help": "Held-out images (MCQ, yes/no, zero-shot, retrieval)."})
     image_size: int = field(default=DEMO_IMAGE_SIZE, metadata={"help": "Side of the demo images in pixels."})
     seed: int = field(default=0, metadata={"help": "Seed of the demo corpus."})
@@ -41,9 +41,7 @@ def corpus_dir(data: str, demo: DemoCorpusConfig) -> Path:
     """``data`` if given, else the demo corpus for these sizes (built once, reused by later runs)."""
     if data:
         return Path(data)
-    out = home() / "demo_corpora" / f"n{demo.n_train}-e{demo.n_eval}-s{demo.image_size}-seed{demo.seed}"
-    build_demo(out, seed=demo.seed, n_train=demo.n_train, n_eval=demo.n_eval, image_size=demo.image_size)
-    return out
+    return demo_corpus(home(), demo.seed, n_train=demo.n_train, n_eval=demo.n_eval, image_size=demo.image_size).root
 
 
 def validate_corpus(root: Path) -> None:

@@ -30,13 +30,12 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from corpora.chat import user_content
-from corpora.demo import DEMO_IMAGE_SIZE, build_demo
-from corpora.validate import validate
+from corpora.training_data import split_by_image
 
 from stages import distributed
 from stages.checkpointing import TRAINER_STATE_DIR, StopAfter  # noqa: F401 (re-exported for tests and stages)
 from stages.checkpointing import TRAIN_POLICIES, PublishingTrainer, Publication, resume_argument, resume_point
-from stages.model import ModelConfig, build_folder_once, load_model, resolve_model_path
+from stages.model import ModelConfig, load_model, resolve_model_path
 from stages.registry import Registry, home
 
 STAGE_POLICIES = ("projector", "projector_llm", "all")  # of stages.checkpointing.TRAIN_POLICIES
@@ -55,7 +54,7 @@ class StageConfig:
     )
     data: str = field(
         default="",
-        metadata={"help": "Training file or dataset folder; empty = the demo corpus under $PATHOR1_HOME/demo_corpus."},
+        metadata={"help": "Training file or dataset folder; empty = the demo corpus (corpora.demo.demo_corpus)."},
     )
     template: str = field(default="cot", metadata={"help": "Prompt template from corpora/prompts."})
     validate: Literal["strict", "lenient", "skip"] = field(
@@ -121,53 +120,6 @@ class StageConfig:
         cfg.name_or_path = init
         cfg.freeze_vision, cfg.freeze_projector, cfg.freeze_llm = TRAIN_POLICIES[self.train]
         return cfg
-
-
-# ----------------------------------------------------------------------------------------------- data
-def demo_corpus() -> Path:
-    """The demo corpus under $PATHOR1_HOME/demo_corpus, built once (atomically: concurrent runs never see half)."""
-    return build_folder_once(Path(home()) / "demo_corpus", lambda out: build_demo(out, image_size=DEMO_IMAGE_SIZE),
-                             marker="demo.json")
-
-
-def data_file(data: str, default_name: str) -> Path:
-    """Empty -> the demo corpus's ``default_name``; a folder holding ``default_name`` -> that file; else ``data``
-    as given (a file, or a folder the corpora readers understand, e.g. WebDataset shards)."""
-    path = Path(data) if data else demo_corpus()
-    if path.is_dir() and (path / default_name).is_file():
-        path = path / default_name
-    if not path.exists():
-        raise FileNotFoundError(f"training data not found: {path}")
-    return path
-
-
-def check_data(path: Path, kind: str, policy: str, template: str) -> set[tuple[str, int]]:
-    """Fail before any model is loaded if the data has problems (file:line: code: message).
-
-    Returns the ``(file, line)`` records to leave out: none under ``strict`` (any problem refuses the data),
-    the bad ones under ``lenient`` (pass them to the reader's ``skip=``), none under ``skip``."""
-    if policy == "skip":
-        return set()
-    report = validate(path, kind, policy=policy, template=template)
-    report.raise_if_errors()
-    if report.bad_records:
-        print(f"{report.summary()}\n" + "\n".join(str(p) for p in report.problems[:20]))
-    return report.bad_locations
-
-
-def split_by_image(rows, fraction: float, seed: int):
-    """(train, eval) with ``fraction`` of the distinct images held out, so no image is in both."""
-    if fraction <= 0:
-        return rows, None
-    keys = sorted({r[0] if r else "" for r in rows["images"]})
-    random.Random(seed).shuffle(keys)
-    held = set(keys[: max(1, round(fraction * len(keys)))])
-    is_eval = [(imgs[0] if imgs else "") in held for imgs in rows["images"]]
-    train = rows.select([i for i, e in enumerate(is_eval) if not e])
-    evaluation = rows.select([i for i, e in enumerate(is_eval) if e])
-    if len(train) == 0:
-        raise ValueError(f"eval_fraction={fraction} leaves no training samples")
-    return train, evaluation
 
 
 # ----------------------------------------------------------------------------------------------- collator

@@ -14,11 +14,10 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corpora.files import build_folder_once
 from stages.registry import Registry, home
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -232,29 +231,6 @@ def build_tiny(family: str, out_dir, *, seed: int = 0, image_size: int = 112) ->
     _tiny_processor(family, tok, image_size).save_pretrained(out_dir)
     (out_dir / "tiny_preset.json").write_text(json.dumps(_tiny_settings(family, seed, image_size), indent=2))
     return out_dir
-
-
-def build_folder_once(final: Path, build, marker: str) -> Path:
-    """Run ``build(staging_dir)`` once and rename the result to ``final``; ``final/marker`` marks it complete.
-
-    Concurrent callers may each build, but the rename is atomic and the loser discards its copy, so nobody
-    ever sees a half-written folder. Shared by every "build a cached artefact under $PATHOR1_HOME" helper.
-    """
-    final = Path(final)
-    if (final / marker).exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".staging-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    try:
-        build(staging)
-        try:
-            os.rename(staging, final)  # atomic; fails if another process got there first
-        except OSError:
-            if not (final / marker).exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
 
 
 def _cached_tiny(family: str, seed: int = 0, image_size: int = 112) -> Path:

@@ -13,8 +13,10 @@ from typing import Literal
 
 from corpora.prompts import render_prompt, render_response
 from corpora.readers import load_pairs
+from corpora.training_data import check_data, data_file
 from stages import distributed
-from stages.engine import StageConfig, check_data, data_file, run_stage
+from stages.engine import StageConfig, run_stage
+from stages.registry import home
 
 STAGE = "pretrain"
 
@@ -42,7 +44,7 @@ def caption_rows(pairs, template: str):
 
 def run(cfg: PretrainConfig) -> Path:
     """Train and return the final registry checkpoint folder (parent: the input model)."""
-    path = data_file(cfg.data, "pairs.jsonl")
+    path = data_file(cfg.data, "pairs.jsonl", home())
     with distributed.main_process_first():  # every rank checks the data, the main process first
         bad = check_data(path, "pairs", cfg.validate, cfg.template)
         rows = caption_rows(load_pairs(path, skip=bad), cfg.template)

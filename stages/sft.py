@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corpora.readers import load_sft
+from corpora.training_data import check_data, data_file
 from stages import distributed
-from stages.engine import StageConfig, check_data, data_file, run_stage
-from stages.registry import Registry
+from stages.engine import StageConfig, run_stage
+from stages.registry import Registry, home
 
 STAGE = "sft"
 
@@ -32,7 +33,7 @@ def default_init(cfg: SFTConfig) -> str:
 
 def training_rows(cfg: SFTConfig):
     """(validated ``images`` + ``messages`` rows, the data file) for ``cfg``."""
-    path = data_file(cfg.data, "sft.jsonl")
+    path = data_file(cfg.data, "sft.jsonl", home())
     bad = check_data(path, "sft", cfg.validate, cfg.template)
     rows = load_sft(path, template=cfg.template, skip=bad)
     return rows.remove_columns([c for c in rows.column_names if c not in ("images", "messages")]), path

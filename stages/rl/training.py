@@ -180,7 +180,7 @@ def run(cfg: RLConfig) -> Path:
     from stages import distributed
     from stages.checkpointing import (TRAIN_POLICIES, Publication, StopAfter, resume_argument, resume_point,
                                       trained_steps)
-    from stages.engine import check_data, data_file
+    from corpora.training_data import check_data, data_file
     from stages.model import load_model, resolve_model_path
     from stages.registry import Registry, home
     from stages.rl.rewards import build_rewards
@@ -196,7 +196,7 @@ def run(cfg: RLConfig) -> Path:
         logger.warning("run %s already reached step %d: nothing to do", cfg.run, cfg.steps)
         return resume_from
 
-    path = data_file(cfg.data, "rl.jsonl")
+    path = data_file(cfg.data, "rl.jsonl", home())
     with distributed.main_process_first():  # every rank checks the data, the main process first
         bad = check_data(path, "qa", cfg.validate, cfg.template)  # file:line problems before any model loads
         dataset = prompt_dataset(load_qa(path, skip=bad), cfg.template)

@@ -23,8 +23,8 @@ def _read(path):
 
 @pytest.fixture(scope="module")
 def default_corpus(tmp_path_factory):
-    # Default sizes (what the CPU demo trains on); builds in a few seconds.
-    return build_demo(tmp_path_factory.mktemp("demo"), seed=0)
+    # The demo's training size at small images (the default 112 px x 400 held-out takes 5x longer to build).
+    return build_demo(tmp_path_factory.mktemp("demo"), seed=0, n_eval=160, image_size=56)
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
@@ -134,3 +134,26 @@ def test_bad_sizes_are_refused(tmp_path):
         build_demo(tmp_path, subsets=["xray"])
     with pytest.raises(ValueError, match="need n_train, n_eval >= 4"):
         build_demo(tmp_path, n_train=2)
+
+
+def test_demo_corpus_is_keyed_by_its_arguments_and_found_from_its_files(tmp_path):
+    from corpora.demo import DEMO_IMAGE_SIZE, DEMO_N_EVAL, DEMO_N_TRAIN, demo_corpus, demo_corpus_of
+
+    small = demo_corpus(tmp_path, n_train=8, n_eval=4, image_size=28)
+    other = demo_corpus(tmp_path, seed=1, n_train=8, n_eval=4, image_size=28)
+    assert small.root == tmp_path / "demo_corpora" / "n8-e4-s28-seed0"
+    assert other.root == tmp_path / "demo_corpora" / "n8-e4-s28-seed1"
+    assert json.loads(small.meta.read_text())["sizes"] == {"n_train": 8, "n_eval": 4, "image_size": 28}
+    stamp = small.meta.stat().st_mtime_ns
+    assert demo_corpus(tmp_path, n_train=8, n_eval=4, image_size=28).meta.stat().st_mtime_ns == stamp  # reused
+    assert sorted(p.name for p in (tmp_path / "demo_corpora").iterdir()) == ["n8-e4-s28-seed0", "n8-e4-s28-seed1"]
+    # every file of the corpus leads back to it; a file elsewhere does not
+    assert demo_corpus_of(small.eval_mcq).root == small.root and demo_corpus_of(small.rl).root == small.root
+    assert demo_corpus_of(tmp_path / "elsewhere.jsonl") is None
+    # one set of defaults: build_demo's, the CLI's and demo_corpus's are the demo recipe's constants
+    import inspect
+
+    for fn in (build_demo, demo_corpus):
+        params = inspect.signature(fn).parameters
+        assert (params["n_train"].default, params["n_eval"].default, params["image_size"].default) == \
+            (DEMO_N_TRAIN, DEMO_N_EVAL, DEMO_IMAGE_SIZE)

@@ -175,7 +175,7 @@ def test_demo_suites_build_the_demo_corpus_on_first_use():
     from stages.registry import home
 
     mcq = load_suite("demo-mcq", limit=20)
-    assert (home() / "demo_corpus" / "eval" / "mcq.jsonl").is_file()
+    assert (home() / "demo_corpora" / "n400-e400-s112-seed0" / "eval" / "mcq.jsonl").is_file()  # the demo's sizes
     assert len(mcq) == 20 and {r["kind"] for r in mcq} == {"mcq"}
     assert all(r["answer"] in "ABCDEFGHIJ"[: len(r["options"])] and Path(r["images"][0]).is_file() for r in mcq)
     assert len({r["subset"] for r in mcq}) > 1  # subsets feed the per-subset breakdown

@@ -10,7 +10,7 @@ from stages.config import ConfigError, load_config
 TINY = ["demo.n_train=16", "demo.n_eval=8", "eval.max_new_tokens=12", "eval.batch_size=8"]
 
 
-def test_patho_r1_demo_writes_report_and_metrics(tmp_path):
+def test_patho_r1_demo_writes_report_and_metrics(tmp_path, capsys):
     from recipes.patho_r1 import PathoR1Config, run
 
     cfg = load_config(PathoR1Config, TINY + ["pretrain.max_steps=2", "sft.max_steps=2", "rl.steps=1",
@@ -43,6 +43,23 @@ def test_patho_r1_demo_writes_report_and_metrics(tmp_path):
     report = path.parent / "report.md"
     assert report.exists() and "accuracy.png" in report.read_text()
     assert (path.parent / "accuracy.png").stat().st_size > 5000
+    # The README's next steps, `make eval` then `make report` (their default arguments): they score the recipe's own
+    # held-out questions (same ids, same image bytes), not a demo corpus of other sizes.
+    from evaluation import report as report_cli
+    from evaluation import run as eval_cli
+
+    assert eval_cli.main(["--model", "rl:latest", "--suite", "demo-mcq", "--max-new-tokens", "8"]) == 0
+    made = json.loads(Path(metrics["checkpoints"]["rl"], "manifest.json").read_text())
+    key = f"rl/{made['run']}/step-{made['step']:08d}"
+    from stages.registry import home
+
+    evaluated = json.loads((home() / "reports" / key / "demo-mcq" / "manifest.json").read_text())
+    recipe = json.loads((path.parent / "eval" / "rl" / "manifest.json").read_text())
+    assert evaluated["n"] == 8 and evaluated["questions"] == recipe["questions"]
+    assert not (home() / "demo_corpora" / "n400-e400-s112-seed0").exists()  # no corpus of the default sizes built
+    assert report_cli.main(["rl:latest"]) == 0
+    written = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("report written to "))
+    assert "demo-mcq" in written.read_text()
 
 
 def test_patho_r1_refuses_an_unknown_stage():

@@ -1,0 +1,51 @@
+"""Resolving and checking the data a training stage reads: a user's path or the demo corpus, validated before
+any model loads, and split by image for an eval loss. Moved here from stages/engine.py so every stage
+(pretrain, SFT, RL) gets its data from corpora without importing the supervised trainer."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from corpora.demo import demo_corpus
+from corpora.validate import validate
+
+
+def data_file(data: str, default_name: str, home) -> Path:
+    """Empty -> ``default_name`` of the demo corpus under ``home`` (corpora.demo.demo_corpus, default sizes); a
+    folder holding ``default_name`` -> that file; else ``data`` as given (a file, or a folder the corpora readers
+    understand, e.g. WebDataset shards)."""
+    path = Path(data) if data else demo_corpus(home).root
+    if path.is_dir() and (path / default_name).is_file():
+        path = path / default_name
+    if not path.exists():
+        raise FileNotFoundError(f"training data not found: {path}")
+    return path
+
+
+def check_data(path: Path, kind: str, policy: str, template: str) -> set[tuple[str, int]]:
+    """Fail before any model is loaded if the data has problems (file:line: code: message).
+
+    Returns the ``(file, line)`` records to leave out: none under ``strict`` (any problem refuses the data),
+    the bad ones under ``lenient`` (pass them to the reader's ``skip=``), none under ``skip``."""
+    if policy == "skip":
+        return set()
+    report = validate(path, kind, policy=policy, template=template)
+    report.raise_if_errors()
+    if report.bad_records:
+        print(f"{report.summary()}\n" + "\n".join(str(p) for p in report.problems[:20]))
+    return report.bad_locations
+
+
+def split_by_image(rows, fraction: float, seed: int):
+    """(train, eval) with ``fraction`` of the distinct images held out, so no image is in both."""
+    if fraction <= 0:
+        return rows, None
+    keys = sorted({r[0] if r else "" for r in rows["images"]})
+    random.Random(seed).shuffle(keys)
+    held = set(keys[: max(1, round(fraction * len(keys)))])
+    is_eval = [(imgs[0] if imgs else "") in held for imgs in rows["images"]]
+    train = rows.select([i for i, e in enumerate(is_eval) if not e])
+    evaluation = rows.select([i for i, e in enumerate(is_eval) if e])
+    if len(train) == 0:
+        raise ValueError(f"eval_fraction={fraction} leaves no training samples")
+    return train, evaluation
