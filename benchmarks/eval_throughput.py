@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        corpus = build_demo(tmp / "demo", n_eval=max(args.n, 8))
+        corpus = build_demo(tmp / "demo", n_eval=max(args.n, 8), image_size=56)
         samples = load_suite("demo-mcq", corpus.root / "eval" / "mcq.jsonl", limit=args.n)
         model, processor = load_model(build_tiny(args.family, tmp / "model"), device=args.device)
         kw = dict(template="cot", max_new_tokens=args.max_new_tokens, progress=False)

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         os.environ["PATHOR1_HOME"] = str(Path(tmp) / "home")
         from corpora.demo import build_demo
 
-        demo = build_demo(Path(tmp) / "demo", n_train=a.n_train, n_eval=4)
+        demo = build_demo(Path(tmp) / "demo", n_train=a.n_train, n_eval=4, image_size=56)
         trl = baseline(a, demo.sft, Path(tmp) / "trl")
         pathor1 = ours(a, demo.sft)
     for name, r in (("TRL SFTTrainer", trl), ("pathor1 sft", pathor1)):

@@ -33,9 +33,10 @@ class RecordError(ValueError):
         self.code, self.message = code, message
 
 
-def _first(raw: dict, keys, what: str, *, required=True):
+def first_field(raw: dict, keys, what: str, *, required=True, skip_empty=False):
+    """The value of the first of ``keys`` that ``raw`` has (not None; not "" either with ``skip_empty``)."""
     for key in keys:
-        if key in raw and raw[key] is not None:
+        if key in raw and raw[key] is not None and not (skip_empty and raw[key] == ""):
             return raw[key]
     if required:
         raise RecordError("missing-field", f"missing field {what!r} (one of: {', '.join(keys)})")
@@ -58,7 +59,7 @@ def resolve_image(root: Path, value) -> str:
 
 
 def image_list(raw: dict, root: Path) -> list[str]:
-    value = _first(raw, IMAGE_KEYS, "images")
+    value = first_field(raw, IMAGE_KEYS, "images")
     values = value if isinstance(value, list) else [value]
     if not values:
         raise RecordError("missing-field", "record has no image")
@@ -86,7 +87,7 @@ def record_id(raw: dict, fallback: str) -> str:
 
 
 def normalize_pair(raw: dict, root: Path, fallback_id: str) -> dict:
-    caption = _text(_first(raw, CAPTION_KEYS, "caption"), "caption")
+    caption = _text(first_field(raw, CAPTION_KEYS, "caption"), "caption")
     if not caption:
         raise RecordError("empty-caption", "caption is empty")
     label = raw.get("label", "")
@@ -108,8 +109,10 @@ def _options(raw_options) -> list[str]:
     raise RecordError("bad-options", f"options must be a list of strings or a letter mapping, got {raw_options!r}")
 
 
-def _split_inline_options(problem: str) -> tuple[str, list[str]]:
-    """R1-V / Med-R1 problems carry the options as `A. text` lines: split them off the question."""
+def split_inline_options(problem: str) -> tuple[str, list[str]]:
+    """The question and options of a problem that carries its options in the text, ``(problem, [])`` if it has
+    none: R1-V's ``A. text`` lines, or Med-R1's one line ``"Question? A)x, B)y, C)z"`` (there the letters must
+    follow in order, so a comma inside an option, ``"No, It's normal"``, does not split it)."""
     lines = problem.splitlines()
     options, start = [], len(lines)
     for i, line in enumerate(lines):
@@ -119,18 +122,37 @@ def _split_inline_options(problem: str) -> tuple[str, list[str]]:
             start = min(start, i)
         elif options:
             break  # only a contiguous A, B, C... block counts
-    if len(options) < 2:
+    if len(options) >= 2:
+        return "\n".join(lines[:start]).strip(), options
+    return _split_one_line_options(problem)
+
+
+def _split_one_line_options(problem: str) -> tuple[str, list[str]]:
+    start = re.search(r"(?:^|\s)\(?A\)", problem)
+    if not start:
         return problem.strip(), []
-    return "\n".join(lines[:start]).strip(), options
+    question, rest = problem[: start.start()].strip(), problem[start.start():].strip()
+    bounds, cuts = [re.match(r"\(?A\)", rest).end()], []
+    for letter in LETTERS[1:]:
+        m = re.compile(rf",\s*\(?{letter}\)").search(rest, bounds[-1])
+        if not m:
+            break
+        cuts.append(m.start())
+        bounds.append(m.end())
+    if not cuts:  # "A)" alone is a phrase of the question ("vitamin A) deficiency"), not an option list
+        return problem.strip(), []
+    return question, [rest[b:e].strip() for b, e in zip(bounds, cuts + [len(rest)])]
 
 
-def normalize_qa(raw: dict, root: Path, fallback_id: str) -> dict:
-    question = _text(_first(raw, QUESTION_KEYS, "question"), "question")
+def normalize_qa(raw: dict, root: Path, fallback_id: str, *, images: list[str] | None = None) -> dict:
+    """A QA record from ``raw``; ``images``: paths the caller already resolved and checked (an evaluation suite
+    finds them in several folders, corpora.records.resolve_image per folder), else ``raw``'s under ``root``."""
+    question = _text(first_field(raw, QUESTION_KEYS, "question"), "question")
     if not question:
         raise RecordError("empty-question", "question is empty")
     options = _options(raw.get("options", raw.get("choices")))
     if not options and "problem" in raw:
-        question, options = _split_inline_options(question)
+        question, options = split_inline_options(question)
     answer = raw.get("answer")
     if answer in (None, "") and raw.get("solution"):
         answer = extract_answer(str(raw["solution"]))
@@ -151,10 +173,10 @@ def normalize_qa(raw: dict, root: Path, fallback_id: str) -> dict:
         answer = answer.lower().rstrip(".")
         if answer not in ("yes", "no"):
             raise RecordError("answer-not-in-options", f"yes/no answer must be 'yes' or 'no', got {answer!r}")
-    reasoning = _first(raw, REASONING_KEYS, "reasoning", required=False) or ""
-    subset = _first(raw, SUBSET_KEYS, "subset", required=False) or ""
-    return {"id": record_id(raw, fallback_id), "images": image_list(raw, root), "question": question,
-            "options": options, "answer": answer, "kind": kind,
+    reasoning = first_field(raw, REASONING_KEYS, "reasoning", required=False) or ""
+    subset = first_field(raw, SUBSET_KEYS, "subset", required=False) or ""
+    return {"id": record_id(raw, fallback_id), "images": image_list(raw, root) if images is None else list(images),
+            "question": question, "options": options, "answer": answer, "kind": kind,
             "solution": str(raw.get("solution") or f"<answer> {answer} </answer>"),
             "subset": str(subset), "reasoning": _text(reasoning, "reasoning")}
 

@@ -31,29 +31,12 @@ import json
 import re
 from pathlib import Path
 
-from evaluation.suites import SuiteError, _as_list, _files, _image_to_path, _ImageFinder
+from evaluation.suites import SuiteError, _as_list, _files, _image_to_path, _ImageFinder, to_record
 
 MMMU_HEALTH_MEDICINE = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
                         "Pharmacy", "Public_Health")
 _IMAGE_REF = re.compile(r"<image (\d+)>")
 _ANSWER_CHOICES = re.compile(r"\s*Answer Choices:.*\Z", re.S)
-
-
-def to_record(raw: dict, root: Path, where: str) -> dict:
-    """One published record (already mapped to QA column names) as a QA record; errors name ``where``."""
-    from corpora.records import RecordError, normalize_qa
-
-    answer = str(raw.get("answer", "")).strip()
-    if "kind" not in raw:
-        raw["kind"] = "mcq" if raw.get("options") else "yesno" if answer.lower() in ("yes", "no") else "open"
-    try:
-        rec = normalize_qa(raw, root, where)
-    except RecordError as e:
-        raise SuiteError(f"{where}: {e.message}") from None
-    for image in rec["images"]:
-        if not Path(image).is_file():
-            raise SuiteError(f"{where}: image not found: {image}")
-    return rec
 
 
 def json_array_lines(path: Path) -> list[tuple[int, dict]]:
@@ -198,8 +181,8 @@ def load_mmmu_med(data: Path, *, image_root=None, subjects: tuple[str, ...] = MM
             paths = [_image_to_path(images[n], find, where) for n in sorted(images)]
             mcq = str(rec.get("question_type", "multiple-choice")) == "multiple-choice"
             subject = re.sub(r"^(validation|dev|test)_|_\d+$", "", str(rec.get("id", "")))
-            raw = {"id": rec.get("id"), "images": paths, "question": rec.get("question"),
+            raw = {"id": rec.get("id"), "question": rec.get("question"),
                    "options": options if mcq else [], "answer": rec.get("answer"),
                    "kind": "mcq" if mcq else "open", "subset": subject}
-            out.append(to_record(raw, Path("/"), where))  # images are absolute (cache or found) by now
+            out.append(to_record(raw, None, where, images=paths))  # found (escape-checked) or cached by now
     return out

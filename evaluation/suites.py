@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-LETTERS = "ABCDEFGHIJ"
+from corpora.grading import LETTERS
+from corpora.records import RecordError, first_field, normalize_qa, resolve_image, split_inline_options
+
 _OPTION_PREFIX = re.compile(r"^\s*\(?([A-J])\s*[\)\.:]\s*")
 _ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
 
@@ -57,12 +59,21 @@ class Suite:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def qa_record(id, images, question, options, answer, kind, subset="", reasoning="") -> dict:
-    return {
-        "id": str(id), "images": list(images), "question": question, "options": list(options),
-        "answer": answer, "kind": kind, "solution": f"<answer> {answer} </answer>",
-        "subset": subset or "", "reasoning": reasoning or "",
-    }
+def to_record(raw: dict, root: Path | None, where: str, *, images: list[str] | None = None) -> dict:
+    """One published record, mapped to the QA column names, through corpora's normalisation (its options, its
+    letter matcher, its image check under ``root``; ``images`` when the caller resolved them); errors name
+    ``where``."""
+    answer = str(raw.get("answer", "")).strip()
+    if "kind" not in raw:
+        raw["kind"] = "mcq" if raw.get("options") else "yesno" if answer.lower() in ("yes", "no") else "open"
+    try:
+        rec = normalize_qa(raw, root, where, images=images)
+    except RecordError as e:
+        raise SuiteError(f"{where}: {e.message}") from None
+    for image in rec["images"]:
+        if not Path(image).is_file():
+            raise SuiteError(f"{where}: image not found: {image}")
+    return rec
 
 
 class _ImageFinder:
@@ -71,14 +82,19 @@ class _ImageFinder:
     def __init__(self, data: Path, image_root: str | Path | None):
         base = data if data.is_dir() else data.parent
         self.roots = [Path(image_root)] if image_root else [base, base.parent, base.parent.parent]
+        self.boundary = self.roots[-1]  # no image outside the outermost folder searched (corpora's escape check)
 
     def __call__(self, rel: str, where: str) -> str:
         rel = str(rel).removeprefix("file://")
         candidates = [Path(rel)] if Path(rel).is_absolute() else [r / rel for r in self.roots]
         candidates += [r / "images" / rel for r in self.roots[:1] if not Path(rel).is_absolute()]
         for c in candidates:
-            if c.is_file():
-                return str(c.resolve())
+            try:
+                resolved = resolve_image(self.boundary, str(c))
+            except RecordError as e:
+                raise SuiteError(f"{where}: {e.message}") from None
+            if Path(resolved).is_file():
+                return resolved
         raise SuiteError(f"{where}: image not found: {rel!r} (looked in {', '.join(str(c.parent) for c in candidates)})")
 
 
@@ -90,38 +106,12 @@ def strip_option_letters(options: list[str]) -> list[str]:
     return [str(o).strip() for o in options]
 
 
-def answer_letter(answer, options: list[str], where: str) -> str:
-    """The letter of ``answer`` among ``options``: accepts ``"B"``, ``"B) text"``, ``"(B)"`` or the option text."""
-    text = str(answer).strip()
-    letters = LETTERS[: len(options)]
-    m = _OPTION_PREFIX.match(text)
-    if len(text) == 1 and text.upper() in letters:
-        return text.upper()
-    if m and m.group(1) in letters:
-        return m.group(1)
-    lowered = [o.strip().lower() for o in options]
-    if text.lower() in lowered:
-        return letters[lowered.index(text.lower())]
-    raise SuiteError(f"{where}: answer {text!r} is not among the options {dict(zip(letters, options))}")
-
-
-def split_inline_options(problem: str, where: str) -> tuple[str, list[str]]:
-    """Med-R1 style ``"Question? A)x, B)y, C)z"``: the letters must follow in order, so commas inside an
-    option text (``"No, It's normal"``) do not split it."""
-    start = re.search(r"(?:^|\s)\(?A\)", problem)
-    if not start:
+def inline_options(problem: str, where: str) -> tuple[str, list[str]]:
+    """corpora's parser of options written into the question text, refusing a problem that has none."""
+    question, options = split_inline_options(problem)
+    if not options:
         raise SuiteError(f"{where}: no inline options 'A)...' found in problem {problem!r}")
-    question, rest = problem[: start.start()].strip(), problem[start.start():].strip()
-    bounds = [re.match(r"\(?A\)", rest).end()]
-    cuts = []
-    for letter in LETTERS[1:]:
-        m = re.compile(rf",\s*\(?{letter}\)").search(rest, bounds[-1])
-        if not m:
-            break
-        cuts.append(m.start())
-        bounds.append(m.end())
-    ends = cuts + [len(rest)]
-    return question, [rest[b:e].strip() for b, e in zip(bounds, ends)]
+    return question, options
 
 
 def _read_json_records(path: Path) -> list:
@@ -152,10 +142,10 @@ def _files(data: Path, patterns: tuple[str, ...]) -> list[Path]:
 
 
 def _first(rec: dict, keys: tuple[str, ...], where: str):
-    for k in keys:
-        if rec.get(k) not in (None, ""):
-            return rec[k]
-    raise SuiteError(f"{where}: missing field (expected one of {', '.join(keys)})")
+    try:
+        return first_field(rec, keys, keys[0], skip_empty=True)
+    except RecordError as e:
+        raise SuiteError(f"{where}: {e.message}") from None
 
 
 def _as_list(value) -> list:
@@ -177,11 +167,12 @@ def load_pathmmu(data: Path, *, split: str = "test", image_root=None, **_) -> li
         for i, rec in enumerate(content):
             where = f"{data}: {subset or 'record'}[{split}][{i}]"
             options = strip_option_letters(_as_list(_first(rec, ("options",), where)))
-            letter = answer_letter(_first(rec, ("answer",), where), options, where)
+            answer = _first(rec, ("answer",), where)
             images = [find(p, where) for p in _as_list(_first(rec, ("img", "image", "source_img", "images"), where))]
             rid = rec.get("id") or rec.get("No") or f"{subset}-{split}-{i}"
-            out.append(qa_record(f"pathmmu-{rid}", images, rec["question"], options, letter, "mcq",
-                                 subset or rec.get("subset", "")))
+            out.append(to_record({"id": f"pathmmu-{rid}", "question": rec.get("question"), "options": options,
+                                  "answer": answer, "kind": "mcq", "subset": subset or rec.get("subset", "")},
+                                 None, where, images=images))
     if not out and seen_splits:
         raise SuiteError(f"{data}: no records for split {split!r}; available splits: {sorted(seen_splits)}")
     return out
@@ -195,7 +186,7 @@ def load_omnimed(data: Path, *, image_root=None, subset_by: str = "modality", **
         for i, rec in enumerate(_read_json_records(path)):
             where = f"{path}: record {i}"
             if "problem" in rec:  # Med-R1 split
-                question, options = split_inline_options(rec["problem"], where)
+                question, options = inline_options(rec["problem"], where)
                 tag = _ANSWER_TAG.search(str(rec.get("solution", "")))
                 answer = tag.group(1) if tag else rec.get("solution", "")
                 image = _first(rec, ("image", "image_path"), where)
@@ -206,9 +197,9 @@ def load_omnimed(data: Path, *, image_root=None, subset_by: str = "modality", **
                 image = _first(rec, ("image_path", "image"), where)
                 key = "question_type" if subset_by == "question_type" else "modality_type"
                 subset = rec.get(key) or rec.get("modality") or file_subset
-            letter = answer_letter(answer, options, where)
             rid = rec.get("question_id") or f"{file_subset}-{i}"
-            out.append(qa_record(f"omnimed-{rid}", [find(image, where)], question, options, letter, "mcq", subset))
+            out.append(to_record({"id": f"omnimed-{rid}", "question": question, "options": options, "answer": answer,
+                                  "kind": "mcq", "subset": subset}, None, where, images=[find(image, where)]))
     return out
 
 
@@ -226,9 +217,9 @@ def load_pmcvqa(data: Path, *, image_root=None, **_) -> list[dict]:
                 raw = [row[f"Choice {c}"] for c in LETTERS if row.get(f"Choice {c}") not in (None, "")]
                 options = strip_option_letters(raw)
                 label = (row.get("Answer_label") or "").strip() or row.get("Answer", "")
-                letter = answer_letter(label, options, where)
-                out.append(qa_record(f"pmcvqa-{line - 1}", [find(row["Figure_path"].strip(), where)],
-                                     row["Question"].strip(), options, letter, "mcq", row.get("subset", "")))
+                out.append(to_record({"id": f"pmcvqa-{line - 1}", "question": row["Question"], "options": options,
+                                      "answer": label, "kind": "mcq", "subset": row.get("subset", "")},
+                                     None, where, images=[find(row["Figure_path"].strip(), where)]))
     return out
 
 
@@ -289,8 +280,9 @@ def load_pathvqa(data: Path, *, image_root=None, **_) -> list[dict]:
             continue  # open-ended rows belong to the `open` suite
         find = _ImageFinder(path, image_root)
         images = [_image_to_path(v, find, where) for v in _as_list(_first(rec, ("image", "images"), where))]
-        out.append(qa_record(rec.get("id") or f"pathvqa-{len(out)}", images, rec["question"], [],
-                             str(rec["answer"]).strip().lower(), "yesno", rec.get("subset", "")))
+        out.append(to_record({"id": rec.get("id") or f"pathvqa-{len(out)}", "question": rec.get("question"),
+                              "options": [], "answer": str(rec["answer"]), "kind": "yesno",
+                              "subset": rec.get("subset", "")}, None, where, images=images))
     return out
 
 
@@ -302,8 +294,9 @@ def load_open(data: Path, *, image_root=None, **_) -> list[dict]:
             continue
         find = _ImageFinder(path, image_root)
         images = [_image_to_path(v, find, where) for v in _as_list(_first(rec, ("images", "image"), where))]
-        out.append(qa_record(rec.get("id") or f"open-{len(out)}", images, rec["question"], [],
-                             str(_first(rec, ("answer",), where)).strip(), "open", rec.get("subset", "")))
+        out.append(to_record({"id": rec.get("id") or f"open-{len(out)}", "question": rec.get("question"),
+                              "options": [], "answer": str(_first(rec, ("answer",), where)), "kind": "open",
+                              "subset": rec.get("subset", "")}, None, where, images=images))
     return out
 
 

@@ -21,7 +21,8 @@ import csv
 import sys
 from pathlib import Path
 
-from evaluation.suites import LETTERS, SuiteError, _image_to_path, _ImageFinder
+from corpora.grading import LETTERS
+from evaluation.suites import SuiteError, _image_to_path, _ImageFinder
 
 REQUIRED = ("index", "question", "answer")
 META_COLUMNS = ("category", "l2-category", "split")
@@ -94,7 +95,7 @@ def _images(row: dict, by_index: dict, tsv_dir: Path, where: str) -> list[str]:
 
 def load_vlmeval(data: Path, **_) -> list[dict]:
     """QA records from a VLMEvalKit TSV (MCQ, yes/no or VQA rows); ``id`` is the row's ``index``."""
-    from evaluation.medical import to_record
+    from evaluation.suites import to_record
 
     if data.is_dir() or data.suffix != ".tsv":
         raise SuiteError(f"{data}: expected a VLMEvalKit .tsv file")

@@ -11,7 +11,7 @@ from corpora.leakage import find_leaks, main
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("demo"), seed=3, n_train=24, n_eval=16)
+    return build_demo(tmp_path_factory.mktemp("demo"), seed=3, n_train=24, n_eval=16, image_size=56)  # the plant upscales to 112
 
 
 def test_clean_demo_split_has_no_image_leak(corpus):

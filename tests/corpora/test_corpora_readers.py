@@ -97,6 +97,17 @@ def test_qa_r1v_problem_solution_format(root):
     assert (qa[1]["kind"], qa[1]["answer"], qa[1]["options"]) == ("yesno", "yes", [])
 
 
+def test_qa_med_r1_one_line_options(root):
+    # Med-R1 writes the options on the question's line; the comma inside "No, it's normal" is no option boundary
+    rows = [{"image": "img/0.png", "problem": "Which finding? A)Infection, B)No, it's normal, C)Tumor",
+             "solution": "<answer> B </answer>"},
+            {"image": "img/1.png", "problem": "Is vitamin A) low?", "solution": "<answer> yes </answer>"}]
+    qa = load_qa(_write_jsonl(root / "rl.jsonl", rows)).to_list()
+    assert (qa[0]["question"], qa[0]["options"], qa[0]["answer"]) == \
+        ("Which finding?", ["Infection", "No, it's normal", "Tumor"], "B")
+    assert (qa[1]["question"], qa[1]["options"]) == ("Is vitamin A) low?", [])  # a lone "A)" is no option list
+
+
 def test_qa_options_mapping_and_answer_as_text_multi_image(root):
     row = {"id": "q1", "images": ["img/0.png", "img/1.png"], "question": "Which?", "modality": "he",
            "options": {"A": "gland", "B": "stroma"}, "answer": "stroma", "reasoning": "pink fibres"}

@@ -135,7 +135,7 @@ def test_csv_row_with_wrong_column_count(root):
 def test_shared_image_is_decoded_once_and_demo_corpus_is_clean(tmp_path):
     from corpora.demo import build_demo
 
-    corpus = build_demo(tmp_path, n_train=8, n_eval=4)
+    corpus = build_demo(tmp_path, n_train=8, n_eval=4, image_size=56)
     for path, kind in [(corpus.pairs, "pairs"), (corpus.sft, "sft"), (corpus.rl, "rl"), (corpus.eval_mcq, "eval"),
                        (corpus.eval_yesno, "qa"), (corpus.retrieval, "pairs"), (corpus.pairs_csv, "pairs")]:
         report = validate(path, kind)

@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from evaluation.suites import SUITES, SuiteError, load_suite, split_inline_options
+from evaluation.suites import SUITES, SuiteError, inline_options, load_suite
 
 
 def png(path, colour=(200, 30, 90)):
@@ -144,7 +144,7 @@ def test_answer_not_among_options_names_line(tmp_path):
         w = csv.writer(f)
         w.writerow(["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Answer_label"])
         w.writerow(["f.jpg", "q", "x", "A:one", "B:two", "E"])
-    with pytest.raises(SuiteError, match=r"t\.csv:2: answer 'E' is not among the options \{'A': 'one', 'B': 'two'\}"):
+    with pytest.raises(SuiteError, match=r"t\.csv:2: answer 'E' is not one of the options \(A='one', B='two'\)"):
         load_suite("pmcvqa", tmp_path / "t.csv")
 
 
@@ -165,8 +165,8 @@ def test_limit_and_missing_data(tmp_path):
 
 def test_inline_options_require_letters():
     with pytest.raises(SuiteError, match="no inline options"):
-        split_inline_options("What is this?", "f.json: record 0")
-    assert split_inline_options("Q? A)one, B)two", "w") == ("Q?", ["one", "two"])
+        inline_options("What is this?", "f.json: record 0")
+    assert inline_options("Q? A)one, B)two", "w") == ("Q?", ["one", "two"])
 
 
 def test_demo_suites_build_the_demo_corpus_on_first_use():
@@ -181,3 +181,27 @@ def test_demo_suites_build_the_demo_corpus_on_first_use():
     assert len({r["subset"] for r in mcq}) > 1  # subsets feed the per-subset breakdown
     yesno = load_suite("demo-yesno")
     assert {r["answer"] for r in yesno} == {"yes", "no"} and {r["kind"] for r in yesno} == {"yesno"}
+
+
+def test_answer_letter_and_text_must_agree(tmp_path):
+    # corpora.grading.match_option decides: "B) H&E" names option A's text under letter B, two answers in one
+    png(tmp_path / "images" / "p.jpg")
+    (tmp_path / "data.json").write_text(json.dumps({"PubMed": {"test": [
+        {"question": "Which stain?", "img": "images/p.jpg", "options": ["A) H&E", "B) IHC"], "answer": "B) H&E"}]}}))
+    with pytest.raises(SuiteError, match=r"data\.json: PubMed\[test\]\[0\]: answer 'B\) H&E' is not one of the options"):
+        load_suite("pathmmu", tmp_path / "data.json")
+
+
+def test_image_paths_may_not_escape_the_searched_folders(tmp_path):
+    png(tmp_path / "secret.png")
+    data = tmp_path / "a" / "b" / "c"
+    data.mkdir(parents=True)
+    (data / "data.json").write_text(json.dumps({"PubMed": {"test": [
+        {"question": "q", "img": "../../../secret.png", "options": ["A) x", "B) y"], "answer": "A"}]}}))
+    with pytest.raises(SuiteError, match=r"PubMed\[test\]\[0\]: image path .*secret\.png' resolves outside the dataset root"):
+        load_suite("pathmmu", data / "data.json")
+    # up to two folders above the data file is inside (releases keep images beside or above their question files)
+    png(tmp_path / "a" / "above.png")
+    (data / "data.json").write_text(json.dumps({"PubMed": {"test": [
+        {"question": "q", "img": "../../above.png", "options": ["A) x", "B) y"], "answer": "A"}]}}))
+    assert load_suite("pathmmu", data / "data.json")[0]["images"] == [str((tmp_path / "a" / "above.png").resolve())]

@@ -9,7 +9,7 @@ TRAIN_ARGS = ["subset_fraction=0.5", "epochs_a=1", "epochs_b=3", "batch_size=16"
 def small_demo(tmp_path_factory):
     from corpora.demo import build_demo
 
-    return build_demo(tmp_path_factory.mktemp("demo"), seed=0, n_train=192, n_eval=64)
+    return build_demo(tmp_path_factory.mktemp("demo"), seed=0, n_train=192, n_eval=64, image_size=56)
 
 
 @pytest.fixture(scope="session")

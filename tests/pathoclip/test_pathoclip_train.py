@@ -84,7 +84,7 @@ def test_resume_continues_an_interrupted_phase_from_its_newest_checkpoint(tmp_pa
     from corpora.demo import build_demo
 
     monkeypatch.setenv("PATHOR1_HOME", str(tmp_path))
-    demo = build_demo(tmp_path / "demo", n_train=32, n_eval=4)
+    demo = build_demo(tmp_path / "demo", n_train=32, n_eval=4, image_size=56)
     args = [f"data={demo.pairs}", "subset_fraction=0", "epochs_b=2", "batch_size=16", "run=r"]
     first = train(load_config(CLIPTrainConfig, args))
     checkpoints = tmp_path / "logs" / "pathoclip" / "r" / "b" / "checkpoints"
@@ -136,7 +136,7 @@ def test_webdataset_shards_written_by_corpora_feed_open_clip_train(tmp_path, mon
     from corpora.demo import build_demo
 
     monkeypatch.setenv("PATHOR1_HOME", str(tmp_path))
-    demo = build_demo(tmp_path / "demo", n_train=32, n_eval=4)
+    demo = build_demo(tmp_path / "demo", n_train=32, n_eval=4, image_size=56)
     args = [f"data={demo.pairs}", "data_format=webdataset", "shard_size=16", "subset_fraction=0", "epochs_b=1",
             "batch_size=16", "log_every_n_steps=1", "run=w"]
     entry = Registry(tmp_path).manifest(train(load_config(CLIPTrainConfig, args)))

@@ -17,7 +17,7 @@ N_QUESTIONS = 50
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("demo"), n_train=96, n_eval=N_QUESTIONS)
+    return build_demo(tmp_path_factory.mktemp("demo"), n_train=96, n_eval=N_QUESTIONS, image_size=56)
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,7 @@ def test_a_finished_stage_run_again_trains_nothing(tmp_path, capsys):
     from corpora.demo import build_demo
     from recipes import pretrain as pretrain_recipe
 
-    demo = build_demo(tmp_path / "demo", n_train=4, n_eval=4)
+    demo = build_demo(tmp_path / "demo", n_train=4, n_eval=4, image_size=56)
     args = [f"data={demo.pairs}", "max_steps=2", "batch_size=4", "eval_fraction=0", "run=twice"]
     assert pretrain_recipe.main(args) == 0
     assert pretrain_recipe.main(args) == 0

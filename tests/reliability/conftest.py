@@ -9,7 +9,7 @@ from stages.model import build_tiny
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("demo"), n_train=16, n_eval=8)
+    return build_demo(tmp_path_factory.mktemp("demo"), n_train=16, n_eval=8, image_size=56)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ FAST = ["batch_size=4", "lr=1e-3", "warmup_ratio=0", "max_steps=24", "train=all"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("demo"), n_train=8, n_eval=4)
+    return build_demo(tmp_path_factory.mktemp("demo"), n_train=8, n_eval=4, image_size=56)
 
 
 def run(argv, capsys):

@@ -17,7 +17,7 @@ def token_parity_reward(completions, completion_ids, **columns):
 def test_rl_on_bf16_weights_trains_fp32_copies_under_autocast(tmp_path):
     from corpora.demo import build_demo
 
-    demo = build_demo(tmp_path / "demo", n_train=8, n_eval=4)
+    demo = build_demo(tmp_path / "demo", n_train=8, n_eval=4, image_size=56)
     tiny = build_tiny("qwen2_5_vl", tmp_path / "tiny")
     # lr 1e-6: in bf16 (8 bits of mantissa) every such update of a weight near 1e-2 would round to zero
     final = run_rl(RLConfig(init=str(tiny), data=str(demo.root), algorithm="grpo", steps=1, num_generations=4,

@@ -28,7 +28,7 @@ FAST = ["batch_size=4", "lr=1e-3", "warmup_ratio=0", "logging_steps=1", "validat
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("demo"), n_train=8, n_eval=4)
+    return build_demo(tmp_path_factory.mktemp("demo"), n_train=8, n_eval=4, image_size=56)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ def sft_entry(tmp_path):
 
 @pytest.fixture
 def demo(tmp_path):
-    return build_demo(tmp_path / "demo", n_train=16, n_eval=4)
+    return build_demo(tmp_path / "demo", n_train=16, n_eval=4, image_size=56)
 
 
 def test_two_steps_then_resume(sft_entry, demo):

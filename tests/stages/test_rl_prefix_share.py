@@ -298,7 +298,7 @@ def test_config_switch_turns_sharing_off(folder, dataset, tmp_path, monkeypatch)
             raise Stop
 
     monkeypatch.setattr(trainer_module, "PathoGRPOTrainer", Recording)
-    demo = build_demo(tmp_path / "demo", n_train=8, n_eval=4)
+    demo = build_demo(tmp_path / "demo", n_train=8, n_eval=4, image_size=56)
     for share in (False, True):
         with pytest.raises(Stop):
             run(RLConfig(init=str(folder), data=str(demo.root), share_prefix=share, num_generations=2, batch=1,

@@ -307,7 +307,7 @@ def test_an_rl_run_with_micro_batches_an_image_budget_and_trl_fields(tmp_path):
     with Registry().writer("sft", "mb", 1, parent="tiny:qwen2_5_vl") as w:
         for f in base.iterdir():
             shutil.copy(f, w.path / f.name)
-    demo = build_demo(tmp_path / "demo", n_train=8, n_eval=4)
+    demo = build_demo(tmp_path / "demo", n_train=8, n_eval=4, image_size=56)
     final = run(RLConfig(algorithm="gspo", init="sft:mb", data=str(demo.root), num_generations=2, batch=2,
                          micro_batch=2, max_completion_length=8, steps=2, lr=1e-3, run="mb",
                          model=ModelConfig(max_pixels=56 * 56), trl={"top_entropy_quantile": 0.5}))

@@ -20,7 +20,7 @@ def run(argv, capsys) -> Path:
 
 
 def test_lora_resume_with_grad_accum_matches_uninterrupted(tmp_path, capsys):
-    demo = build_demo(tmp_path / "demo", n_train=6, n_eval=4)  # 12 SFT samples: 3 steps of 2x2 per epoch
+    demo = build_demo(tmp_path / "demo", n_train=6, n_eval=4, image_size=56)  # 12 SFT samples: 3 steps of 2x2 per epoch
     common = [f"data={demo.sft}", "max_steps=6", "batch_size=2", "grad_accum=2", "lr=1e-3", "warmup_ratio=0",
               "model.lora.enabled=true", "model.lora.r=4", "model.lora.dropout=0.1", "train=projector_llm"]
     full = run([*common, "run=full"], capsys)
