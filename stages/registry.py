@@ -93,6 +93,26 @@ def is_hub_id(ref: str) -> bool:
     return bool(_HUB_ID_RE.match(ref)) and ".." not in ref
 
 
+@dataclasses.dataclass(frozen=True)
+class Ref:
+    """A parsed registry reference ``stage:run/step``: run and step are "" when left out (= the newest)."""
+
+    stage: str
+    run: str = ""
+    step: str = ""
+
+
+def parse_ref(text) -> Ref | None:
+    """``sft:latest`` / ``sft:RUN`` / ``sft:RUN/STEP`` as a Ref; None for anything else (a folder, an id
+    ``sft/RUN/step-N``, a hub id, a ``tiny:`` preset). The one parser of the ``stage:run/step`` syntax."""
+    text = str(text)
+    stage, colon, rest = text.partition(":")
+    if not colon or not stage or stage == "tiny" or "/" in stage:
+        return None
+    run, _, step = rest.partition("/")
+    return Ref(stage, "" if run == "latest" else run, "" if step == "latest" else step)
+
+
 def step_dir(step: int) -> str:
     return f"step-{int(step):08d}"
 
@@ -321,8 +341,8 @@ class Registry:
         try:
             path = self.resolve(parent)
         except RegistryError:
-            stage = str(parent).split(":", 1)[0]
-            if ":" in str(parent) and (self.root / stage).is_dir():
+            ref = parse_ref(parent)
+            if ref is not None and (self.root / ref.stage).is_dir():
                 raise  # looks like one of our refs (the stage exists) but names nothing: a typo, not a hub id
             return str(parent)
         return self._id_of(path) or str(path)
@@ -379,7 +399,7 @@ class Registry:
         as_path = Path(text).expanduser()
         if as_path.is_dir():
             return as_path.absolute()
-        if ":" in text:
+        if parse_ref(text) is not None:
             return self._resolve_ref(text)
         by_id = self.root / text
         if len(Path(text).parts) == 3 and (by_id / MANIFEST).is_file():
@@ -404,16 +424,15 @@ class Registry:
         return ", ".join(self.stages()) or "none"
 
     def _resolve_ref(self, ref: str) -> Path:
-        stage, _, rest = ref.partition(":")
-        run, _, step = rest.partition("/")
+        stage, run, step = dataclasses.astuple(parse_ref(ref))
         if not self._runs(stage):
             raise RegistryError(f"no checkpoint for {ref!r} in {self.root} (stages present: {self._present()})")
-        if run in ("", "latest"):
+        if run == "":
             return self.latest(stage)
         if not self._steps(stage, run):
             raise RegistryError(f"no run {run!r} for {ref!r} in {self.root / stage} "
                                 f"(runs present: {', '.join(self._runs(stage))})")
-        if step in ("", "latest"):
+        if step == "":
             return self.latest(stage, run)
         match = re.fullmatch(r"(?:step-)?(\d+)", step)
         path = self.root / stage / run / step_dir(int(match.group(1))) if match else None

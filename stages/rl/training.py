@@ -182,14 +182,14 @@ def run(cfg: RLConfig) -> Path:
                                       trained_steps)
     from corpora.training_data import check_data, data_file
     from stages.model import load_model, resolve_model_path
-    from stages.registry import Registry, home
+    from stages.registry import Registry, home, parse_ref
     from stages.rl.rewards import build_rewards
     from stages.rl.trainer import PathoGRPOTrainer
 
     cfg = cfg.resolved()
     registry = Registry()
     init = cfg.init
-    if ":" in init and not init.startswith("tiny:"):
+    if parse_ref(init) is not None:
         init = str(registry.resolve(init))  # sft:latest -> the folder; fails early with RegistryError
     resume_from = resume_point(STAGE, cfg.run, cfg.resume, registry)
     if resume_from is not None and trained_steps(resume_from) >= cfg.steps:

@@ -289,3 +289,13 @@ def test_cli_runs_as_module_without_torch(reg):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=os.environ)
     assert out.returncode == 0, out.stderr
     assert "sft/r1/step-00000003" in out.stdout and "torch imported: False" in out.stdout
+
+
+def test_parse_ref_is_the_one_reference_parser():
+    from stages.registry import Ref, parse_ref
+
+    assert parse_ref("sft:latest") == Ref("sft") == parse_ref("sft:")
+    assert parse_ref("rl:run1") == Ref("rl", "run1") == parse_ref("rl:run1/latest")
+    assert parse_ref("rl:run1/12") == Ref("rl", "run1", "12")
+    # not references: a preset, an id, a hub id, a folder
+    assert [parse_ref(t) for t in ("tiny:qwen2_vl", "sft/run/step-00000001", "Qwen/Qwen2-VL-2B", "/tmp/x")] == [None] * 4
