@@ -66,7 +66,7 @@ def generalisation_matrix(models: dict[str, str], suite: str, data=None, *, subs
     if out is None:
         from stages import registry
 
-        out = registry.home() / "reports" / f"matrix-{suite}"
+        out = registry.reports_dir(f"matrix-{suite}")
     matrix["out_dir"] = str(write_matrix(matrix, Path(out)))
     return matrix
 

@@ -94,9 +94,9 @@ def _history(run: str | None, home: Path) -> tuple[list[dict], list[Path]]:
     from stages import registry
 
     if run is None:
-        return [], [home / "logs" if (home / "logs").is_dir() else home]
+        return [], [registry.logs_dir(root=home) if registry.logs_dir(root=home).is_dir() else home]
     chain = list(reversed(registry.Registry(home).lineage(run)))
-    logs = [home / "logs" / c["stage"] / str(c["run"]) for c in chain if c.get("stage") and c.get("run")]
+    logs = [registry.logs_dir(c["stage"], c["run"], home) for c in chain if c.get("stage") and c.get("run")]
     return chain, logs
 
 
@@ -108,7 +108,7 @@ def render_report(run: str | None = None, *, home: str | Path | None = None, out
     home = Path(home) if home else registry.home()
     chain, log_dirs = _history(run, home)
     log_dirs += [Path(p) for p in logs]
-    out = Path(out) if out else home / "reports" / f"report-{_slug(run or 'all')}"
+    out = Path(out) if out else registry.reports_dir(f"report-{_slug(run or 'all')}", root=home)
     out.mkdir(parents=True, exist_ok=True)
 
     metrics = collect(home, "metrics.json", ("suite", "overall", "model_path"))

@@ -74,7 +74,7 @@ def suite_key(suite: str, data: Path | None) -> str:
 def default_out_dir(model_path: Path, manifest: dict, suite: str) -> Path:
     from stages import registry
 
-    return registry.home() / "reports" / checkpoint_key(model_path, manifest) / suite
+    return registry.reports_dir(checkpoint_key(model_path, manifest), suite)
 
 
 def load_callable(dotted: str) -> Callable:

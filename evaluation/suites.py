@@ -226,7 +226,7 @@ def load_pmcvqa(data: Path, *, image_root=None, **_) -> list[dict]:
 def _image_cache_dir() -> Path:
     from stages import registry
 
-    d = registry.home() / "cache" / "images"
+    d = registry.cache_dir("images")
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -333,7 +333,7 @@ def _home_data(*parts: str) -> Callable[[dict | None], Path]:
     def default(checkpoint: dict | None = None) -> Path:
         from stages import registry
 
-        return registry.home().joinpath("data", *parts)
+        return registry.data_dir(*parts)
 
     return default
 

@@ -69,7 +69,7 @@ def benchmark_table(models: dict[str, str], suites: list[str], *, data: dict[str
     if out is None:
         from stages import registry
 
-        out = registry.home() / "reports" / f"table-{'-'.join(suites)}"
+        out = registry.reports_dir(f"table-{'-'.join(suites)}")
     table["out_dir"] = str(out)
     if distributed.world()[0] == 0:
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from stages.config import load_config_or_exit, to_dict
-from stages.registry import Registry, RegistryError, home
+from stages.registry import Registry, RegistryError, home, logs_dir
 
 from pathoclip.data import phase_rows, prepare_data
 from pathoclip.export import WEIGHTS_FILE, export_checkpoint, load_exported
@@ -190,7 +190,7 @@ def _train(cfg: CLIPTrainConfig) -> Path | None:
     from corpora.readers import load_pairs
 
     cfg = resolve_corpus(cfg)
-    registry, logs = Registry(), home() / "logs" / STAGE / cfg.run
+    registry, logs = Registry(), logs_dir(STAGE, cfg.run)
     dataset = load_pairs(cfg.data)
     model, pretrained = _pretrained(cfg)
     parent, step = None, 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from stages.config import load_config_or_exit
 from stages.preflight import preflight_or_exit
 from stages.model import resolve_model_path
-from stages.registry import Registry, home
+from stages.registry import Registry, reports_dir
 from stages.rl.config import RLConfig
 
 from recipes.launch import LaunchConfig, entry_id, is_driver, plan_launch, run_stage
@@ -61,7 +61,7 @@ def run(cfg: MedR1Config) -> Path | None:
         return None
     timer = Timer()
     plan = plan_launch(cfg.launch)
-    out_dir = home() / "reports" / "med_r1" / cfg.run
+    out_dir = reports_dir("med_r1", cfg.run)
     corpus = corpus_dir(cfg.data, cfg.demo)
     validate_corpus(corpus)
     init = cfg.init

@@ -17,7 +17,7 @@ from pathlib import Path
 from stages.config import load_config_or_exit
 from stages.preflight import preflight_or_exit
 from stages.model import resolve_model_path
-from stages.registry import home
+from stages.registry import reports_dir
 from stages.rl.config import RLConfig
 
 from recipes.launch import LaunchConfig, is_driver, plan_launch, run_stage
@@ -56,7 +56,7 @@ def run(cfg: MedVLMR1Config) -> Path | None:
     if not is_driver():
         return None
     timer = Timer()
-    out_dir = home() / "reports" / "medvlm_r1" / cfg.run
+    out_dir = reports_dir("medvlm_r1", cfg.run)
     corpus = corpus_dir(cfg.data, cfg.demo)
     validate_corpus(corpus)
     train_file = subset_file(corpus / "rl.jsonl", f"rl.mcq-{cfg.n_samples}.jsonl",

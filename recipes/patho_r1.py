@@ -25,7 +25,7 @@ from stages.config import load_config_or_exit
 from stages.preflight import preflight_or_exit
 from stages.model import resolve_model_path
 from stages.pretrain import PretrainConfig
-from stages.registry import home
+from stages.registry import home, reports_dir
 from stages.rl.config import RLConfig
 from stages.sft import SFTConfig
 
@@ -98,7 +98,7 @@ def run(cfg: PathoR1Config) -> Path | None:
         print("recipes.patho_r1: rank 0 drives the stages; this rank has nothing to do", flush=True)
         return None
     timer = Timer()
-    out_dir = home() / "reports" / "patho_r1" / cfg.run
+    out_dir = reports_dir("patho_r1", cfg.run)
     plan = plan_launch(cfg.launch)
     t = timer.t0
     corpus = corpus_dir(cfg.data, cfg.demo)

@@ -36,7 +36,7 @@ from stages import distributed
 from stages.checkpointing import TRAINER_STATE_DIR, StopAfter  # noqa: F401 (re-exported for tests and stages)
 from stages.checkpointing import TRAIN_POLICIES, PublishingTrainer, Publication, resume_argument, resume_point
 from stages.model import ModelConfig, load_model, resolve_model_path
-from stages.registry import Registry, home
+from stages.registry import Registry, logs_dir
 
 STAGE_POLICIES = ("projector", "projector_llm", "all")  # of stages.checkpointing.TRAIN_POLICIES
 IGNORE_INDEX = -100
@@ -351,7 +351,7 @@ def prepare_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) 
         with distributed.main_process_first():  # datasets' map cache: one rank computes, the others read it
             rows = add_lengths(rows, processor)
     train_rows, eval_rows = split_by_image(rows, cfg.eval_fraction, cfg.seed)
-    log_dir = Path(home()) / "logs" / stage / cfg.run
+    log_dir = logs_dir(stage, cfg.run)
     trainer = StageTrainer(
         model=model, args=training_arguments(cfg, log_dir), train_dataset=train_rows, eval_dataset=eval_rows,
         processing_class=processor, data_collator=ChatCollator(processor, max_length=cfg.max_length),

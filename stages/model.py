@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corpora.files import build_folder_once
-from stages.registry import Registry, home
+from stages.registry import Registry, base_dir
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 LLM_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -237,7 +237,7 @@ def _cached_tiny(family: str, seed: int = 0, image_size: int = 112) -> Path:
     """``tiny:<family>``: built once into $PATHOR1_HOME/base/tiny-<family>-<hash of its settings>/."""
     settings = _tiny_settings(family, seed, image_size)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return build_folder_once(home() / "base" / f"tiny-{family}-{digest}",
+    return build_folder_once(base_dir(f"tiny-{family}-{digest}"),
                              lambda staging: build_tiny(family, staging, seed=seed, image_size=image_size),
                              marker="config.json")
 

@@ -72,6 +72,34 @@ def home() -> Path:
     return Path(os.environ.get("PATHOR1_HOME") or "runs").expanduser().absolute()
 
 
+# The $PATHOR1_HOME layout: every folder pathor1 writes under home() besides the registry is named here, once.
+# (corpora may not import stages: it names only its own ``demo_corpora/`` under the home it is given.)
+def logs_dir(stage: str | None = None, run: str | None = None, root: Path | None = None) -> Path:
+    """TensorBoard and trainer logs of one run: ``logs/<stage>/<run>`` (``logs`` itself without them)."""
+    parts = [str(p) for p in (stage, run) if p is not None]
+    return (root or home()).joinpath("logs", *parts)
+
+
+def reports_dir(*parts: str, root: Path | None = None) -> Path:
+    """Evaluations, tables, matrices and recipe reports: ``reports/...``."""
+    return (root or home()).joinpath("reports", *parts)
+
+
+def cache_dir(name: str) -> Path:
+    """Caches that can be rebuilt (e.g. benchmark images decoded from parquet): ``cache/<name>``."""
+    return home() / "cache" / name
+
+
+def data_dir(*parts: str) -> Path:
+    """Where public benchmark data is looked for by default: ``data/...``."""
+    return home().joinpath("data", *parts)
+
+
+def base_dir(name: str) -> Path:
+    """Base models built locally (the tiny presets): ``base/<name>``."""
+    return home() / "base" / name
+
+
 _ISSUED_RUN_NAMES: set[str] = set()
 
 

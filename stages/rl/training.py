@@ -182,7 +182,7 @@ def run(cfg: RLConfig) -> Path:
                                       trained_steps)
     from corpora.training_data import check_data, data_file
     from stages.model import load_model, resolve_model_path
-    from stages.registry import Registry, home, parse_ref
+    from stages.registry import Registry, home, logs_dir, parse_ref
     from stages.rl.rewards import build_rewards
     from stages.rl.trainer import PathoGRPOTrainer
 
@@ -218,7 +218,7 @@ def run(cfg: RLConfig) -> Path:
     rewards = build_rewards(cfg.resolved_rewards(), template=cfg.template,
                             max_completion_length=cfg.max_completion_length, overlong_cache=cfg.overlong_cache,
                             length_bounds=(cfg.length_min, cfg.length_max), judge=cfg.judge, grounding=cfg.grounding)
-    output_dir = Path(home()) / "logs" / STAGE / cfg.run
+    output_dir = logs_dir(STAGE, cfg.run)
     trainer = PathoGRPOTrainer(
         model=model,
         reward_funcs=rewards,

@@ -299,3 +299,24 @@ def test_parse_ref_is_the_one_reference_parser():
     assert parse_ref("rl:run1/12") == Ref("rl", "run1", "12")
     # not references: a preset, an id, a hub id, a folder
     assert [parse_ref(t) for t in ("tiny:qwen2_vl", "sft/run/step-00000001", "Qwen/Qwen2-VL-2B", "/tmp/x")] == [None] * 4
+
+
+def test_the_home_layout_is_named_in_one_module(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    from stages import registry
+
+    monkeypatch.setenv("PATHOR1_HOME", str(tmp_path))
+    assert registry.logs_dir("sft", "r1") == tmp_path / "logs" / "sft" / "r1"
+    assert registry.logs_dir(root=tmp_path / "other") == tmp_path / "other" / "logs"
+    assert registry.reports_dir("patho_r1", "demo") == tmp_path / "reports" / "patho_r1" / "demo"
+    assert (registry.cache_dir("images"), registry.data_dir("PathMMU", "data.json"), registry.base_dir("tiny-x")) == \
+        (tmp_path / "cache" / "images", tmp_path / "data" / "PathMMU" / "data.json", tmp_path / "base" / "tiny-x")
+    # nobody else spells a home folder: `home() / "logs"`, `home / "reports"`, `home().joinpath("data"...`
+    spelled = re.compile(r"home\(?\)?\s*(/|\.joinpath\()\s*\"(logs|reports|cache|data|base)\"")
+    root = Path(__file__).resolve().parents[2]
+    offenders = [f"{p.relative_to(root)}:{n}" for pkg in ("corpora", "stages", "pathoclip", "evaluation", "recipes")
+                 for p in sorted((root / pkg).rglob("*.py")) if p.name != "registry.py"
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if spelled.search(line)]
+    assert offenders == []
