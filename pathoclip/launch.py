@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pathoclip.export import register_model_configs
+from stages.compat import require_version
 
 
 @contextmanager
@@ -57,6 +58,23 @@ def _reuse_process_group():
         dist.init_process_group = create
 
 
+# The two open_clip_train internals wrapped here (train_one_epoch's positional signature; main() creating the
+# process group) were checked against these open_clip_torch releases; upstream open_clip_train has since changed
+# train_one_epoch's signature, so a newer release is refused instead of silently mis-calling it.
+OPEN_CLIP_CHECKED = ("3.3", "3.3")
+TRAIN_ONE_EPOCH_ARGS = ("model", "data", "loss", "epoch", "optimizer", "scaler", "scheduler", "dist_model", "args")
+
+
+def check_train_one_epoch(fn) -> None:
+    """The positional parameters ``_seeded_epochs`` forwards must be exactly open_clip_train's, in order."""
+    import inspect
+
+    params = tuple(inspect.signature(fn).parameters)[:len(TRAIN_ONE_EPOCH_ARGS)]
+    if params != TRAIN_ONE_EPOCH_ARGS:
+        raise RuntimeError(f"open_clip_train.main.train_one_epoch takes {params}, not {TRAIN_ONE_EPOCH_ARGS}: "
+                           "pathoclip.launch._seeded_epochs must be updated for this open_clip_train")
+
+
 @contextmanager
 def _seeded_epochs():
     """open_clip_train saves no RNG state, so a phase resumed from ``epoch_k.pt`` would shuffle and augment epoch
@@ -64,6 +82,8 @@ def _seeded_epochs():
     Seeding every epoch from (seed, epoch, rank) makes each epoch's draws independent of how the run got there."""
     import open_clip_train.main as open_clip_main
 
+    require_version("open_clip_torch", OPEN_CLIP_CHECKED, "pathoclip.launch (train_one_epoch, init_process_group)")
+    check_train_one_epoch(open_clip_main.train_one_epoch)
     train_one_epoch = open_clip_main.train_one_epoch
 
     def seeded(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, **kwargs):

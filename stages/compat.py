@@ -94,3 +94,29 @@ def offline_hub() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def version_in_range(package: str, supported: tuple[str, str], version: str | None = None) -> bool:
+    """Whether ``package``'s installed (or given) release lies in ``supported`` = (lowest, highest), both
+    inclusive, compared by major.minor: the range a patch of that library's internals was checked against."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    from packaging.version import Version
+
+    try:
+        release = Version(version or installed(package)).release[:2]
+    except PackageNotFoundError:
+        return False
+    low, high = (Version(v).release[:2] for v in supported)
+    return low <= release <= high
+
+
+def require_version(package: str, supported: tuple[str, str], what: str) -> None:
+    """Refuse to patch ``what`` (a library internal) outside the release range it was checked against."""
+    if not version_in_range(package, supported):
+        from importlib.metadata import version as installed
+
+        raise RuntimeError(f"{what} patches {package} internals checked against {package} {supported[0]}-"
+                           f"{supported[1]}, not {installed(package)}: re-check it against this release and "
+                           f"widen the range, or install {package} within it")

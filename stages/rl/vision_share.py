@@ -17,10 +17,13 @@ reference forward, the policy forward and all `num_iterations` -- not once per f
 """
 from __future__ import annotations
 
+import logging
 import types
 from collections import OrderedDict
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 _ATTR = "_pathor1_shared"
 CACHE_IMAGES = 512
@@ -181,10 +184,33 @@ def _from_cache(state, chunks, grid_thw, device):
     return out_type(**{key: join([e[key] for e in entries]) for key in entries[0]})
 
 
+# `_shared_forward` calls the Qwen-VL vision tower's own forward(hidden_states, grid_thw, **kwargs) on a subset of
+# the images and splits its output by `spatial_merge_size`: checked against these transformers releases.
+TRANSFORMERS_CHECKED = ("5.17", "5.23")
+VISION_FORWARD_ARGS = ("self", "hidden_states", "grid_thw")
+
+
+def tower_supported(visual: torch.nn.Module) -> bool:
+    """The tower's forward takes (hidden_states, grid_thw, ...) and transformers is a release this was checked on."""
+    import inspect
+
+    from stages.compat import version_in_range
+
+    params = tuple(inspect.signature(type(visual).forward).parameters)[:len(VISION_FORWARD_ARGS)]
+    return (params == VISION_FORWARD_ARGS and hasattr(visual, "spatial_merge_size")
+            and version_in_range("transformers", TRANSFORMERS_CHECKED))
+
+
 def share_vision_encoding(model: torch.nn.Module) -> bool:
-    """Install group-shared encoding on `model`'s vision tower. Returns False when the model has none."""
+    """Install group-shared encoding on `model`'s vision tower. Returns False (and leaves the tower as it is)
+    when the model has none, or one this override was not checked against."""
     visual = vision_tower(model)
-    if visual is None or not hasattr(visual, "spatial_merge_size"):
+    if visual is None:
+        return False
+    if not tower_supported(visual):
+        logger.warning("share_vision is off for %s: its forward or the transformers release differs from what "
+                       "stages/rl/vision_share.py was checked against (transformers %s-%s)",
+                       type(visual).__name__, *TRANSFORMERS_CHECKED)
         return False
     if not hasattr(visual, _ATTR):
         setattr(visual, _ATTR, {"cache": OrderedDict(), "images_seen": 0, "images_encoded": 0})
