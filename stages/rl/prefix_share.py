@@ -122,12 +122,25 @@ def unshareable_reason(model: torch.nn.Module, logits_to_keep: int, extra_inputs
         if getattr(text_config, "attention_dropout", 0.0) or any(
                 isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in unwrapped.modules()):
             return "dropout is active (e.g. LoRA dropout > 0)"
+        # Measured on 2 gloo ranks (tests/reliability/test_engines.py, fsdp2-rl): FSDP2's backward through the two
+        # forward calls of the shared path (prompts, then completions) fails ("setStorage ... out of bounds for
+        # storage of size 0"): the first call's parameters are already resharded. No-grad forwards still share.
+        if torch.is_grad_enabled() and fsdp_sharded(model):
+            return "FSDP shards the parameters (its backward through two forward calls fails)"
     layer_types = getattr(text_config, "layer_types", None) or ["full_attention"]
     if any(t != "full_attention" for t in layer_types) or getattr(text_config, "use_sliding_window", False):
         return "sliding-window attention layers"
     if extra_inputs.get("pixel_values") is not None and rope_owner(unwrapped) is None:
         return "image inputs on a model without get_rope_index"
     return None
+
+
+def fsdp_sharded(model: torch.nn.Module) -> bool:
+    """FSDP2 (DTensor parameters) or FSDP1 (a FullyShardedDataParallel wrapper) anywhere in the model."""
+    from torch.distributed.tensor import DTensor
+
+    return any("FullyShardedDataParallel" in type(m).__name__ for m in model.modules()) or any(
+        isinstance(p, DTensor) for p in model.parameters())
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
