@@ -77,8 +77,15 @@ def baseline(a, data: Path, out: Path) -> dict:
     rows = load_sft(data, template="cot")
     rows = rows.remove_columns([c for c in rows.column_names if c not in ("images", "messages")])
     rows = rows.cast_column("images", List(Image()))  # TRL's dataset format: images decoded to PIL on access
+    # TRL 1.16 refuses assistant-only loss on vision data below transformers 5.18 (the processor's assistant mask is
+    # misaligned there; pathor1 aligns it by hand). The loss mask costs no compute, so the baseline trains on the
+    # whole sequence there: the same tokens through the same forward / backward.
+    import transformers
+    from packaging.version import Version
+
+    assistant_only = Version(transformers.__version__) >= Version("5.18")
     args = TRLConfig(output_dir=str(out), max_steps=a.steps, per_device_train_batch_size=a.batch, learning_rate=1e-4,
-                     assistant_only_loss=True, logging_steps=a.steps, save_strategy="steps", save_steps=a.steps,
+                     assistant_only_loss=assistant_only, logging_steps=a.steps, save_strategy="steps", save_steps=a.steps,
                      report_to=[], seed=0, bf16=torch.cuda.is_available(), dataloader_pin_memory=torch.cuda.is_available(),
                      gradient_checkpointing=False)  # TRL defaults to checkpointing; our stage does not
     return timed(SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=processor))
