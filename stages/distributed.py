@@ -22,13 +22,14 @@ import json
 import os
 
 import accelerate
-from packaging.version import Version
+
+from stages.compat import version_in_range
 
 ENGINES = ("single", "ddp", "deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3", "fsdp1", "fsdp2")
 # without_zero3_init reads transformers' DeepSpeed weakref: checked against these transformers versions.
-_ZERO3_WEAKREF_TRANSFORMERS = (Version("5.17"), Version("5.23"))
+_ZERO3_WEAKREF_TRANSFORMERS = ("5.17", "5.23")
 # The FSDP-on-CPU adapter below writes PartialState's shared state: checked against these accelerate versions.
-_FSDP_CPU_ACCELERATE = (Version("1.15"), Version("1.16"))
+_FSDP_CPU_ACCELERATE = ("1.15", "1.16")
 
 
 def _flag(name: str) -> bool:
@@ -98,11 +99,10 @@ def prepare_state(args) -> None:
     engine = requested_engine()
     if not engine.startswith("fsdp") or _cuda() or world_size() < 2:
         return
-    version = Version(accelerate.__version__).release[:2]
-    low, high = (v.release[:2] for v in _FSDP_CPU_ACCELERATE)
-    if not low <= version <= high:
+    if not version_in_range("accelerate", _FSDP_CPU_ACCELERATE):
+        low, high = _FSDP_CPU_ACCELERATE
         raise RuntimeError(f"FSDP on CPU needs the PartialState adapter in stages/distributed.py, checked with "
-                           f"accelerate {low[0]}.{low[1]}-{high[0]}.{high[1]}; this is accelerate "
+                           f"accelerate {low}-{high}; this is accelerate "
                            f"{accelerate.__version__}: re-check it or run FSDP on GPUs")
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType
@@ -141,11 +141,10 @@ def without_zero3_init():
     if config is None:
         yield
         return
-    version = Version(transformers.__version__).release[:2]
-    low, high = (v.release[:2] for v in _ZERO3_WEAKREF_TRANSFORMERS)
-    if not low <= version <= high:
+    if not version_in_range("transformers", _ZERO3_WEAKREF_TRANSFORMERS):
+        low, high = _ZERO3_WEAKREF_TRANSFORMERS
         raise RuntimeError(f"stages/distributed.py without_zero3_init was checked with transformers "
-                           f"{low[0]}.{low[1]}-{high[0]}.{high[1]}, not {transformers.__version__}: re-check it")
+                           f"{low}-{high}, not {transformers.__version__}: re-check it")
     hf_deepspeed.unset_hf_deepspeed_config()
     try:
         yield

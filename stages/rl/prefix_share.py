@@ -44,11 +44,9 @@ _SUPPORTED_INPUTS = {"pixel_values", "image_grid_thw", "num_images", "mm_token_t
 
 def trl_supported(version: str | None = None) -> bool:
     """True when the installed TRL is one the private hook was checked against (major.minor)."""
-    if version is None:
-        import trl
+    from stages.compat import version_in_range
 
-        version = trl.__version__
-    return ".".join(version.split(".")[:2]) in TRL_TESTED
+    return version_in_range("trl", (TRL_TESTED[0], TRL_TESTED[-1]), version)
 
 
 @dataclass

@@ -26,11 +26,13 @@ _LOSS_MASKS = ("completion_mask", "tool_mask")
 
 def check_trl_version(version: str | None = None) -> None:
     """Fail fast when the installed TRL is not one whose generation batch layout this module knows."""
+    from stages.compat import version_in_range
+
     if version is None:
         import trl
 
         version = trl.__version__
-    if not any(version == v or version.startswith(v + ".") for v in TESTED_TRL):
+    if not version_in_range("trl", (TESTED_TRL[0], TESTED_TRL[-1]), version):
         raise RuntimeError(
             f"dynamic sampling reads TRL's private generation batch, written for trl {'/'.join(TESTED_TRL)}; "
             f"installed trl {version}. Check GRPOTrainer._generate_and_score_completions' output keys against "
