@@ -62,11 +62,10 @@ def loop_samples_per_s(tensorboard_dir: Path) -> float:
 def main(argv=None) -> dict:
     a = parse(argv)
     from corpora.demo import build_demo
-    from corpora.readers import load_pairs
     from stages.config import load_config
 
     from pathoclip.export import CONFIG_DIR
-    from pathoclip.data import prepare_data
+    from pathoclip.data import PreparedCorpus
     from pathoclip.train import CLIPTrainConfig, open_clip_argv
 
     tmp = Path(tempfile.mkdtemp(prefix="clip_bench_"))
@@ -74,10 +73,11 @@ def main(argv=None) -> dict:
     common = [f"data={demo.pairs}", "subset_fraction=0", f"epochs_b={a.epochs}", f"batch_size={a.batch}",
               "log_every_n_steps=1", "resume=never", "device=cpu"]
     cfg = load_config(CLIPTrainConfig, common)
-    dataset = load_pairs(demo.pairs)
-    data_args = prepare_data(dataset, list(range(len(dataset))), tmp / "baseline_data", "csv", cfg.shard_size)
+    corpus = PreparedCorpus(demo.pairs, tmp / "baseline_data")
+    n_pairs = len(corpus)
+    data_args = corpus.open_clip_args("b", list(range(n_pairs)), "csv", cfg.shard_size, tmp / "baseline_data")
     env = {**os.environ, "PATHOR1_HOME": str(tmp / "home"), "HF_HUB_OFFLINE": "1"}
-    samples = a.epochs * (len(dataset) // a.batch) * a.batch  # CSV loader drops the last partial batch
+    samples = a.epochs * (n_pairs // a.batch) * a.batch  # CSV loader drops the last partial batch
     times = {"baseline": [], "ours": []}
     loop = {"baseline": [], "ours": []}
     for i in range(a.repeats):
@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
         loop["ours"].append(loop_samples_per_s(tmp / "home" / "logs" / "pathoclip" / f"bench{i}" / "b" / "tensorboard"))
     baseline_s, ours_s = statistics.median(times["baseline"]), statistics.median(times["ours"])
     result = {
-        "benchmark": "clip_throughput", "model": cfg.model, "pairs": len(dataset), "epochs": a.epochs,
+        "benchmark": "clip_throughput", "model": cfg.model, "pairs": n_pairs, "epochs": a.epochs,
         "batch": a.batch, "samples_trained": samples, "repeats": a.repeats,
         "baseline_seconds": [round(t, 2) for t in times["baseline"]], "ours_seconds": [round(t, 2) for t in times["ours"]],
         "baseline_samples_per_s": round(samples / baseline_s, 2), "ours_samples_per_s": round(samples / ours_s, 2),

@@ -12,21 +12,24 @@ import json
 import tarfile
 from pathlib import Path
 
-import datasets
-
 from corpora.records import NORMALIZERS, DataError, RecordError, canonical_kind
 from corpora.sources import fingerprint, iter_raw
 
-STRING = datasets.Value("string")
-STRINGS = datasets.List(STRING)
-FEATURES = {
-    "pairs": datasets.Features({"id": STRING, "images": STRINGS, "caption": STRING, "label": STRING}),
-    "sft": datasets.Features({"id": STRING, "images": STRINGS,
-                              "messages": datasets.List({"role": STRING, "content": STRING})}),
-    "qa": datasets.Features({"id": STRING, "images": STRINGS, "question": STRING, "options": STRINGS,
-                             "answer": STRING, "kind": STRING, "solution": STRING, "subset": STRING,
-                             "reasoning": STRING}),
-}
+
+
+def features(kind: str):
+    """The Arrow schema of `kind`. `datasets` is imported here, not at module level: readers that only
+    stream records (`iter_samples`, pathoclip's CSV) should not pay ~1 s of import for it."""
+    import datasets
+
+    string = datasets.Value("string")
+    strings = datasets.List(string)
+    return datasets.Features({
+        "pairs": {"id": string, "images": strings, "caption": string, "label": string},
+        "sft": {"id": string, "images": strings, "messages": datasets.List({"role": string, "content": string})},
+        "qa": {"id": string, "images": strings, "question": string, "options": strings, "answer": string,
+               "kind": string, "solution": string, "subset": string, "reasoning": string},
+    }[kind])
 
 
 def iter_samples(path, kind: str, template: str = "cot", root=None, skip=()):
@@ -60,6 +63,8 @@ def load(path, kind: str, *, streaming: bool = False, template: str = "cot", roo
 
     Relative image paths resolve against `root` (default: the data file's folder, or the nearest
     ancestor holding a `demo.json` / `.dataset-root` marker) and may not escape it."""
+    import datasets
+
     kind = canonical_kind(kind)
     path = Path(path).resolve()
     if not path.exists():
@@ -68,9 +73,9 @@ def load(path, kind: str, *, streaming: bool = False, template: str = "cot", roo
               "root": None if root is None else str(Path(root).resolve()), "data_fingerprint": fingerprint(path),
               "skip": sorted((str(f), int(n)) for f, n in skip)}
     if streaming:
-        return datasets.IterableDataset.from_generator(_generate, features=FEATURES[kind], gen_kwargs=kwargs)
+        return datasets.IterableDataset.from_generator(_generate, features=features(kind), gen_kwargs=kwargs)
     try:
-        return datasets.Dataset.from_generator(_generate, features=FEATURES[kind], gen_kwargs=kwargs)
+        return datasets.Dataset.from_generator(_generate, features=features(kind), gen_kwargs=kwargs)
     except datasets.exceptions.DatasetGenerationError as e:
         # datasets wraps whatever the generator raised; callers want our file:line message, not the wrapper
         if isinstance(e.__cause__, (DataError, FileNotFoundError, ValueError)):

@@ -1,4 +1,10 @@
-"""Corpus rows -> what open_clip_train reads: a tab-separated CSV or WebDataset shards (corpora's writer).
+"""Corpus -> what open_clip_train reads: a tab-separated CSV or WebDataset shards (corpora's writer).
+
+The corpus is read once per version: its validated pairs are streamed (``corpora.readers.iter_samples``, no
+Arrow dataset, so a run does not pay for importing ``datasets``) into ``cache/pathoclip/<fingerprint>/pairs.csv``.
+Every later run on the same corpus file (same size and mtime, ``corpora.sources.fingerprint``) reads that CSV
+instead of the corpus, and phase A's subset CSV is cut from it. Only paths and captions are cached: open_clip
+reads the images themselves at training time. WebDataset shards hold image bytes, so they are written per run.
 
 Files are written to a private temporary name and renamed into place, so several torchrun ranks preparing
 the same data, or a resumed run, never see a half-written file.
@@ -6,12 +12,15 @@ the same data, or a resumed run, never see a half-written file.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import random
 import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+
+CSV_ARGS = ["--dataset-type", "csv", "--csv-separator", "\t", "--csv-img-key", "filepath", "--csv-caption-key", "title"]
 
 
 def phase_rows(n: int, fraction: float, seed: int) -> dict[str, list[int]]:
@@ -38,24 +47,68 @@ def _atomic_path(final: Path):
             tmp.unlink()
 
 
-def prepare_data(dataset, rows: list[int], out: Path, fmt: str, shard_size: int) -> list[str]:
-    """open_clip_train arguments for these rows: a tab-separated CSV or WebDataset shards (one image per pair)."""
-    subset = dataset.select(rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        path = out.with_suffix(".csv")
-        if not path.is_file():
-            with _atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-                writer = csv.writer(f, delimiter="\t")
-                writer.writerow(["filepath", "title"])
-                writer.writerows((images[0], caption) for images, caption in zip(subset["images"], subset["caption"]))
-        return ["--train-data", str(path), "--dataset-type", "csv", "--csv-separator", "\t",
-                "--csv-img-key", "filepath", "--csv-caption-key", "title"]
-    from corpora.readers import write_webdataset
+def _write_csv(path: Path, rows) -> None:
+    with _atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["filepath", "title"])
+        writer.writerows(rows)
 
-    if not out.is_dir():
-        with _atomic_path(out) as tmp:
-            write_webdataset(subset, tmp, shard_size=shard_size)
-    shards = sorted(out.glob("*.tar"))
-    return ["--train-data", "::".join(map(str, shards)), "--dataset-type", "webdataset",
-            "--train-num-samples", str(len(rows))]
+
+def _read_csv(path: Path):
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t")
+        next(reader)
+        yield from reader
+
+
+class PreparedCorpus:
+    """One pairs corpus as open_clip_train input, cached by the corpus's fingerprint."""
+
+    def __init__(self, data, cache_root: Path):
+        from corpora.sources import fingerprint
+
+        self.data = Path(data).resolve()
+        if not self.data.exists():
+            raise FileNotFoundError(f"data not found: {self.data}")
+        self.folder = Path(cache_root) / fingerprint(self.data)
+        self.pairs_csv = self.folder / "pairs.csv"
+        self._n: int | None = None
+
+    def _samples(self):
+        from corpora.readers import iter_samples  # validates every record, DataError naming file:line
+
+        return iter_samples(self.data, "pairs")
+
+    def __len__(self) -> int:
+        if self._n is None:
+            if not self.pairs_csv.is_file():  # first run on this corpus version: read and validate it once
+                self.folder.mkdir(parents=True, exist_ok=True)
+                _write_csv(self.pairs_csv, ((s["images"][0], s["caption"]) for s in self._samples()))
+            self._n = sum(1 for _ in _read_csv(self.pairs_csv))
+        return self._n
+
+    def open_clip_args(self, phase: str, rows: list[int], fmt: str, shard_size: int, run_data: Path) -> list[str]:
+        """open_clip_train's data arguments for these rows (``rows`` index the corpus in file order)."""
+        if fmt == "csv":
+            return ["--train-data", str(self._subset_csv(rows)), *CSV_ARGS]
+        from corpora.readers import write_webdataset
+
+        out = run_data / phase
+        if not out.is_dir():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            wanted = set(rows)
+            with _atomic_path(out) as tmp:
+                write_webdataset((s for i, s in enumerate(self._samples()) if i in wanted), tmp, shard_size=shard_size)
+        shards = sorted(out.glob("*.tar"))
+        return ["--train-data", "::".join(map(str, shards)), "--dataset-type", "webdataset",
+                "--train-num-samples", str(len(rows))]
+
+    def _subset_csv(self, rows: list[int]) -> Path:
+        n = len(self)
+        if rows == list(range(n)):
+            return self.pairs_csv
+        path = self.folder / f"subset-{hashlib.sha1(repr(rows).encode()).hexdigest()[:16]}.csv"
+        if not path.is_file():
+            wanted = set(rows)
+            _write_csv(path, (row for i, row in enumerate(_read_csv(self.pairs_csv)) if i in wanted))
+        return path

@@ -10,8 +10,9 @@ this module only prepares the data, builds its argv and exports what it saved.
     torchrun --nproc_per_node 8 -m pathoclip.train --config pathoclip/configs/vit_l14.yaml
 
 Layout under ``$PATHOR1_HOME``: ``logs/pathoclip/<run>/{a,b}/`` (open_clip_train's log, ``tensorboard/``,
-``checkpoints/epoch_N.pt``), ``logs/pathoclip/<run>/data/`` (the prepared CSV or shards) and the registry
-entries ``pathoclip/<run>/step-N``.
+``checkpoints/epoch_N.pt``), ``cache/pathoclip/<corpus fingerprint>/`` (the corpus as open_clip's CSV, shared
+by every run on that corpus version: pathoclip.data), ``logs/pathoclip/<run>/data/`` (WebDataset shards) and the
+registry entries ``pathoclip/<run>/step-N``.
 """
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ from pathlib import Path
 from typing import Literal
 
 from stages.config import load_config_or_exit, to_dict
-from stages.registry import Registry, RegistryError, home, logs_dir
+from stages.registry import Registry, RegistryError, cache_dir, home, logs_dir
 
-from pathoclip.data import phase_rows, prepare_data
+from pathoclip.data import PreparedCorpus, phase_rows
 from pathoclip.export import WEIGHTS_FILE, export_checkpoint, load_exported
-from pathoclip.launch import (is_main_process, loss_curve, restore_logging, run_open_clip_train,
-                             set_aside_incomplete_checkpoints)
+from pathoclip.launch import (import_open_clip_train, is_main_process, loss_curve, restore_logging,
+                             run_open_clip_train, set_aside_incomplete_checkpoints)
 
 STAGE = "pathoclip"
 # Our copies of open_clip's architectures: open_clip finds a pretrained TAG by architecture name.
@@ -153,13 +154,13 @@ def evaluate_zero_shot(cfg: CLIPTrainConfig, folder: Path) -> dict:
     return {"zeroshot_accuracy": result["accuracy"], "zeroshot_chance": result["chance"]}
 
 
-def train_phase(cfg, registry, dataset, phase, rows, *, logs, model, pretrained, parent, step_offset):
+def train_phase(cfg, registry, corpus, phase, rows, *, logs, model, pretrained, parent, step_offset):
     """One open_clip_train run on ``rows``, exported as a registry entry. Returns the entry's manifest."""
     epochs = cfg.epochs_a if phase == "a" else cfg.epochs_b
     if cfg.resume == "never" and (logs / phase).exists():
         raise RuntimeError(f"{logs / phase} already exists: pass resume=auto to continue run {cfg.run!r} "
                            f"or choose another run=NAME")
-    data_args = prepare_data(dataset, rows, logs / "data" / phase, cfg.data_format, cfg.shard_size)
+    data_args = corpus.open_clip_args(phase, rows, cfg.data_format, cfg.shard_size, logs / "data")
     set_aside_incomplete_checkpoints(logs / phase / "checkpoints")
     run_open_clip_train(open_clip_argv(cfg, logs, phase, data_args, epochs, model, pretrained))
     checkpoint = logs / phase / "checkpoints" / f"epoch_{epochs}.pt"
@@ -187,17 +188,15 @@ def train(cfg: CLIPTrainConfig) -> Path | None:
 
 
 def _train(cfg: CLIPTrainConfig) -> Path | None:
-    from corpora.readers import load_pairs
-
     cfg = resolve_corpus(cfg)
     registry, logs = Registry(), logs_dir(STAGE, cfg.run)
-    dataset = load_pairs(cfg.data)
+    corpus = PreparedCorpus(cfg.data, cache_dir(STAGE))
     model, pretrained = _pretrained(cfg)
     parent, step = None, 0
-    for phase, rows in phase_rows(len(dataset), cfg.subset_fraction, cfg.seed).items():
+    for phase, rows in phase_rows(len(corpus), cfg.subset_fraction, cfg.seed).items():
         entry = _finished_phase(registry, cfg.run, phase) if cfg.resume == "auto" else None
         if entry is None:
-            entry = train_phase(cfg, registry, dataset, phase, rows, logs=logs, model=model, pretrained=pretrained,
+            entry = train_phase(cfg, registry, corpus, phase, rows, logs=logs, model=model, pretrained=pretrained,
                                 parent=parent, step_offset=step)
             print(f"pathoclip phase {phase}: {entry['metrics']} -> {entry['path']}")
         else:
@@ -209,6 +208,7 @@ def _train(cfg: CLIPTrainConfig) -> Path | None:
 
 def main(argv=None) -> int:
     cfg = load_config_or_exit(CLIPTrainConfig, argv, prog="python -m pathoclip.train")
+    import_open_clip_train()  # after the config is known good: a bad field fails in a second, not after imports
     print(train(cfg))
     return 0
 
