@@ -8,7 +8,7 @@ plain `-m` entry point cannot be told about a model config outside open_clip's o
 Runs alternate (baseline, ours, baseline, ...) to spread machine noise. Last line: one JSON object;
 "speedup" = baseline seconds / our seconds (median over repeats).
 
-    python benchmarks/clip_throughput.py --n-train 256 --epochs 2 --repeats 2
+    python benchmarks/clip_throughput.py --n-train 256 --epochs 2 --repeats 3
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def parse(argv=None):
     p.add_argument("--n-train", type=int, default=256, help="demo training pairs")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=2, help="runs of each side (alternating)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs of each side (alternating); a median of 3 resists one noisy run")
     return p.parse_args(argv)
 
 

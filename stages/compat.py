@@ -96,6 +96,22 @@ def offline_hub() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+def exit_process(code: int | None) -> None:
+    """End a CLI process (``if __name__ == "__main__"`` only, after every result is written and closed).
+
+    At exit CPython runs full cyclic collections over every object still alive: with torch, torchvision,
+    transformers and open_clip loaded that is ~1 M objects, measured at 1.2-1.4 s per process on the 2-core
+    machine (``import open_clip_train.main`` then exit: 6.0 s; the same with ``gc.freeze()`` first: 4.8 s), spent
+    finding garbage the OS reclaims anyway. ``gc.freeze()`` moves that heap where the collector does not look.
+    atexit handlers (logging.shutdown, TensorBoard writers, torch.distributed), stdout/stderr flushing and module
+    teardown still run; only objects in reference cycles lose their finalizers, so nothing may still hold
+    unwritten data -- which is why this is called after ``main()`` returned, never from library code or tests."""
+    import gc
+
+    gc.freeze()
+    sys.exit(code)
+
+
 def version_in_range(package: str, supported: tuple[str, str], version: str | None = None) -> bool:
     """Whether ``package``'s installed (or given) release lies in ``supported`` = (lowest, highest), both
     inclusive, compared by major.minor: the range a patch of that library's internals was checked against."""

@@ -46,7 +46,7 @@ def test_the_carried_wheels_are_all_the_stages_need_on_the_gpu_machine(tmp_path)
     # the simulated machine really lacks them: TRL and datasets do not import
     out = subprocess.run([str(bare), "-c", probe, "trl"], capture_output=True, text=True, env=box_env(), timeout=120)
     assert "No module named 'trl'" in out.stderr
-    out = subprocess.run([str(bare), "-c", probe, "corpora.readers"], capture_output=True, text=True, env=box_env(),
+    out = subprocess.run([str(bare), "-c", probe, "datasets"], capture_output=True, text=True, env=box_env(),
                          timeout=120)
     assert "No module named 'datasets'" in out.stderr
     # with the carried distributions alone (no dependencies of theirs), everything the check uses imports
