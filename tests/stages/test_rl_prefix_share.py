@@ -111,11 +111,14 @@ def assert_shared(trainer, before):
     assert trainer.prefix_stats.shared_forwards > before, "the shared forward did not run"
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "dapo", "dr_grpo"])
+@pytest.mark.parametrize("algorithm", ["grpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo"])
 @pytest.mark.parametrize("setup", ["trainable_tower", "frozen_tower", "lora"])
 def test_shared_forward_matches_trl(folder, dataset, tmp_path, algorithm, setup):
     train = {"trainable_tower": "all", "frozen_tower": "projector_llm", "lora": "llm"}[setup]
     t = make_trainer(folder, dataset, tmp_path, algorithm, train=train, lora=setup == "lora")
+    # every preset reaches TRL's loss as defined: GSPO's sequence-level ratio, CISPO's and SAPO's own losses
+    assert t.importance_sampling_level == ("sequence" if algorithm == "gspo" else "token")
+    assert t.loss_type == {"gspo": "grpo", "cispo": "cispo", "sapo": "sapo"}.get(algorithm, t.loss_type)
     batch = trl_batch(t)
     assert len(set(batch["prompt_mask"].sum(1).tolist())) == len(PROMPTS)  # left padding differs per prompt
     assert max(batch["num_images"]) == 2
