@@ -98,6 +98,33 @@ def _seeded_epochs():
 
 
 @contextmanager
+def _ddp_on_cpu(argv: list[str]):
+    """open_clip_train wraps the model as ``DistributedDataParallel(model, device_ids=[device])``, which torch
+    refuses for a CPU module ("device_ids ... only work with ... GPU modules"), so ``torchrun -m pathoclip.train``
+    failed on CPU (gloo) while the same call is right on CUDA. For a CPU run only, DDP is swapped for a subclass
+    that drops ``device_ids`` (what torch wants for CPU modules); a subclass, so every ``isinstance`` check
+    still holds. The open_clip_train release is checked by ``_seeded_epochs`` (same private surface)."""
+    import torch.distributed as dist
+    from torch.nn import parallel
+
+    on_cpu = argv[argv.index("--device") + 1] == "cpu" if "--device" in argv else False
+    if not (on_cpu and dist.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        yield
+        return
+    ddp = parallel.DistributedDataParallel
+
+    class CPUDistributedDataParallel(ddp):
+        def __init__(self, module, device_ids=None, *args, **kwargs):
+            super().__init__(module, None, *args, **kwargs)
+
+    parallel.DistributedDataParallel = CPUDistributedDataParallel
+    try:
+        yield
+    finally:
+        parallel.DistributedDataParallel = ddp
+
+
+@contextmanager
 def _frozen_heap():
     """What exists before training starts -- torch, open_clip and everything else imported, the corpus: ~500k
     objects -- lives until the end. Measured on the demo (2 epochs): Python's cyclic GC spent ~2.4 s re-scanning
@@ -132,7 +159,7 @@ def run_open_clip_train(argv: list[str]) -> None:
     from open_clip_train.main import main
 
     register_model_configs()
-    with restore_logging(), _reuse_process_group(), _seeded_epochs(), _frozen_heap():
+    with restore_logging(), _reuse_process_group(), _seeded_epochs(), _ddp_on_cpu(argv), _frozen_heap():
         status = main(argv)
     if status == -1:  # its only failure signal is a printed message and -1
         raise RuntimeError(f"open_clip_train refused to start (see the message above); argv: {argv}")

@@ -163,13 +163,13 @@ def train_phase(cfg, registry, corpus, phase, rows, *, logs, model, pretrained, 
     data_args = corpus.open_clip_args(phase, rows, cfg.data_format, cfg.shard_size, logs / "data")
     set_aside_incomplete_checkpoints(logs / phase / "checkpoints")
     run_open_clip_train(open_clip_argv(cfg, logs, phase, data_args, epochs, model, pretrained))
+    if not is_main_process():  # rank 0 alone saves and exports; the others wait for its entry to start the next phase
+        return _wait_for_phase(registry, cfg.run, phase)
     checkpoint = logs / phase / "checkpoints" / f"epoch_{epochs}.pt"
     if not checkpoint.is_file():
         raise RuntimeError(f"open_clip_train finished without writing {checkpoint}")
     curve = loss_curve(logs / phase / "tensorboard")
     steps = curve[-1][0] + 1 if curve else 0
-    if not is_main_process():  # rank 0 alone exports; the others wait for its entry to start the next phase
-        return _wait_for_phase(registry, cfg.run, phase)
     corpus_file = cfg.data if Path(cfg.data).is_file() else None  # fingerprint the index, not every image
     with registry.writer(STAGE, cfg.run, step_offset + steps, parent=parent, config=to_dict(cfg),
                          data=corpus_file, kind="open_clip") as writer:
