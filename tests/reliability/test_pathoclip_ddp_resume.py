@@ -1,7 +1,5 @@
 """A 2-rank PathoCLIP run (``torchrun``, gloo on CPU) killed between checkpoints of phase B, then rerun: it resumes
 from the newest checkpoint and ends with the weights of an uninterrupted 2-rank run."""
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from stages.registry import Registry
-from tests.reliability.children import REPO, child_env, launch_argv, run_child
+from tests.reliability.children import REPO, child_env, kill_tree, launch_argv, run_child
 
 pytestmark = pytest.mark.slow
 
@@ -24,19 +22,17 @@ def test_two_rank_pathoclip_killed_mid_phase_resumes_to_the_uninterrupted_weight
 
     args = [f"data={demo.pairs}", *ARGS]
     log = tmp_path / "killed.log"
-    with open(log, "w") as out:  # own session: the kill takes torchrun and both ranks
+    with open(log, "w") as out:
         child = subprocess.Popen(launch_argv("pathoclip.train", [*args, "run=crash"], ranks=2), cwd=REPO,
-                                 env=child_env(epoch_delay=120), stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+                                 env=child_env(epoch_delay=120), stdout=out, stderr=subprocess.STDOUT)
     phase_b = Registry().root / "logs" / "pathoclip" / "crash" / "b"
     deadline = time.monotonic() + 300
     while not (phase_b / ".probe-epoch-1").exists():  # phase A published, phase B saved epoch_1.pt
         if child.poll() is not None or time.monotonic() > deadline:
-            os.killpg(child.pid, signal.SIGKILL)
+            kill_tree(child)
             pytest.fail(f"2-rank pathoclip never reached phase B epoch 2:\n{log.read_text()[-4000:]}")
         time.sleep(0.05)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait(timeout=30)
+    kill_tree(child)  # torchrun and both ranks (its workers run in their own sessions)
     assert [e["extra"]["phase"] for e in Registry().entries("pathoclip")] == ["a"]
     assert (phase_b / "checkpoints" / "epoch_1.pt").is_file() and not (phase_b / "checkpoints" / "epoch_2.pt").exists()
 
