@@ -64,6 +64,40 @@ class ImageFeatureCentering(TrainerCallback):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(total)  # every rank folds the same vector, so replicas stay equal
             torch.distributed.all_reduce(count)
-        with torch.no_grad():  # a fraction per step: one batch's mean can be class-specific (length grouping)
-            self.layer.bias.sub_((FOLD_RATE * total / count).to(self.layer.bias.dtype))
+        # a fraction per step: one batch's mean can be class-specific (length grouping)
+        fold_into_bias(self.layer.bias, FOLD_RATE * total / count)
         self.total, self.count = None, 0
+
+
+def fold_into_bias(bias: torch.nn.Parameter, delta: torch.Tensor) -> None:
+    """``bias -= delta`` on every rank (``delta`` is the same full vector everywhere), under whichever engine holds
+    the parameter, so that the saved weights and the optimizer's master copy both carry the fold:
+
+    * DDP / one process: the parameter is the whole tensor and is what the optimizer updates;
+    * FSDP2: the parameter is a sharded DTensor: subtract ``delta`` distributed with the same placements;
+    * DeepSpeed ZeRO-1/2/3: the optimizer owns an fp32 master copy that overwrites the model's parameter at
+      every step, so the fold goes into it through DeepSpeed's public ``safe_get/set_full_fp32_param``, and
+      into the model's (ZeRO-3: partitioned, gathered for the edit) parameter, so that a checkpoint written
+      before the next step already holds it. Without this ZeRO-3 failed (a 0-element local shard) and
+      ZeRO-1/2 would have dropped every fold at the next step.
+    """
+    with torch.no_grad():
+        if hasattr(bias, "ds_id") or hasattr(bias, "_hp_mapping"):  # a DeepSpeed-managed parameter
+            from deepspeed import zero
+            from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+            master = safe_get_full_fp32_param(bias)  # collective under ZeRO-3: every rank calls it
+            if master is not None:
+                safe_set_full_fp32_param(bias, master - delta.to(master.device, master.dtype).view_as(master))
+            if hasattr(bias, "ds_id"):  # ZeRO-3: gather, edit on every rank, re-partition rank 0's copy
+                with zero.GatheredParameters([bias], modifier_rank=0):
+                    bias.data.sub_(delta.to(bias.device, bias.dtype))
+            else:
+                bias.data.sub_(delta.to(bias.device, bias.dtype))
+            return
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        if isinstance(bias, DTensor):  # FSDP2
+            bias.sub_(distribute_tensor(delta.to(bias.dtype), bias.device_mesh, bias.placements))
+            return
+        bias.sub_(delta.to(bias.dtype))

@@ -1,7 +1,8 @@
 """``accelerate launch`` with the 2-process CPU config runs ``python -m recipes.patho_r1`` (demo size reduced) end to
-end, one 2-rank job per stage; killed mid-SFT and rerun, it resumes SFT without redoing pretraining.
+end, one 2-rank job per stage; killed mid-SFT and rerun, it resumes SFT without redoing pretraining. The same
+driver under torchrun, and under accelerate with the ZeRO-3 and FSDP2 configs, starts every stage that way.
 
-Slow tier: three stage jobs under accelerate, twice (~5 min on 2 cores)."""
+Slow tier: three stage jobs under accelerate, twice (~5 min on 2 cores), then ~40 s per launcher."""
 import json
 import os
 import subprocess
@@ -83,3 +84,42 @@ def test_patho_r1_under_accelerate_resumes_sft_after_a_kill_without_redoing_pret
     assert metrics["launcher"] == {"kind": "accelerate", "processes": 2}
     chain = [e.get("ref") for e in registry.lineage(metrics["checkpoints"]["rl"])]
     assert chain[:3] == ["rl/patho_r1/step-00000001", sft_after[-1]["ref"], pretrain_before[0]["ref"]]
+
+
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+ZERO3, FSDP2 = CONFIG.parent / "cpu_zero3.yaml", CONFIG.parent / "cpu_fsdp2.yaml"
+LAUNCHERS = {  # driver launcher -> (its argv before -m, what each stage's command holds, the engine, launcher kind)
+    "torchrun": ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+                 "-m torch.distributed.run --standalone --nproc_per_node=2 -m recipes.", "ddp", "torchrun"),
+    "zero3": ([*ACCELERATE, str(ZERO3)], f"--config_file {ZERO3} --num_processes 2", "deepspeed-zero3", "accelerate"),
+    "fsdp2": ([*ACCELERATE, str(FSDP2)], f"--config_file {FSDP2} --num_processes 2", "fsdp2", "accelerate"),
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_patho_r1_stages_run_under_the_drivers_launcher_and_engine(launcher, tmp_path):
+    """The demo recipe (its pretrain and SFT centre the image features, which edits the projector bias) started
+    by torchrun, or by accelerate with the ZeRO-3 / FSDP2 config: rank 0 starts each stage under the same launcher
+    and config with the same world size, and every published entry records that engine on 2 ranks."""
+    from recipes.launch import free_port
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    runner, stage_command, engine, kind = LAUNCHERS[launcher]
+    if kind == "accelerate":
+        runner = [*runner, "--main_process_port", str(free_port())]
+    args = [a if not a.startswith("sft.max_steps=") else "sft.max_steps=4" for a in ARGS]
+    done = subprocess.run([*runner, "-m", "recipes.patho_r1", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-6000:]
+    assert "rank 0 drives the stages; this rank has nothing to do" in log
+    registry = Registry()
+    for stage in ("pretrain", "sft", "rl"):
+        assert stage_command in log.split(f"== {stage}: ")[1].splitlines()[0]
+        entries = registry.entries(stage)
+        expected = {"engine": engine, "world_size": 2, "mixed_precision": "no"}
+        assert entries and all(e["extra"]["training"] == expected for e in entries)
+    metrics = json.loads((registry.root / "reports" / "patho_r1" / "patho_r1" / "metrics.json").read_text())
+    assert metrics["launcher"] == {"kind": kind, "processes": 2}

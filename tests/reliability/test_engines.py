@@ -88,3 +88,24 @@ def test_lora_under_zero3_publishes_merged_weights(demo, tiny, tmp_path):
     assert {p.name for p in (entry / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
     assert Registry().manifest(entry)["extra"]["lora"] is True
     assert not Path(entry / "adapter_config.json").exists()  # the top level is a plain full-weights folder
+
+
+@pytest.mark.slow
+def test_image_feature_centering_folds_into_the_saved_bias_under_every_engine(demo, tiny, tmp_path):
+    """The demo's `center_image_features` folds a share of each step's projector-output mean into the projector
+    bias. Under ZeRO the optimizer's fp32 master copy overwrites the model's parameter each step, and under ZeRO-3 /
+    FSDP2 the bias is sharded: the published bias must carry the same folds as under DDP. A vanishing learning
+    rate leaves the fold as the only change to the weights."""
+    module, args, steps = sft_job(demo, tiny, steps=3)
+    args = [a for a in args if not a.startswith("lr=")] + ["lr=1e-30", "center_image_features=true"]
+    bias = "model.visual.merger.mlp.2.bias"
+    initial = plain_weights(tiny)
+    published = {}
+    for engine in ENGINES:
+        launch(engine, module, [*args, f"run=centre-{engine}"])
+        published[engine] = plain_weights(Registry().latest("sft", f"centre-{engine}"))
+    reference = published["ddp"]
+    changed = {k for k in initial if (initial[k] - reference[k]).abs().max() > 1e-6}
+    assert changed == {bias}  # the folds, and nothing else (a zero bias moves by ~lr, not by more)
+    for engine, weights in published.items():
+        assert_same_weights(weights, reference, atol=1e-5)
