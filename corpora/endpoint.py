@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from corpora.files import write_text_atomic
+
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 MAX_BACKOFF_S = 30.0
@@ -152,9 +154,7 @@ class ChatEndpoint:
         if f is None:
             return
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f"{f.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"model": self.model, "choices": choices}))
-        os.replace(tmp, f)  # atomic: a reader never sees half an entry
+        write_text_atomic(f, json.dumps({"model": self.model, "choices": choices}))  # never half an entry
 
     # -- requests
     def _headers(self) -> dict:

@@ -1,5 +1,7 @@
-"""Building a cached folder atomically: the one way every "build once under $PATHOR1_HOME" helper writes
-(the demo corpus here, the tiny base models in stages.model)."""
+"""Writing files and folders atomically: a reader (another rank, a rerun, a crash survivor) sees the old
+version or the new one, never half of one. ``write_text_atomic`` for single files (registry manifests and
+pointers, reports, caches), ``build_folder_once`` for every "build once under $PATHOR1_HOME" folder (the demo
+corpus here, the tiny base models in stages.model)."""
 from __future__ import annotations
 
 import os
@@ -29,3 +31,22 @@ def build_folder_once(final: Path, build, marker: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def write_text_atomic(path, text: str, *, durable: bool = False) -> Path:
+    """Write ``text`` to a private temporary file beside ``path``, then rename it over ``path`` (atomic on one
+    file system; safe with several processes or threads writing the same file). ``durable`` also fsyncs before
+    the rename, so the new content survives a power cut (the registry's manifests and pointers)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

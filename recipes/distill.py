@@ -20,10 +20,11 @@ import argparse
 import difflib
 import json
 import logging
-import os
 import re
 import sys
 from pathlib import Path
+
+from corpora.files import write_text_atomic
 
 log = logging.getLogger("recipes.distill")
 
@@ -163,9 +164,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _relative_images(images: list[str], out: Path) -> list[str]:

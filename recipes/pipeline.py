@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from corpora.demo import DEMO_IMAGE_SIZE, DEMO_N_EVAL, DEMO_N_TRAIN, demo_corpus
+from corpora.files import write_text_atomic
 from corpora.validate import validate
 from stages.config import to_dict
 from stages.registry import home
@@ -127,10 +127,7 @@ class Timer:
 def write_metrics(out_dir: Path, metrics: dict, cfg) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
-    tmp = out_dir / f".metrics.json.{os.getpid()}"
-    tmp.write_text(json.dumps(metrics, indent=2, default=str))
-    os.replace(tmp, out_dir / "metrics.json")  # a reader never sees half a file
-    return out_dir / "metrics.json"
+    return write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=str))
 
 
 def subset_file(src: Path, name: str, *, keep=lambda row: True, limit: int | None = None) -> Path:
@@ -148,7 +145,4 @@ def subset_file(src: Path, name: str, *, keep=lambda row: True, limit: int | Non
                     break
     if not rows:
         raise ValueError(f"{src}: no rows left for {name}")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}")
-    tmp.write_text("".join(rows), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(out, "".join(rows))

@@ -42,6 +42,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from corpora.files import write_text_atomic
 from stages.config import to_dict
 
 __all__ = [
@@ -207,15 +208,6 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -315,7 +307,8 @@ class CheckpointWriter:
     def _commit(self) -> None:
         _fsync_tree(self.path)
         # The manifest is what makes a folder a checkpoint, so it is written after everything else.
-        _atomic_write(self.path / MANIFEST, json.dumps(self.manifest(), indent=2, default=str) + "\n")
+        write_text_atomic(self.path / MANIFEST, json.dumps(self.manifest(), indent=2, default=str) + "\n",
+                          durable=True)
         _fsync_dir(self.path)
         with self.registry._lock():
             if self.final.exists():
@@ -358,8 +351,8 @@ class Registry:
         current = self._pointed(run_dir)
         if current is None or int(current.name[5:]) <= step:
             current = run_dir / step_dir(step)
-            _atomic_write(run_dir / POINTER, current.name + "\n")
-        _atomic_write(self.root / stage / POINTER, f"{run}/{current.name}\n")
+            write_text_atomic(run_dir / POINTER, current.name + "\n", durable=True)
+        write_text_atomic(self.root / stage / POINTER, f"{run}/{current.name}\n", durable=True)
 
     def _parent_record(self, parent) -> str | None:
         """How a manifest names its parent: a registry id when it is an entry, else an absolute folder path,
