@@ -16,7 +16,6 @@ from corpora.records import NORMALIZERS, DataError, RecordError, canonical_kind
 from corpora.sources import fingerprint, iter_raw
 
 
-
 def features(kind: str):
     """The Arrow schema of `kind`. `datasets` is imported here, not at module level: readers that only
     stream records (`iter_samples`, pathoclip's CSV) should not pay ~1 s of import for it."""

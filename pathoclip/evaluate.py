@@ -2,9 +2,10 @@
 
 The evaluation suite calls this CLI (it may not import pathoclip) and reads the JSON it writes.
 
-    python -m pathoclip.evaluate --model pathoclip:latest --zeroshot runs/demo_corpora/n400-e400-s112-seed0/eval/zeroshot \\
-        --prompts runs/demo_corpora/n400-e400-s112-seed0/eval/zeroshot_prompts.json --fewshot runs/demo_corpora/n400-e400-s112-seed0/eval/zeroshot \\
-        --retrieval runs/demo_corpora/n400-e400-s112-seed0/eval/retrieval.jsonl --out report.json
+    DEMO=runs/demo_corpora/n400-e400-s112-seed0
+    python -m pathoclip.evaluate --model pathoclip:latest --zeroshot $DEMO/eval/zeroshot \\
+        --prompts $DEMO/eval/zeroshot_prompts.json --fewshot $DEMO/eval/zeroshot \\
+        --retrieval $DEMO/eval/retrieval.jsonl --out report.json
 """
 from __future__ import annotations
 

@@ -104,11 +104,9 @@ def _ddp_on_cpu(argv: list[str]):
     failed on CPU (gloo) while the same call is right on CUDA. For a CPU run only, DDP is swapped for a subclass
     that drops ``device_ids`` (what torch wants for CPU modules); a subclass, so every ``isinstance`` check
     still holds. The open_clip_train release is checked by ``_seeded_epochs`` (same private surface)."""
-    import torch.distributed as dist
     from torch.nn import parallel
 
-    on_cpu = argv[argv.index("--device") + 1] == "cpu" if "--device" in argv else False
-    if not (on_cpu and dist.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1):
+    if "--device" not in argv or argv[argv.index("--device") + 1] != "cpu":  # open_clip_argv always passes it
         yield
         return
     ddp = parallel.DistributedDataParallel

@@ -10,7 +10,6 @@ stay near zero: the recipe runs end to end, but learning shows only from a check
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -16,7 +16,6 @@ same prompt template; the last line printed is the path of the run's metrics.jso
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 

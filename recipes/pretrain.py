@@ -8,8 +8,6 @@ The last printed line is the final registry checkpoint folder.
 """
 from __future__ import annotations
 
-import sys
-
 from stages.engine import cli_main
 from stages.pretrain import PretrainConfig, run
 

@@ -4,8 +4,6 @@ Prints the registry checkpoint folder as its last line. `python -m recipes.rl --
 """
 from __future__ import annotations
 
-import sys
-
 import stages  # noqa: F401  (torchvision fix before the heavy imports)
 from stages.config import load_config_or_exit
 from stages.preflight import preflight_or_exit

@@ -25,16 +25,20 @@ ARGS = ["demo.n_train=16", "demo.n_eval=8", "stages=[pretrain,sft,rl]", "evaluat
         "launch.timeout=400"]
 
 
-def driver(log: Path) -> subprocess.Popen:
+def driver_env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def driver(log: Path) -> subprocess.Popen:
     from recipes.launch import free_port
 
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
             "--main_process_port", str(free_port()), "-m", "recipes.patho_r1", *ARGS]
     with open(log, "w") as out:
-        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(argv, cwd=REPO, env=driver_env(), stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_for(predicate, proc, log, timeout):
@@ -103,14 +107,11 @@ def test_patho_r1_stages_run_under_the_drivers_launcher_and_engine(launcher, tmp
     and config with the same world size, and every published entry records that engine on 2 ranks."""
     from recipes.launch import free_port
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     runner, stage_command, engine, kind = LAUNCHERS[launcher]
     if kind == "accelerate":
         runner = [*runner, "--main_process_port", str(free_port())]
     args = [a if not a.startswith("sft.max_steps=") else "sft.max_steps=4" for a in ARGS]
-    done = subprocess.run([*runner, "-m", "recipes.patho_r1", *args], cwd=REPO, env=env, capture_output=True,
+    done = subprocess.run([*runner, "-m", "recipes.patho_r1", *args], cwd=REPO, env=driver_env(), capture_output=True,
                           text=True, timeout=900)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-6000:]
