@@ -104,9 +104,9 @@ def exit_process(code: int | None) -> None:
     transformers and open_clip loaded that is ~1 M objects, measured at 1.2-1.4 s per process on the 2-core
     machine (``import open_clip_train.main`` then exit: 6.0 s; the same with ``gc.freeze()`` first: 4.8 s), spent
     finding garbage the OS reclaims anyway. ``gc.freeze()`` moves that heap where the collector does not look.
-    atexit handlers (logging.shutdown, TensorBoard writers, torch.distributed), stdout/stderr flushing and module
-    teardown still run; only objects in reference cycles lose their finalizers, so nothing may still hold
-    unwritten data -- which is why this is called after ``main()`` returned, never from library code or tests.
+    atexit handlers (logging.shutdown, TensorBoard writers), stdout/stderr flushing and module teardown still
+    run; only objects in reference cycles lose their finalizers, so nothing may still hold unwritten data --
+    which is why this is called after ``main()`` returned, never from library code or tests.
 
     A rank in a process group ends it first (``release_process_group``): torch documents destroying the group as
     the shutdown every trainer process owes, and accelerate, TRL and open_clip_train leave it undone.
