@@ -93,6 +93,16 @@ DEFAULT_WEIGHTS = {"format": 0.1, "accuracy": 0.9, "consistency": 0.5, "length_a
                    "judge": 0.9, "grounding": 0.1}
 
 
+# Rewards that say whether the answer is right (DAPO and verl's filter_groups gate on this, not on the sum: with a
+# format or a continuous grounding / judge reward added almost no group has equal totals, and nothing is dropped).
+OUTCOME_REWARDS = ("accuracy", "length_aware_accuracy")
+
+
+def outcome_reward(rewards: list[str]) -> str:
+    """The default dynamic-sampling metric: the first outcome reward among `rewards`, else total."""
+    return next((name for name in OUTCOME_REWARDS if name in rewards), "total")
+
+
 def _f(default, help, **kw):
     return field(default=default, metadata={"help": help}, **kw)
 
@@ -146,6 +156,9 @@ class RLConfig:
     mask_truncated_completions: bool | None = _f(None, "Exclude completions cut at L_max from the loss.")
     dynamic_sampling: bool | None = _f(None, "Drop groups with equal rewards and refill the batch (DAPO).")
     max_num_gen_batches: int = _f(4, "Dynamic sampling: at most this many generation rounds per step.")
+    dynamic_sampling_metric: str | None = _f(
+        None, "Dynamic sampling: the reward whose spread makes a group informative -- one of `rewards`, or total (the "
+              "weighted sum). None = the outcome: accuracy, else length_aware_accuracy, else total.")
     # -- rewards
     rewards: list[str] | None = _f(
         None, "Reward names: format, accuracy, consistency, length_aware_accuracy, soft_overlong, judge, grounding, "
@@ -213,6 +226,9 @@ class RLConfig:
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for {len(r)} rewards {r}")
         if "judge" in r and not self.judge.url:
             raise ValueError("rewards include judge but judge.url is empty: set judge.url=http://HOST:PORT judge.model=NAME")
+        metric = self.dynamic_sampling_metric
+        if metric is not None and metric != "total" and metric not in r:
+            raise ValueError(f"dynamic_sampling_metric must be total or one of the rewards {r}, got {metric!r}")
         cache = self.overlong_cache
         if cache is not None and not 0 <= cache <= self.max_completion_length:
             raise ValueError(f"overlong_cache must be in [0, max_completion_length={self.max_completion_length}], got {cache}")
@@ -236,7 +252,14 @@ class RLConfig:
             out.length_max = out.max_completion_length
         if out.micro_batch is None:
             out.micro_batch = out.batch * out.num_generations
+        if out.dynamic_sampling_metric is None:
+            out.dynamic_sampling_metric = outcome_reward(out.rewards)
         return out
+
+    def gating_reward_index(self) -> int | None:
+        """Index into the rewards of the one that gates dynamic sampling; None = the weighted total."""
+        metric = self.dynamic_sampling_metric or outcome_reward(self.resolved_rewards())
+        return None if metric == "total" else self.resolved_rewards().index(metric)
 
     def accumulation(self) -> int:
         """Micro-batches per optimizer step on each device: grad_accum x (batch x G / micro_batch)."""

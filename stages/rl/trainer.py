@@ -33,9 +33,11 @@ logger = logging.getLogger(__name__)
 
 class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
     def __init__(self, *args, dynamic_sampling: bool = False, max_num_gen_batches: int = 4,
-                 share_vision: bool = True, share_prefix: bool = True, tensorboard_samples: int = 0, **kwargs):
+                 gating_reward: int | None = None, share_vision: bool = True, share_prefix: bool = True,
+                 tensorboard_samples: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
+        self.gating_reward = gating_reward  # index of the reward that decides informativeness; None = weighted total
         self.share_vision = share_vision
         self.max_num_gen_batches = max_num_gen_batches
         self.tensorboard_samples = tensorboard_samples
@@ -96,6 +98,13 @@ class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
         rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
         return rewards
 
+    def _gating_rewards(self) -> torch.Tensor:
+        """The per-completion values whose spread within a group makes it informative: one reward function's
+        (the outcome, by default: `RLConfig.dynamic_sampling_metric`) or the weighted total."""
+        if self.gating_reward is None:
+            return self._weighted_rewards()
+        return self._last_rewards_per_func[:, self.gating_reward]
+
     def _refill(self, local_rows: int, key: tuple[int, ...]) -> list[dict]:
         """Fresh dataset rows for one refill round: different prompts on every rank, reproducible from `key`."""
         indices = refill_prompt_indices(len(self.train_dataset), local_rows, self.num_generations,
@@ -119,7 +128,7 @@ class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
 
         def generate(round_index: int):
             batch = inputs if round_index == 0 else self._refill(len(inputs), (*key, round_index))
-            out, rewards = base(batch), self._weighted_rewards()
+            out, rewards = base(batch), self._gating_rewards()
             self.last_rounds.append(([row.get("id") for row in batch], rewards.detach().cpu()))
             return out, rewards
 

@@ -229,6 +229,7 @@ def run(cfg: RLConfig) -> Path:
         callbacks=[StopAfter(cfg.stop_after)] if cfg.stop_after else None,
         dynamic_sampling=cfg.dynamic_sampling,
         max_num_gen_batches=cfg.max_num_gen_batches,
+        gating_reward=cfg.gating_reward_index(),
         share_vision=cfg.share_vision,
         share_prefix=cfg.share_prefix,
         tensorboard_samples=cfg.log_completions,

@@ -3,7 +3,9 @@
 The reward (``tests.reliability.launch:refill_forcing_reward``) scores the first round of every step alike, so
 every step refills; it scores every round of step index 1 alike, so that step has no informative group on any
 rank; and every round of step index 2 alike on rank 1 only, so there one rank trains and the other finds
-nothing. Two accumulation steps per optimizer step (TRL then splits each generation batch in two).
+nothing. Two accumulation steps per optimizer step (TRL then splits each generation batch in two). A second,
+continuous reward (token parity) differs inside almost every group; ``dynamic_sampling_metric`` names the first, so
+groups are judged on it alone (on the weighted total the first round would be informative and step 1 would train).
 Checked from the ``PATHOR1_PROBE_DYNAMIC`` lines of both ranks: the run ends (no collective hangs, under a
 timeout); both ranks ran the same number of rounds in every step; every kept group is informative; refill
 prompts differ between the ranks; the empty step is skipped on both ranks (their weights do not move through
@@ -42,7 +44,8 @@ def test_dynamic_sampling_two_ranks(demo, tiny, tmp_path, monkeypatch):
     args = [f"data={demo.root}", f"init={tiny}", "algorithm=dapo", f"steps={STEPS}", "save_every=1",
             f"num_generations={G}", "batch=1", "grad_accum=2", "max_completion_length=6", "lr=1e-3", "log_completions=0",
             "max_num_gen_batches=3", "mask_truncated_completions=false",
-            "rewards=['tests.reliability.launch:refill_forcing_reward']", "reward_weights=[1.0]"]
+            "rewards=['tests.reliability.launch:refill_forcing_reward','tests.reliability.launch:token_parity_reward']",
+            "reward_weights=[1.0,1.0]", "dynamic_sampling_metric=tests.reliability.launch:refill_forcing_reward"]
     run_child("recipes.rl", [*args, "run=ds"], ranks=RANKS, timeout=900, dynamic=tmp_path / "probe")
     steps = probe_lines(tmp_path / "probe")
     assert sorted(steps) == list(range(STEPS)) and all(sorted(s) == [0, 1] for s in steps.values())
@@ -53,7 +56,7 @@ def test_dynamic_sampling_two_ranks(demo, tiny, tmp_path, monkeypatch):
         assert len(rounds) == 1, f"step {step}: ranks ran {rounds} rounds"  # in step, or a collective would hang
         assert rounds.pop() >= 2  # the first round is never informative: every step refilled
         for rank, r in ranks.items():
-            for kept in r["kept"]:  # every kept group informative: its G rewards differ
+            for kept in r["kept"]:  # every kept group informative: its G rewards (of the metric) differ
                 rewards = r["rounds"][kept["round"]]["rewards"]
                 for start in range(0, len(kept["rows"]), G):
                     group = [rewards[i] for i in kept["rows"][start:start + G]]

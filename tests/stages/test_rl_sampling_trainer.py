@@ -1,6 +1,6 @@
 """Dynamic sampling inside PathoGRPOTrainer on one process (tiny Qwen2.5-VL, text prompts): the batch TRL gets.
 
-The reward hands out a scripted list per generation round, so which groups are informative is known. Multi-rank
+The rewards hand out a scripted list per generation round, so which groups are informative is known. Multi-rank
 behaviour is in tests/reliability/test_dynamic_sampling_ddp.py (slow) and, for the pure loop, test_rl_sampling.py.
 """
 import pytest
@@ -23,22 +23,30 @@ def tiny(tmp_path_factory):
     return load_model(ModelConfig(name_or_path=str(folder)))
 
 
-def make_trainer(tiny, tmp_path, rounds):
-    """A DAPO trainer whose reward returns `rounds[k]` (one list of G * BATCH rewards) on its k-th call."""
-    model, processor = tiny
-    cfg = RLConfig(algorithm="dapo", init="unused", num_generations=G, batch=BATCH, max_completion_length=4,
-                   steps=1, lr=1e-3, seed=SEED, rewards=["x:y"], reward_weights=[1.0],
-                   max_num_gen_batches=len(rounds), mask_truncated_completions=False).resolved()
-    data = Dataset.from_list([{"id": f"q{i}", "prompt": [{"role": "user", "content": f"question {i}"}]}
-                              for i in range(10)])
+def scripted(rounds):
     script = iter(rounds)
 
     def scripted_reward(completions, **kwargs):
         return list(next(script))
 
-    trainer = PathoGRPOTrainer(model=model, reward_funcs=[scripted_reward], args=grpo_args(cfg, tmp_path / "out"),
-                               train_dataset=data, processing_class=processor, dynamic_sampling=True,
-                               max_num_gen_batches=len(rounds))
+    return scripted_reward
+
+
+def make_trainer(tiny, tmp_path, rounds, *, names=("x:y",), metric=None):
+    """A DAPO trainer whose reward returns `rounds[k]` (one list of G * BATCH rewards) on its k-th call; with
+    several `names`, `rounds` holds one such script per reward and `metric` picks the gating one."""
+    model, processor = tiny
+    scripts = [rounds] if len(names) == 1 else rounds
+    cfg = RLConfig(algorithm="dapo", init="unused", num_generations=G, batch=BATCH, max_completion_length=4,
+                   steps=1, lr=1e-3, seed=SEED, rewards=list(names), reward_weights=[1.0] * len(names),
+                   max_num_gen_batches=len(scripts[0]), mask_truncated_completions=False,
+                   dynamic_sampling_metric=metric).resolved()
+    data = Dataset.from_list([{"id": f"q{i}", "prompt": [{"role": "user", "content": f"question {i}"}]}
+                              for i in range(10)])
+    trainer = PathoGRPOTrainer(model=model, reward_funcs=[scripted(r) for r in scripts],
+                               args=grpo_args(cfg, tmp_path / "out"), train_dataset=data, processing_class=processor,
+                               dynamic_sampling=True, max_num_gen_batches=len(scripts[0]),
+                               gating_reward=cfg.gating_reward_index())
     trainer.model.train()
     return trainer
 
@@ -72,3 +80,52 @@ def test_a_step_with_no_informative_group_moves_nothing(tiny, tmp_path):
     loss = t.compute_loss(t.model, out)
     loss.backward()
     assert loss.item() == 0 and all(p.grad is None for p in t.model.parameters())  # the optimizer skips all
+
+
+ALL_RIGHT, ONE_RIGHT = [1.0] * G, [1.0, 0.0, 0.0, 0.0]
+# Round 0: group 0 all right but with different format / grounding scores, group 1 one right; round 1: all wrong.
+ACCURACY = [ALL_RIGHT + ONE_RIGHT, DULL + DULL]
+FORMAT = [[1.0, 0.0, 1.0, 1.0] + [1.0] * G, [0.0, 1.0, 1.0, 1.0] * 2]
+GROUNDING = [[0.31, 0.42, 0.27, 0.55] + [0.4] * G, [0.2, 0.3, 0.4, 0.5] * 2]
+REWARDS = ("format", "accuracy", "grounding")
+
+
+def ds_metrics(trainer):
+    return {k: v[-1] for k, v in trainer._metrics["train"].items() if k.startswith("dynamic_sampling/")}
+
+
+def test_an_all_right_group_with_different_format_and_grounding_scores_is_dropped(tiny, tmp_path):
+    t = make_trainer(tiny, tmp_path, [FORMAT, ACCURACY, GROUNDING], names=REWARDS)  # default metric: accuracy
+    assert t.gating_reward == 1
+    out = t._generate_and_score_completions(first_batch(t))
+    got = t.last_sampling
+    # only group 1 (one right answer) is informative; round 1 (all wrong) adds nothing; group 0 pads, inert
+    assert got.stats.gen_batches == 2 and got.kept == [(None, [4, 5, 6, 7])] and got.kept_rounds == [0]
+    assert got.padding[0][1] == [0, 1, 2, 3] and got.padding_rounds == [0]
+    assert (out["advantages"][:G] != 0).all() and (out["advantages"][G:] == 0).all()
+    assert t.last_rounds[0][1].tolist() == ACCURACY[0]  # the gating values are the accuracy rewards
+    metrics = ds_metrics(t)
+    assert metrics["dynamic_sampling/zero_std_fraction"] == 3 / 4  # on accuracy: 3 of the 4 groups are flat
+
+
+def test_total_metric_keeps_the_old_behaviour(tiny, tmp_path):
+    t = make_trainer(tiny, tmp_path, [FORMAT, ACCURACY, GROUNDING], names=REWARDS, metric="total")
+    assert t.gating_reward is None
+    t._generate_and_score_completions(first_batch(t))
+    got = t.last_sampling
+    # on the weighted total both groups of round 0 differ: one round, every row kept
+    assert got.stats.gen_batches == 1 and got.kept == [(None, list(range(G * BATCH)))] and got.padding == []
+    assert ds_metrics(t)["dynamic_sampling/zero_std_fraction"] == 0.0
+
+
+def test_metric_resolution_and_refusal():
+    assert RLConfig(algorithm="dapo").resolved().dynamic_sampling_metric == "accuracy"
+    patho = RLConfig(algorithm="dapo", rewards=["format", "length_aware_accuracy"]).resolved()
+    assert patho.dynamic_sampling_metric == "length_aware_accuracy" and patho.gating_reward_index() == 1
+    custom = RLConfig(algorithm="dapo", rewards=["pkg.mod:fn"]).resolved()
+    assert custom.dynamic_sampling_metric == "total" and custom.gating_reward_index() is None
+    named = RLConfig(algorithm="dapo", rewards=["format", "pkg.mod:fn"], dynamic_sampling_metric="pkg.mod:fn")
+    assert named.gating_reward_index() == 1
+    with pytest.raises(ValueError, match=r"dynamic_sampling_metric must be total or one of the rewards "
+                                         r"\['format', 'accuracy', 'soft_overlong'\], got 'grounding'"):
+        RLConfig(algorithm="dapo", dynamic_sampling_metric="grounding")
