@@ -36,21 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-model", help="model name the endpoint serves (URL teachers only)")
     p.add_argument("--data", required=True, help="QA file (kind qa): questions with reference answers")
     p.add_argument("--out", required=True, help="output JSONL of chat SFT records (inside the images' dataset root)")
-    p.add_argument("--samples", type=int, default=4, help="traces sampled per question (default 4)")
-    p.add_argument("--template", default="cot", help="prompt template (corpora/prompts) the teacher is asked with")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--keep-shortest", type=int, default=0, help="keep only the k shortest correct traces (0 = all)")
     p.add_argument("--dedup", type=float, default=0.9,
                    help="drop a trace this similar (0-1, difflib ratio of normalised text) to a kept one")
-    p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch (also the resume unit)")
-    p.add_argument("--limit", type=int, help="only the first N questions")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cuda / cpu for a checkpoint teacher (default: cuda when available)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable with the endpoint's key")
-    p.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight at most")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_sampler_arguments(p, samples=4, temperature=0.7)
     args = p.parse_args(argv)
     for name in ("samples", "batch_size", "max_new_tokens", "concurrency"):
         if getattr(args, name) < 1:
@@ -60,6 +49,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.teacher.startswith(("http://", "https://")) and not args.teacher_model:
         p.error("an endpoint teacher needs --teacher-model (the model name it serves)")
     return args
+
+
+def add_sampler_arguments(p: argparse.ArgumentParser, *, samples: int, temperature: float) -> None:
+    """The sampler's options (LocalTeacher / EndpointTeacher read them), shared with recipes.filter."""
+    p.add_argument("--samples", type=int, default=samples, help=f"answers sampled per question (default {samples})")
+    p.add_argument("--template", default="cot", help="prompt template (corpora/prompts) the model is asked with")
+    p.add_argument("--temperature", type=float, default=temperature,
+                   help=f"sampling temperature (default {temperature})")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch (also the resume unit)")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cuda / cpu for a checkpoint model (default: cuda when available)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable with the endpoint's key")
+    p.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight at most")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 # -- selection: pure functions
