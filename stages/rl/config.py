@@ -33,6 +33,7 @@ from typing import Any, Literal
 from corpora.judge import JudgeConfig
 from stages.config import Passthrough
 from stages.model import ModelConfig
+from stages.rl.curriculum import ORDERS, CurriculumPhase
 from stages.rl.grounding import GroundingConfig
 
 PRESETS: dict[str, dict] = {
@@ -115,6 +116,12 @@ class RLConfig:
                                   "Replaces model.name_or_path.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model loading, freezing, LoRA."})
     data: str = _f("", "QA file (kind qa, JSONL) or folder holding rl.jsonl; empty = the demo corpus.")
+    curriculum: list[CurriculumPhase] = field(default_factory=list, metadata={"help": (
+        "Ordered phases, e.g. [{data: closed.jsonl, max_steps: 40}, {data: open.jsonl, max_steps: 60}]: each phase "
+        "trains its max_steps on its own file (data is then unused); steps = their sum.")})
+    curriculum_order: Literal["shuffle", "pass_rate", "closed_first"] = _f(
+        "shuffle", "Order of the questions (within each phase): shuffle (TRL's), pass_rate (highest first, easy to "
+                   "hard; written by recipes.filter), closed_first (mcq and yes/no before open).")
     validate: Literal["strict", "lenient", "skip"] = _f(
         "strict", "Validate the data first (corpora.validate): strict refuses any problem, lenient leaves bad records "
                   "out, skip does not check.")
@@ -198,6 +205,9 @@ class RLConfig:
             self.judge = JudgeConfig(**self.judge)
         if isinstance(self.grounding, dict):
             self.grounding = GroundingConfig(**self.grounding)
+        self.curriculum = [CurriculumPhase(**p) if isinstance(p, dict) else p for p in self.curriculum]
+        if self.curriculum_order not in ORDERS:
+            raise ValueError(f"curriculum_order must be one of {'|'.join(ORDERS)}, got {self.curriculum_order!r}")
         if self.algorithm not in PRESETS:
             raise ValueError(f"algorithm must be one of {'|'.join(PRESETS)}, got {self.algorithm!r}")
         for name in ("num_generations", "batch", "max_completion_length", "steps", "grad_accum",
@@ -252,6 +262,8 @@ class RLConfig:
             out.length_max = out.max_completion_length
         if out.micro_batch is None:
             out.micro_batch = out.batch * out.num_generations
+        if out.curriculum:
+            out.steps = sum(p.max_steps for p in out.curriculum)
         if out.dynamic_sampling_metric is None:
             out.dynamic_sampling_metric = outcome_reward(out.rewards)
         return out

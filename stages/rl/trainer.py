@@ -33,11 +33,12 @@ logger = logging.getLogger(__name__)
 
 class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
     def __init__(self, *args, dynamic_sampling: bool = False, max_num_gen_batches: int = 4,
-                 gating_reward: int | None = None, share_vision: bool = True, share_prefix: bool = True,
+                 gating_reward: int | None = None, curriculum=None, share_vision: bool = True, share_prefix: bool = True,
                  tensorboard_samples: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
         self.gating_reward = gating_reward  # index of the reward that decides informativeness; None = weighted total
+        self.curriculum = curriculum  # stages.rl.curriculum.CurriculumPlan: phases / ordered questions, or None
         self.share_vision = share_vision
         self.max_num_gen_batches = max_num_gen_batches
         self.tensorboard_samples = tensorboard_samples
@@ -79,6 +80,16 @@ class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
             model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy,
             compute_aux_loss=compute_aux_loss, **inputs)
 
+    def _get_train_sampler(self, dataset=None):
+        if self.curriculum is None:
+            return super()._get_train_sampler(dataset)
+        # TRL's RepeatSampler layout (see its comment), each generation batch drawn from its step's phase
+        per_chunk = self.num_iterations * self.args.steps_per_generation / self.args.gradient_accumulation_steps
+        return self.curriculum.sampler(batch_size=self.args.generation_batch_size // self.num_generations,
+                                       mini_repeat_count=self.num_generations,
+                                       repeat_count=self.num_iterations * self.args.steps_per_generation,
+                                       steps_per_chunk=per_chunk, seed=self.args.seed)
+
     def _prepare_inputs(self, generation_batch):
         # TRL preprocesses every row's images (each prompt's G times) for generation and again for the forwards.
         with dedup_images(self.processing_class) if self.share_vision else nullcontext():
@@ -106,11 +117,13 @@ class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
         return self._last_rewards_per_func[:, self.gating_reward]
 
     def _refill(self, local_rows: int, key: tuple[int, ...]) -> list[dict]:
-        """Fresh dataset rows for one refill round: different prompts on every rank, reproducible from `key`."""
-        indices = refill_prompt_indices(len(self.train_dataset), local_rows, self.num_generations,
+        """Fresh dataset rows for one refill round: different prompts on every rank, reproducible from `key`; with
+        a curriculum, from the current phase."""
+        pool = self.curriculum.pool_at(self.state.global_step) if self.curriculum else range(len(self.train_dataset))
+        indices = refill_prompt_indices(len(pool), local_rows, self.num_generations,
                                         self.accelerator.process_index, self.accelerator.num_processes,
                                         self.args.seed, key)
-        return [self.train_dataset[i] for i in indices]
+        return [self.train_dataset[pool[i]] for i in indices]
 
     def _next_generation_key(self) -> tuple[int, int]:
         step, drawn = self._generation_key

@@ -183,6 +183,9 @@ def run(cfg: RLConfig) -> Path:
     from corpora.training_data import check_data, data_file
     from stages.model import load_model, resolve_model_path
     from stages.registry import Registry, home, logs_dir, parse_ref
+    from datasets import concatenate_datasets
+
+    from stages.rl import curriculum
     from stages.rl.rewards import build_rewards
     from stages.rl.trainer import PathoGRPOTrainer
 
@@ -196,10 +199,13 @@ def run(cfg: RLConfig) -> Path:
         logger.warning("run %s already reached step %d: nothing to do", cfg.run, cfg.steps)
         return resume_from
 
-    path = data_file(cfg.data, "rl.jsonl", home())
+    # a curriculum's phases are laid one after another in one dataset (stages.rl.curriculum)
+    paths = [data_file(d, "rl.jsonl", home()) for d in [p.data for p in cfg.curriculum] or [cfg.data]]
     with distributed.main_process_first():  # every rank checks the data, the main process first
-        bad = check_data(path, "qa", cfg.validate, cfg.template)  # file:line problems before any model loads
-        dataset = prompt_dataset(load_qa(path, skip=bad), cfg.template)
+        bad = [check_data(p, "qa", cfg.validate, cfg.template) for p in paths]  # file:line, before any model loads
+        qa_sets = [load_qa(p, skip=b) for p, b in zip(paths, bad)]
+        plan = curriculum.plan(cfg, paths, qa_sets)
+        dataset = prompt_dataset(qa_sets[0] if len(qa_sets) == 1 else concatenate_datasets(qa_sets), cfg.template)
 
     model_cfg = copy.deepcopy(cfg.model)
     # Resuming full weights: load them from the checkpoint here (the Trainer's own loader would skip them all:
@@ -230,10 +236,11 @@ def run(cfg: RLConfig) -> Path:
         dynamic_sampling=cfg.dynamic_sampling,
         max_num_gen_batches=cfg.max_num_gen_batches,
         gating_reward=cfg.gating_reward_index(),
+        curriculum=plan,
         share_vision=cfg.share_vision,
         share_prefix=cfg.share_prefix,
         tensorboard_samples=cfg.log_completions,
-        publication=Publication(STAGE, cfg.run, parent=init, base=base, config=cfg, data=[path],
+        publication=Publication(STAGE, cfg.run, parent=init, base=base, config=cfg, data=paths,
                                 keep_last=cfg.keep_last, extra={"template": cfg.template, "algorithm": cfg.algorithm}),
     )
     trainer.train(resume_from_checkpoint=resume_argument(resume_from))

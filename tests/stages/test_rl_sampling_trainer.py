@@ -129,3 +129,15 @@ def test_metric_resolution_and_refusal():
     with pytest.raises(ValueError, match=r"dynamic_sampling_metric must be total or one of the rewards "
                                          r"\['format', 'accuracy', 'soft_overlong'\], got 'grounding'"):
         RLConfig(algorithm="dapo", dynamic_sampling_metric="grounding")
+
+
+def test_refills_come_from_the_current_curriculum_phase(tiny, tmp_path):
+    from stages.rl.curriculum import CurriculumPlan
+
+    t = make_trainer(tiny, tmp_path, [DULL + DULL, INFORMATIVE + INFORMATIVE])
+    t.curriculum = CurriculumPlan.build([4, 6], [1, 1], None, seed=0)
+    t.state.global_step = 1  # phase 2: dataset rows 4..9
+    t._generate_and_score_completions(first_batch(t))
+    assert set(t.last_rounds[1][0]) <= {f"q{i}" for i in range(4, 10)}
+    expected = refill_prompt_indices(6, G * BATCH, G, 0, 1, SEED, (1, 0, 1))
+    assert t.last_rounds[1][0] == [f"q{4 + i}" for i in expected]
