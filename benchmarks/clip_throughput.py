@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="clip_bench_"))
     demo = build_demo(tmp / "demo", n_train=a.n_train, n_eval=4, image_size=56)
     common = [f"data={demo.pairs}", "subset_fraction=0", f"epochs_b={a.epochs}", f"batch_size={a.batch}",
-              "log_every_n_steps=1", "resume=never", "device=cpu"]
+              "logging_steps=1", "resume=never", "device=cpu"]
     cfg = load_config(CLIPTrainConfig, common)
     corpus = PreparedCorpus(demo.pairs, tmp / "baseline_data")
     n_pairs = len(corpus)

@@ -91,8 +91,8 @@ def run_once(dynamic: bool, folder, dataset, a, work, steps: int | None = None):
             counts["groups_informative"] += int(mask.sum())
             return rewards
 
-    cfg = RLConfig(algorithm="dapo", init=str(folder), num_generations=a.generations, batch=a.batch,
-                   max_completion_length=4, steps=steps or a.steps, lr=1e-5, rewards=["x:y"], reward_weights=[1.0],
+    cfg = RLConfig(algorithm="dapo", init=str(folder), num_generations=a.generations, batch_size=a.batch,
+                   max_completion_length=4, max_steps=steps or a.steps, lr=1e-5, rewards=["x:y"], reward_weights=[1.0],
                    dynamic_sampling=dynamic, max_num_gen_batches=a.max_gen_batches).resolved()
     model, processor = load_model(ModelConfig(name_or_path=str(folder)))
     trainer = Counting(model=model, reward_funcs=[REWARDS[a.mode](a.generations)],

@@ -109,8 +109,8 @@ def main(argv=None) -> int:
     folder = build_tiny("qwen2_5_vl", work / "tiny", image_size=a.image_size)
     n_prompts = a.batch * (a.steps + 1)
     dataset = prompt_dataset(make_data(work, a.image_size, n_prompts), "cot")
-    cfg = RLConfig(algorithm="grpo", beta=0.0, init=str(folder), num_generations=a.generations, batch=a.batch,
-                   max_completion_length=a.completion, steps=a.steps + 1, lr=1e-5, train=a.train).resolved()
+    cfg = RLConfig(algorithm="grpo", beta=0.0, init=str(folder), num_generations=a.generations, batch_size=a.batch,
+                   max_completion_length=a.completion, max_steps=a.steps + 1, lr=1e-5, train=a.train).resolved()
     rewards = build_rewards(cfg.rewards, template="cot")
     args_fn = lambda: grpo_args(cfg, work / "out")  # noqa: E731  (fresh args: TRL mutates them)
     processor_tokens = a.image_size // 28 * (a.image_size // 28)

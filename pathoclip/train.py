@@ -20,10 +20,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from stages.config import load_config_or_exit, to_dict
 from stages.registry import Registry, RegistryError, cache_dir, home, logs_dir
+from stages.runs import RunConfig
 
 from pathoclip.data import PreparedCorpus, phase_rows
 from pathoclip.export import WEIGHTS_FILE, export_checkpoint, load_exported
@@ -36,46 +37,51 @@ PRETRAINED_BASE = {"PathoCLIP-ViT-B-16": "ViT-B-16", "PathoCLIP-ViT-L-14": "ViT-
 
 
 @dataclass
-class CLIPTrainConfig:
-    """Train a CLIP model on an image-caption corpus with open_clip_train, in two progressive phases."""
+class CLIPTrainConfig(RunConfig):
+    """Train a CLIP model on an image-caption corpus with open_clip_train, in two progressive phases.
 
-    data: str = field(default="demo", metadata={"help": "pairs corpus readable by corpora.readers.load_pairs "
-                                                         "(CSV / JSONL / folder), or 'demo' to build the demo corpus"})
+    The shared names (run, init, data, seed, batch_size, lr, weight_decay, logging_steps) are stages.runs'."""
+
+    RENAMED: ClassVar[dict[str, str]] = {**RunConfig.RENAMED, "pretrained": "init", "log_every_n_steps": "logging_steps"}
+
+    run: str = field(default="demo", metadata={"help": "run name (registry pathoclip/<run>, logs/pathoclip/<run>)"})
+    init: str = field(default="", metadata={"help": "initial weights: an open_clip pretrained tag (e.g. openai), "
+                                                    "a weights file, an exported folder or a registry ref "
+                                                    "(pathoclip:RUN); '' = random init"})
+    data: str = field(default="", metadata={"help": "pairs corpus readable by corpora.readers.load_pairs "
+                                                    "(CSV / JSONL / folder); '' or 'demo' = the demo corpus"})
+    seed: int = field(default=0, metadata={"help": "seed of the subset draw and of open_clip_train"})
+    resume: Literal["auto", "never"] = field(
+        default="auto", metadata={"help": "auto: skip finished phases and continue from the newest open_clip_train "
+                                          "checkpoint of this run; never: refuse to reuse an existing run"})
+    batch_size: int = field(default=16, metadata={"help": "batch size per device"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (cosine schedule)"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
+    logging_steps: int = field(default=5, metadata={"help": "TensorBoard / log interval in steps"})
     data_format: Literal["csv", "webdataset"] = field(
         default="csv", metadata={"help": "what open_clip_train reads: a CSV, or WebDataset shards written by corpora"})
     shard_size: int = field(default=1000, metadata={"help": "samples per WebDataset shard"})
     model: str = field(default="PathoCLIP-Tiny", metadata={"help": "open_clip architecture: a pathoclip/configs/*.json "
                                                                    "name or any open_clip built-in"})
-    pretrained: str = field(default="", metadata={"help": "initial weights: an open_clip pretrained tag (e.g. openai), "
-                                                          "a weights file, an exported folder or a registry ref "
-                                                          "(pathoclip:RUN); '' = random init"})
-    run: str = field(default="demo", metadata={"help": "run name (registry pathoclip/<run>, logs/pathoclip/<run>)"})
     subset_fraction: float = field(default=0.5, metadata={"help": "phase A trains on this fraction of the corpus; "
                                                                   "0 skips phase A"})
     epochs_a: int = field(default=1, metadata={"help": "epochs of phase A (subset)"})
     epochs_b: int = field(default=3, metadata={"help": "epochs of phase B (whole corpus, from A's weights)"})
-    batch_size: int = field(default=16, metadata={"help": "batch size per device"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (cosine schedule)"})
     warmup: int = field(default=10, metadata={"help": "warm-up steps of each phase"})
-    wd: float = field(default=0.1, metadata={"help": "weight decay"})
     precision: str = field(default="auto", metadata={"help": "open_clip_train precision; auto = amp on CUDA, fp32 on CPU"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     workers: int = field(default=0, metadata={"help": "dataloader workers per device"})
-    seed: int = field(default=0, metadata={"help": "seed of the subset draw and of open_clip_train"})
-    log_every_n_steps: int = field(default=5, metadata={"help": "TensorBoard / log interval in steps"})
     save_frequency: int = field(default=1, metadata={"help": "save an open_clip_train checkpoint every N epochs"})
-    resume: Literal["auto", "never"] = field(
-        default="auto", metadata={"help": "auto: skip finished phases and continue from the newest open_clip_train "
-                                          "checkpoint of this run; never: refuse to reuse an existing run"})
     zeroshot_dir: str = field(default="", metadata={"help": "ImageFolder for the zero-shot metric (demo: eval/zeroshot)"})
     zeroshot_prompts: str = field(default="", metadata={"help": "prompt JSON for zero-shot (demo: its prompts)"})
     extra_args: list[str] = field(default_factory=list, metadata={"help": "passed verbatim to open_clip_train, e.g. "
                                                                            "['--grad-checkpointing']"})
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 <= self.subset_fraction < 1:
             raise ValueError(f"subset_fraction must be in [0, 1), got {self.subset_fraction}")
-        for name in ("epochs_a", "epochs_b", "batch_size", "shard_size", "log_every_n_steps", "save_frequency"):
+        for name in ("epochs_a", "epochs_b", "shard_size", "save_frequency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -83,7 +89,7 @@ class CLIPTrainConfig:
 def resolve_corpus(cfg: CLIPTrainConfig) -> CLIPTrainConfig:
     """The demo corpus (corpora.demo.demo_corpus, the one the demo stages train on) when asked for, with
     zero-shot pointed at it."""
-    if cfg.data != "demo":
+    if cfg.data not in ("", "demo"):
         return cfg
     from corpora.demo import demo_corpus
 
@@ -96,14 +102,14 @@ def resolve_corpus(cfg: CLIPTrainConfig) -> CLIPTrainConfig:
 
 def _pretrained(cfg: CLIPTrainConfig) -> tuple[str, str | None]:
     """(architecture name, pretrained argument) for the first phase."""
-    if not cfg.pretrained:
+    if not cfg.init:
         return cfg.model, None
-    if Path(cfg.pretrained).is_file():
-        return cfg.model, cfg.pretrained
+    if Path(cfg.init).is_file():
+        return cfg.model, cfg.init
     try:  # an exported folder or a registry ref such as pathoclip:other-run
-        return cfg.model, str(Registry().resolve(cfg.pretrained) / WEIGHTS_FILE)
+        return cfg.model, str(Registry().resolve(cfg.init) / WEIGHTS_FILE)
     except RegistryError:
-        return PRETRAINED_BASE.get(cfg.model, cfg.model), cfg.pretrained  # an open_clip pretrained tag
+        return PRETRAINED_BASE.get(cfg.model, cfg.model), cfg.init  # an open_clip pretrained tag
 
 
 def open_clip_argv(cfg: CLIPTrainConfig, logs: Path, phase: str, data_args: list[str], epochs: int,
@@ -114,9 +120,9 @@ def open_clip_argv(cfg: CLIPTrainConfig, logs: Path, phase: str, data_args: list
     precision = cfg.precision if cfg.precision != "auto" else ("amp" if device == "cuda" else "fp32")
     argv = [*data_args, "--model", model, "--logs", str(logs), "--name", phase, "--epochs", str(epochs),
             "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr), "--warmup", str(cfg.warmup),
-            "--wd", str(cfg.wd), "--precision", precision, "--device", device, "--workers", str(cfg.workers),
+            "--wd", str(cfg.weight_decay), "--precision", precision, "--device", device, "--workers", str(cfg.workers),
             "--seed", str(cfg.seed), "--save-frequency", str(cfg.save_frequency), "--report-to", "tensorboard",
-            "--log-every-n-steps", str(cfg.log_every_n_steps)]
+            "--log-every-n-steps", str(cfg.logging_steps)]
     if pretrained:
         argv += ["--pretrained", pretrained]
     if cfg.resume == "auto":

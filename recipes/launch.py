@@ -33,6 +33,7 @@ from typing import Literal
 
 from stages.config import save_yaml, to_dict
 from stages.registry import Registry, RegistryError, fingerprint_files, step_dir
+from stages.runs import with_current_names
 
 LAUNCHERS = ("auto", "python", "torchrun", "accelerate")
 # Set by torchrun / accelerate for the driver's own ranks; a stage job gets fresh ones from its launcher.
@@ -175,8 +176,9 @@ def is_complete(manifest: dict) -> bool:
         return bool(extra["final"])
     if extra.get("planned_steps"):
         return manifest["step"] >= extra["planned_steps"]
-    if manifest.get("stage") == "rl" and config.get("steps"):
-        return manifest["step"] >= config["steps"]
+    planned = config.get("max_steps") or config.get("steps")  # manifests before the rename say steps
+    if manifest.get("stage") == "rl" and planned:
+        return manifest["step"] >= planned
     return False
 
 
@@ -221,7 +223,7 @@ def published(stage: str, cfg, data: Path) -> Path | None:
     if manifest.get("data_fingerprint") != fingerprint:
         raise LaunchError(f"{where} was trained on other data ({manifest.get('data_fingerprint')}, now {fingerprint} "
                           f"for {data}): choose another run=NAME")
-    diff = config_differences(manifest.get("config") or {}, to_dict(cfg))
+    diff = config_differences(with_current_names(type(cfg), manifest.get("config") or {}), to_dict(cfg))
     if diff:
         raise LaunchError(f"{where} was trained with another config ({'; '.join(diff)}): choose another run=NAME")
     return newest if is_complete(manifest) else None

@@ -26,7 +26,7 @@ from recipes.pipeline import (DemoCorpusConfig, EvalConfig, Timer, corpus_dir, p
 
 
 def _med_rl() -> RLConfig:
-    return RLConfig(algorithm="grpo", num_generations=4, batch=4, max_completion_length=64, steps=5, lr=1e-5)
+    return RLConfig(algorithm="grpo", num_generations=4, batch_size=4, max_completion_length=64, max_steps=5, lr=1e-5)
 
 
 @dataclass

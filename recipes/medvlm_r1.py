@@ -27,7 +27,7 @@ from recipes.pipeline import (DemoCorpusConfig, EvalConfig, Timer, corpus_dir, e
 def _medvlm_rl() -> RLConfig:
     # format and accuracy weigh the same in MedVLM-R1; KL to the reference as in plain GRPO.
     return RLConfig(algorithm="grpo", template="medvlm_r1", rewards=["format", "accuracy"], reward_weights=[1.0, 1.0],
-                    num_generations=4, batch=4, max_completion_length=64, steps=10, lr=1e-5)
+                    num_generations=4, batch_size=4, max_completion_length=64, max_steps=10, lr=1e-5)
 
 
 @dataclass

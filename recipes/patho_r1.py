@@ -57,7 +57,7 @@ def _demo_rl() -> RLConfig:
     #   against 77 % greedy, so RL mostly learnt to sharpen; at 0.5 the mixed groups are the borderline images;
     # - lr 1e-4 (2e-5 barely moves the policy); 2 generation batches per step cap dynamic sampling's cost.
     # SFT completions are ~40 tokens, so 64 never clips them.
-    return RLConfig(algorithm="dapo", num_generations=8, batch=8, max_completion_length=64, steps=120, lr=1e-4,
+    return RLConfig(algorithm="dapo", num_generations=8, batch_size=8, max_completion_length=64, max_steps=120, lr=1e-4,
                     temperature=0.5, max_num_gen_batches=2, train="all",
                     rewards=["format", "accuracy", "soft_overlong", "consistency"])
 
@@ -126,7 +126,7 @@ def run(cfg: PathoR1Config) -> Path | None:
 
         clip_cfg = cfg.clip
         clip_cfg.run = cfg.run
-        if clip_cfg.data == "demo":
+        if clip_cfg.data in ("", "demo"):
             clip_cfg.data = str(corpus / "pairs.csv")
             clip_cfg.zeroshot_dir = clip_cfg.zeroshot_dir or str(corpus / "eval" / "zeroshot")
             clip_cfg.zeroshot_prompts = clip_cfg.zeroshot_prompts or str(corpus / "eval" / "zeroshot_prompts.json")

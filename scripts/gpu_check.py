@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "eval_fraction=0", f"data={corpus / 'pairs.jsonl'}"]),
                          ("sft", [f"max_steps={steps}", "batch_size=8", "lr=5e-5", "warmup_ratio=0.1",
                                   f"data={corpus / 'sft.jsonl'}"]),
-                         ("rl", [f"steps={rl_steps}", "algorithm=grpo", "num_generations=4", "batch=4",
+                         ("rl", [f"max_steps={rl_steps}", "algorithm=grpo", "num_generations=4", "batch_size=4",
                                  f"max_completion_length={16 if args.tiny else 64}", "lr=1e-6", "log_completions=0",
                                  f"data={corpus / 'rl.jsonl'}"])):
         stages[stage] = run_stage_process(stage, [*common, f"init={init}", *extra], work, args.stage_timeout)

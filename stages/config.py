@@ -26,6 +26,7 @@ import importlib
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -35,6 +36,7 @@ __all__ = [
     "CONFIG_HEADER",
     "ConfigError",
     "Passthrough",
+    "RenamedKeyWarning",
     "config_class_of",
     "from_dict",
     "help_text",
@@ -52,6 +54,10 @@ class ConfigError(ValueError):
     """A config could not be built: unknown key, wrong type, bad value, unreadable file."""
 
 
+class RenamedKeyWarning(FutureWarning):
+    """A config used a key's old name (``steps``); it still works, under the new one (``max_steps``)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Passthrough:
     """Schema of a mapping field whose keys are the fields of a library's own config (e.g. TRL's GRPOConfig).
@@ -60,12 +66,22 @@ class Passthrough:
     every key is then checked against ``fields()`` (name -> type, computed only when the mapping is not empty,
     so the library is imported only when used) and every value converted to that type, with the same
     file:line / command-line origin in the error as any other field. ``owned`` names the keys our own config
-    sets (key -> our field that sets it), which are refused with a pointer to that field.
+    sets (key -> our field that sets it, None when pathor1 fixes the value), or is a callable returning that
+    mapping; those keys are refused with a pointer to that field.
     """
 
     target: str
     fields: Any  # Callable[[], dict[str, type]]
-    owned: dict = dataclasses.field(default_factory=dict)
+    owned: Any = dataclasses.field(default_factory=dict)  # dict[str, str | None] | Callable[[], that]
+
+
+def owned_key_message(target: str, key: str, source: str | None, prefix: str = "") -> str:
+    """Why ``<target>.<key>`` cannot be passed through, and what to set instead."""
+    if source is None:
+        return f"pathor1 sets {target}.{key} itself to a fixed value; it cannot be changed"
+    if source == "launcher":
+        return f"pathor1 sets {target}.{key} from the launcher (accelerate / torchrun config); choose the engine there"
+    return f"pathor1 sets {target}.{key} itself from '{prefix}{source}'; set that instead"
 
 
 # ----------------------------------------------------------------------------------------------- types
@@ -262,6 +278,7 @@ def from_dict(cls, d: dict, *, _prefix: str = "", _origins: dict | None = None, 
     if not isinstance(d, dict):
         raise ConfigError(f"{root.__name__}{'.' + _prefix[:-1] if _prefix else ''}: expected a mapping, got {d!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    d = _current_names(cls, d, _prefix, origins, root)
     for key in d:
         if key not in fields:
             dotted = _prefix + str(key)
@@ -283,6 +300,7 @@ def from_dict(cls, d: dict, *, _prefix: str = "", _origins: dict | None = None, 
             kwargs[name] = _check_passthrough(f.metadata["passthrough"], value, dotted, _prefix, origins, root)
             continue
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = _current_names(tp, value, dotted + ".", origins, root)  # before the defaults are merged in
             base = _default_of(f)  # keep a customised default, e.g. default_factory=lambda: Lora(r=16)
             merged = _merge(to_dict(base), value) if dataclasses.is_dataclass(base) else value
             kwargs[name] = from_dict(tp, merged, _prefix=dotted + ".", _origins=origins, _root=root)
@@ -304,16 +322,40 @@ def from_dict(cls, d: dict, *, _prefix: str = "", _origins: dict | None = None, 
         raise ConfigError(f"{where}: invalid value: {e}") from None
 
 
+def _current_names(cls, d: dict, prefix: str, origins: dict, root) -> dict:
+    """``d`` with old key names (``cls.RENAMED``, e.g. steps -> max_steps) moved to the new ones, each with a
+    RenamedKeyWarning that names both; both names set at once is an error."""
+    from stages.runs import renamed_keys
+
+    renames = {old: new for old, new in renamed_keys(cls).items() if old in d}
+    if not renames:
+        return d
+    out = dict(d)
+    for old, new in renames.items():
+        was, now = prefix + old, prefix + new
+        if new in out:
+            raise ConfigError(f"{root.__name__}: '{was}'{_where(origins, was)} is the old name of '{now}'"
+                              f"{_where(origins, now)}; set only '{now}'")
+        out[new] = out.pop(old)
+        for key in (was, ("raw", was)):
+            if key in origins:
+                origins[now if key == was else ("raw", now)] = origins[key]
+        warnings.warn(f"{root.__name__}: '{was}'{_where(origins, was)} is deprecated; use '{now}'",
+                      RenamedKeyWarning, stacklevel=2)
+    return out
+
+
 def _check_passthrough(schema: Passthrough, value: dict, dotted: str, prefix: str, origins: dict, root) -> dict:
     """The mapping with each key checked against ``schema`` and each value converted to the key's type."""
     if not value:
         return {}
     allowed, out = schema.fields(), {}
+    owned = schema.owned() if callable(schema.owned) else schema.owned
     for key, item in value.items():
         path = f"{dotted}.{key}"
-        if key in schema.owned:
-            raise ConfigError(f"{root.__name__}.{path}{_where(origins, path)}: pathor1 sets {schema.target}.{key} "
-                              f"itself from '{prefix}{schema.owned[key]}'; set that instead")
+        if key in owned:
+            raise ConfigError(f"{root.__name__}.{path}{_where(origins, path)}: "
+                              f"{owned_key_message(schema.target, key, owned[key], prefix)}")
         if key not in allowed:
             close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
             hint = f"; did you mean '{dotted}.{close[0]}'?" if close else ""
@@ -516,9 +558,21 @@ def load_config(cls, argv: list[str] | None = None, *, prog: str | None = None):
 
 
 def load_config_or_exit(cls, argv: list[str] | None = None, *, prog: str | None = None):
-    """``load_config`` for ``main()``: a ConfigError prints ``prog: error: ...`` and exits with status 2."""
-    try:
-        return load_config(cls, argv, prog=prog)
-    except ConfigError as e:
-        print(f"{prog or Path(sys.argv[0]).name}: error: {e}\n(see --help for every field)", file=sys.stderr)
+    """``load_config`` for ``main()``: a ConfigError prints ``prog: error: ...`` and exits with status 2; an old
+    key name prints ``prog: warning: ...`` (one line) and loads."""
+    prog = prog or Path(sys.argv[0]).name
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RenamedKeyWarning)
+        try:
+            cfg, error = load_config(cls, argv, prog=prog), None
+        except ConfigError as e:
+            cfg, error = None, e
+    for w in caught:  # one line each, not Python's two-line "file:line: Warning" form
+        if issubclass(w.category, RenamedKeyWarning):
+            print(f"{prog}: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if error is not None:
+        print(f"{prog}: error: {error}\n(see --help for every field)", file=sys.stderr)
         raise SystemExit(2) from None
+    return cfg

@@ -37,14 +37,17 @@ from stages.checkpointing import TRAINER_STATE_DIR, StopAfter  # noqa: F401 (re-
 from stages.checkpointing import TRAIN_POLICIES, PublishingTrainer, Publication, resume_argument, resume_point
 from stages.model import ModelConfig, load_model, resolve_model_path
 from stages.registry import Registry, logs_dir
+from stages.runs import StepRunConfig
 
 STAGE_POLICIES = ("projector", "projector_llm", "all")  # of stages.checkpointing.TRAIN_POLICIES
 IGNORE_INDEX = -100
 
 
 @dataclass
-class StageConfig:
-    """Fields common to the supervised stages; each stage subclasses it and changes the defaults."""
+class StageConfig(StepRunConfig):
+    """Fields common to the supervised stages; each stage subclasses it and changes the defaults.
+
+    The shared names (run, init, data, seed, max_steps, batch_size, lr, ...) come from stages.runs."""
 
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model loading, freezing, LoRA/QLoRA."})
     init: str = field(
@@ -62,32 +65,12 @@ class StageConfig:
     train: Literal["projector", "projector_llm", "all"] = field(
         default="projector_llm", metadata={"help": "Which towers train (sets model.freeze_*): projector only, projector + LLM "
                                               "(vision frozen), or all."})
-    run: str = field(default="default", metadata={"help": "Run name: registry entries go to <stage>/<run>/step-N."})
-    resume: str = field(
-        default="auto",
-        metadata={"help": "auto = continue from the newest complete checkpoint of this run; never; or a registry ref."},
-    )
-    lr: float = field(default=2e-5, metadata={"help": "Peak learning rate."})
-    scheduler: str = field(default="cosine", metadata={"help": "transformers lr_scheduler_type (cosine, linear, constant...)."})
     warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of the planned steps spent warming up."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     epochs: float = field(default=1.0, metadata={"help": "Epochs (ignored when max_steps > 0)."})
     max_steps: int = field(default=-1, metadata={"help": "Planned optimizer steps; > 0 overrides epochs."})
-    stop_after: int = field(
-        default=0,
-        metadata={"help": "Stop (with a checkpoint) after this many steps without changing the planned schedule; "
-                          "0 = run to the end. Simulates preemption."},
-    )
-    batch_size: int = field(default=4, metadata={"help": "Per-device batch size."})
-    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
     group_by_length: bool = field(default=True, metadata={"help": "Batch samples of similar length to limit padding."})
     max_length: int | None = field(default=None, metadata={"help": "Truncate sequences to this many tokens."})
     eval_fraction: float = field(default=0.0, metadata={"help": "Share of images held out for an eval loss (0 = none)."})
-    save_every: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end)."})
-    keep_last: int = field(default=0, metadata={"help": "Keep only the newest N checkpoints of the run (0 = all)."})
-    logging_steps: int = field(default=1, metadata={"help": "Log the loss every N steps (TensorBoard + manifest)."})
-    seed: int = field(default=0, metadata={"help": "Seed for init, data order and dropout."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
     center_image_features: bool = field(
         default=False, metadata={"help": "Batch-centre the image tokens in training and fold the mean into the "
                                          "projector bias (stages/centering.py): for small models trained from scratch."})
@@ -95,24 +78,13 @@ class StageConfig:
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
+        super().__post_init__()
         if self.center_image_features and self.model.lora.enabled:
             raise ValueError("center_image_features edits the projector in place and does not work with lora.enabled")
         if self.train not in STAGE_POLICIES:
             raise ValueError(f"train must be one of {'|'.join(STAGE_POLICIES)}, got {self.train!r}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        for name in ("batch_size", "grad_accum", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_every", "keep_last", "stop_after"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.run or "/" in self.run or self.run.startswith("."):
-            raise ValueError(f"run must be a plain folder name, got {self.run!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
 
     def model_config(self, init: str) -> ModelConfig:
         """``self.model`` with the input model and the freeze flags of the ``train`` policy applied."""

@@ -16,7 +16,8 @@ that is what is trained with and stored in the checkpoint manifest.
 Any other field of TRL's `GRPOConfig` passes through the `trl` mapping (`trl.top_entropy_quantile=0.2`, in YAML
 a `trl:` block), checked against GRPOConfig's own dataclass fields when the config is built. A preset may set
 `trl` keys too (gspo: `importance_sampling_level: sequence`); the user's `trl` keys win. The GRPOConfig fields
-that an RLConfig field already sets (`TRL_OWNED`) are refused there, with the field to use instead.
+that pathor1 sets itself (`trl_owned()`, derived from `grpo_settings`, the one dict GRPOConfig is built from) are
+refused there, with the RLConfig field to use instead.
 
 vLLM rollouts (GPU only; TRL's options): `use_vllm=true vllm_mode=colocate` runs vLLM inside the training
 process (set `vllm_gpu_memory_utilization`, e.g. 0.3); `vllm_mode=server` talks to a separate
@@ -26,15 +27,17 @@ process (set `vllm_gpu_memory_utilization`, e.g. 0.3); `vllm_mode=server` talks 
 from __future__ import annotations
 
 import copy
+import functools
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from corpora.judge import JudgeConfig
-from stages.config import Passthrough
+from stages.config import Passthrough, owned_key_message
 from stages.model import ModelConfig
 from stages.rl.curriculum import ORDERS, CurriculumPhase
 from stages.rl.grounding import GroundingConfig
+from stages.runs import StepRunConfig
 
 PRESETS: dict[str, dict] = {
     "grpo": dict(loss_type="grpo", scale_rewards="group", beta=0.04, epsilon=0.2, epsilon_high=0.2,
@@ -59,21 +62,53 @@ PRESETS: dict[str, dict] = {
                  mask_truncated_completions=False, dynamic_sampling=False, rewards=["format", "accuracy"],
                  trl={"sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05}),
 }
-# GRPOConfig fields that an RLConfig field sets (GRPOConfig name -> RLConfig field): refused in `trl`.
-TRL_OWNED = {
-    "output_dir": "run", "per_device_train_batch_size": "micro_batch", "gradient_accumulation_steps": "grad_accum",
-    "num_generations": "num_generations", "max_completion_length": "max_completion_length",
-    "temperature": "temperature", "top_p": "top_p", "learning_rate": "lr", "lr_scheduler_type": "scheduler",
-    "warmup_steps": "warmup_ratio", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
-    "max_grad_norm": "max_grad_norm", "max_steps": "steps", "num_iterations": "num_iterations",
-    "loss_type": "loss_type", "scale_rewards": "scale_rewards", "beta": "beta", "epsilon": "epsilon",
-    "epsilon_high": "epsilon_high", "mask_truncated_completions": "mask_truncated_completions",
-    "reward_weights": "reward_weights", "use_vllm": "use_vllm", "vllm_mode": "vllm_mode",
-    "vllm_gpu_memory_utilization": "vllm_gpu_memory_utilization", "vllm_server_host": "vllm_server_host",
-    "vllm_server_port": "vllm_server_port", "gradient_checkpointing": "gradient_checkpointing",
-    "logging_steps": "logging_steps", "save_strategy": "save_every", "save_steps": "save_every", "seed": "seed",
-    "log_completions": "log_completions",
-}
+# TrainingArguments fields stages.distributed.engine_arguments may set for the engine the launcher asked for.
+ENGINE_KEYS = ("use_cpu", "ddp_backend")
+# GRPOConfig fields copied from the RLConfig field of the same name.
+_SAME_NAME = ("num_generations", "max_completion_length", "temperature", "top_p", "weight_decay", "max_grad_norm",
+              "max_steps", "num_iterations", "loss_type", "scale_rewards", "beta", "epsilon", "epsilon_high",
+              "mask_truncated_completions", "reward_weights", "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization",
+              "vllm_server_host", "vllm_server_port", "gradient_checkpointing", "logging_steps", "seed")
+
+
+def grpo_settings(cfg: "RLConfig", output_dir="", *, cuda: bool = False, engine: dict | None = None) -> dict:
+    """Every GRPOConfig field pathor1 sets: name -> (the RLConfig field it comes from, or None when fixed; value).
+
+    The one place the TRL config is written: ``stages.rl.training.grpo_args`` builds GRPOConfig from these values
+    and ``trl_owned`` refuses exactly these keys in the ``trl`` passthrough, so the two cannot disagree.
+    Torch-free: ``cuda`` and ``engine`` (stages.distributed.engine_arguments) come from the caller."""
+    out = {name: (name, getattr(cfg, name)) for name in _SAME_NAME}
+    out.update(
+        output_dir=("run", str(output_dir)),  # logs/rl/<run>: TensorBoard; checkpoints go to the registry
+        # each device runs micro_batch completions per forward and accumulates the rest of batch_size x G
+        per_device_train_batch_size=("micro_batch", cfg.micro_batch or cfg.batch_size * cfg.num_generations),
+        gradient_accumulation_steps=("grad_accum", cfg.accumulation()),
+        learning_rate=("lr", cfg.lr),
+        lr_scheduler_type=("scheduler", cfg.scheduler),
+        warmup_steps=("warmup_ratio", cfg.warmup_ratio),  # a float in [0, 1) is a ratio of the planned steps
+        save_strategy=("save_every", "steps"),  # the Trainer also saves at the end: the final entry is published too
+        save_steps=("save_every", cfg.save_every or 10**9),
+        # bf16 autocast whenever the weights are bf16: the trainable ones are fp32 (stages.distributed)
+        bf16=("model.dtype", cfg.model.dtype == "bfloat16" or (cuda and cfg.model.dtype == "auto")),
+        log_completions=("log_completions", False),  # pathor1 writes its own samples (PathoGRPOTrainer)
+        report_to=(None, ["tensorboard"]),
+        remove_unused_columns=(None, False),  # the reward functions read the dataset's columns
+        disable_tqdm=(None, False),
+        dataloader_num_workers=(None, 0),
+    )
+    for key, value in (engine or {}).items():
+        if key not in ENGINE_KEYS:
+            raise ValueError(f"engine argument {key!r} is not in stages.rl.config.ENGINE_KEYS: add it there")
+        out[key] = ("launcher", value)
+    return out
+
+
+@functools.cache
+def trl_owned() -> dict[str, str | None]:
+    """GRPOConfig fields pathor1 sets (name -> the RLConfig field to set instead, None when fixed): refused in
+    ``trl``. Derived from ``grpo_settings``, the dict GRPOConfig is built from."""
+    owned = {key: source for key, (source, _) in grpo_settings(RLConfig()).items()}
+    return {**owned, **{key: "launcher" for key in ENGINE_KEYS}}
 
 
 def grpo_config_fields() -> dict[str, Any]:
@@ -89,7 +124,7 @@ def grpo_config_fields() -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(GRPOConfig) if f.init}
 
 
-TRL_PASSTHROUGH = Passthrough("GRPOConfig", grpo_config_fields, TRL_OWNED)
+TRL_PASSTHROUGH = Passthrough("GRPOConfig", grpo_config_fields, lambda: trl_owned())
 DEFAULT_WEIGHTS = {"format": 0.1, "accuracy": 0.9, "consistency": 0.5, "length_aware_accuracy": 1.0, "soft_overlong": 1.0,
                    "judge": 0.9, "grounding": 0.1}
 
@@ -109,7 +144,9 @@ def _f(default, help, **kw):
 
 
 @dataclass
-class RLConfig:
+class RLConfig(StepRunConfig):
+    """RL with TRL's GRPOTrainer; the shared names (run, seed, max_steps, batch_size, lr, ...) are stages.runs'."""
+
     algorithm: Literal["grpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo"] = _f(
         "grpo", "Preset that fills every field left unset (None); see stages/rl/config.py for the table.")
     init: str = _f("sft:latest", "Policy to start from: registry ref (sft:latest), folder, or tiny:qwen2_5_vl. "
@@ -118,7 +155,7 @@ class RLConfig:
     data: str = _f("", "QA file (kind qa, JSONL) or folder holding rl.jsonl; empty = the demo corpus.")
     curriculum: list[CurriculumPhase] = field(default_factory=list, metadata={"help": (
         "Ordered phases, e.g. [{data: closed.jsonl, max_steps: 40}, {data: open.jsonl, max_steps: 60}]: each phase "
-        "trains its max_steps on its own file (data is then unused); steps = their sum.")})
+        "trains its max_steps on its own file (data is then unused); max_steps = their sum.")})
     curriculum_order: Literal["shuffle", "pass_rate", "closed_first"] = _f(
         "shuffle", "Order of the questions (within each phase): shuffle (TRL's), pass_rate (highest first, easy to "
                    "hard; written by recipes.filter), closed_first (mcq and yes/no before open).")
@@ -126,12 +163,9 @@ class RLConfig:
         "strict", "Validate the data first (corpora.validate): strict refuses any problem, lenient leaves bad records "
                   "out, skip does not check.")
     template: str = _f("cot", "Prompt template (corpora/prompts); the format reward checks its response format.")
-    run: str = _f("default", "Run name: checkpoints go to rl/<run>/step-N.")
-    resume: str = _f("auto", "auto = continue this run from its newest checkpoint; never; or a registry ref.")
-    seed: int = _f(0, "Seed for data order and sampling.")
     # -- rollouts
     num_generations: int = _f(8, "G: completions sampled per prompt (one group).")
-    batch: int = _f(2, "Prompts (groups) per optimizer step on each device.")
+    batch_size: int = _f(2, "Prompts (groups) per optimizer step on each device.")
     micro_batch: int | None = _f(
         None, "Completions per forward/backward on each device; None = batch x num_generations (all at once). Must "
               "divide batch x num_generations; the rest is accumulated, so an optimizer step sees the same batch.")
@@ -139,19 +173,14 @@ class RLConfig:
     temperature: float = _f(1.0, "Sampling temperature of the rollouts.")
     top_p: float = _f(1.0, "Nucleus sampling of the rollouts.")
     # -- optimisation
-    steps: int = _f(100, "Optimizer steps.")
-    stop_after: int = _f(0, "Stop (with a checkpoint) after this many steps, keeping the planned schedule; "
-                            "0 = run to the end. Simulates preemption.")
+    max_steps: int = _f(100, "Optimizer steps.")
     lr: float = _f(1e-6, "Peak learning rate.")
     scheduler: str = _f("constant", "transformers lr_scheduler_type.")
-    warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up.")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
     grad_accum: int = _f(1, "Gradient accumulation steps (TRL then generates grad_accum batches at once).")
     num_iterations: int = _f(1, "mu: policy updates per generated batch (PPO epochs).")
     train: Literal["projector_llm", "llm", "all"] = _f(
         "projector_llm", "Which towers train: llm, projector_llm, or all (vision tower too).")
-    gradient_checkpointing: bool = _f(False, "Trade compute for activation memory.")
     # -- algorithm (None = from the preset)
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"] | None = _f(
         None, "grpo: per-sequence mean then batch mean; dapo: token-level over the batch; dr_grpo: sum / (B * L_max); "
@@ -193,9 +222,6 @@ class RLConfig:
                 "trl.vllm_max_model_length=4096 trl.steps_per_generation=4 (checked against GRPOConfig).",
         "passthrough": TRL_PASSTHROUGH})
     # -- output
-    save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end).")
-    keep_last: int = _f(0, "Keep only the newest N checkpoints of the run (0 = all).")
-    logging_steps: int = _f(1, "Log metrics (TensorBoard + manifest) every N steps.")
     log_completions: int = _f(4, "Completion samples written to TensorBoard per logging step (0 = none).")
 
     def __post_init__(self):
@@ -208,29 +234,27 @@ class RLConfig:
         self.curriculum = [CurriculumPhase(**p) if isinstance(p, dict) else p for p in self.curriculum]
         if self.curriculum_order not in ORDERS:
             raise ValueError(f"curriculum_order must be one of {'|'.join(ORDERS)}, got {self.curriculum_order!r}")
+        super().__post_init__()
         if self.algorithm not in PRESETS:
             raise ValueError(f"algorithm must be one of {'|'.join(PRESETS)}, got {self.algorithm!r}")
-        for name in ("num_generations", "batch", "max_completion_length", "steps", "grad_accum",
-                     "num_iterations", "max_num_gen_batches", "logging_steps"):
+        for name in ("num_generations", "max_completion_length", "max_steps", "num_iterations", "max_num_gen_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.micro_batch is not None and (self.micro_batch < 1 or (self.batch * self.num_generations) % self.micro_batch):
-            raise ValueError(f"micro_batch must divide batch x num_generations = {self.batch * self.num_generations}, "
+        if self.micro_batch is not None and (self.micro_batch < 1 or (self.batch_size * self.num_generations) % self.micro_batch):
+            raise ValueError(f"micro_batch must divide batch x num_generations = {self.batch_size * self.num_generations}, "
                              f"got {self.micro_batch}")
-        owned = sorted(set(self.trl) & set(TRL_OWNED))
+        owned = sorted(set(self.trl) & set(trl_owned())) if self.trl else []
         if owned:  # from_dict refuses these with the origin; this catches configs built in Python
-            raise ValueError(f"trl.{owned[0]} is set by the RLConfig field '{TRL_OWNED[owned[0]]}'; set that instead")
+            raise ValueError(owned_key_message("GRPOConfig", owned[0], trl_owned()[owned[0]]))
         if self.num_generations < 2:
             raise ValueError(f"num_generations must be >= 2 (a group needs two completions), got {self.num_generations}")
-        for name in ("save_every", "keep_last", "stop_after", "log_completions", "length_min"):
+        for name in ("log_completions", "length_min"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or self.temperature <= 0:
-            raise ValueError(f"lr and temperature must be > 0, got lr={self.lr} temperature={self.temperature}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.beta is not None and self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
-        if not self.run or "/" in self.run or self.run.startswith("."):
-            raise ValueError(f"run must be a plain folder name, got {self.run!r}")
         r = self.resolved_rewards()
         if self.reward_weights is not None and len(self.reward_weights) != len(r):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for {len(r)} rewards {r}")
@@ -261,9 +285,9 @@ class RLConfig:
         if out.length_max is None:
             out.length_max = out.max_completion_length
         if out.micro_batch is None:
-            out.micro_batch = out.batch * out.num_generations
+            out.micro_batch = out.batch_size * out.num_generations
         if out.curriculum:
-            out.steps = sum(p.max_steps for p in out.curriculum)
+            out.max_steps = sum(p.max_steps for p in out.curriculum)
         if out.dynamic_sampling_metric is None:
             out.dynamic_sampling_metric = outcome_reward(out.rewards)
         return out
@@ -275,8 +299,8 @@ class RLConfig:
 
     def accumulation(self) -> int:
         """Micro-batches per optimizer step on each device: grad_accum x (batch x G / micro_batch)."""
-        micro = self.micro_batch or self.batch * self.num_generations
-        return self.grad_accum * (self.batch * self.num_generations // micro)
+        micro = self.micro_batch or self.batch_size * self.num_generations
+        return self.grad_accum * (self.batch_size * self.num_generations // micro)
 
     def unset_fields(self) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name) is None]

@@ -125,50 +125,11 @@ def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] 
     from trl import GRPOConfig
 
     from stages.distributed import engine_arguments
+    from stages.rl.config import grpo_settings
 
-    cuda = torch.cuda.is_available()
-    kwargs = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=cfg.micro_batch or cfg.batch * cfg.num_generations,
-        gradient_accumulation_steps=cfg.accumulation(),
-        num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        learning_rate=cfg.lr,
-        lr_scheduler_type=cfg.scheduler,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        max_steps=cfg.steps,
-        num_iterations=cfg.num_iterations,
-        loss_type=cfg.loss_type,
-        scale_rewards=cfg.scale_rewards,
-        beta=cfg.beta,
-        epsilon=cfg.epsilon,
-        epsilon_high=cfg.epsilon_high,
-        mask_truncated_completions=cfg.mask_truncated_completions,
-        reward_weights=cfg.reward_weights,
-        use_vllm=cfg.use_vllm,
-        vllm_mode=cfg.vllm_mode,
-        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        vllm_server_host=cfg.vllm_server_host,
-        vllm_server_port=cfg.vllm_server_port,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",  # the Trainer also saves at the end: the final entry is published like the others
-        save_steps=cfg.save_every or 10**9,
-        report_to=["tensorboard"],
-        seed=cfg.seed,
-        # bf16 autocast whenever the weights are bf16: the trainable ones are fp32 (stages.distributed)
-        bf16=cfg.model.dtype == "bfloat16" or (cuda and cfg.model.dtype == "auto"),
-        **engine_arguments(),  # use_cpu / ddp_backend for the engine the launcher asked for
-        remove_unused_columns=False,
-        log_completions=False,
-        disable_tqdm=False,
-        dataloader_num_workers=0,
-    )
-    kwargs.update(copy.deepcopy(cfg.trl))  # RLConfig refuses keys it sets itself (TRL_OWNED)
+    settings = grpo_settings(cfg, output_dir, cuda=torch.cuda.is_available(), engine=engine_arguments())
+    kwargs = {key: value for key, (_, value) in settings.items()}
+    kwargs.update(copy.deepcopy(cfg.trl))  # RLConfig refuses the keys of grpo_settings (trl_owned)
     ban = vision_token_ban(list(suppress_token_ids), list(suppress_tokens), use_vllm=cfg.use_vllm)
     kwargs["generation_kwargs"] = _merge_generation_kwargs(kwargs.get("generation_kwargs"), ban)
     return GRPOConfig(**kwargs)
@@ -195,8 +156,8 @@ def run(cfg: RLConfig) -> Path:
     if parse_ref(init) is not None:
         init = str(registry.resolve(init))  # sft:latest -> the folder; fails early with RegistryError
     resume_from = resume_point(STAGE, cfg.run, cfg.resume, registry)
-    if resume_from is not None and trained_steps(resume_from) >= cfg.steps:
-        logger.warning("run %s already reached step %d: nothing to do", cfg.run, cfg.steps)
+    if resume_from is not None and trained_steps(resume_from) >= cfg.max_steps:
+        logger.warning("run %s already reached step %d: nothing to do", cfg.run, cfg.max_steps)
         return resume_from
 
     # a curriculum's phases are laid one after another in one dataset (stages.rl.curriculum)

@@ -41,7 +41,7 @@ def _run_stage(stage: str, path: Path, batch_size: int = 1):
     from stages.rl.config import RLConfig
     from stages.rl.training import run
 
-    return run(RLConfig(model=tiny, init="tiny:qwen2_vl", data=str(path), steps=1))
+    return run(RLConfig(model=tiny, init="tiny:qwen2_vl", data=str(path), max_steps=1))
 
 
 def _registry_leftovers(home: Path) -> list[str]:

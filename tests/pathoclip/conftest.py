@@ -2,7 +2,7 @@
 import pytest
 
 TRAIN_ARGS = ["subset_fraction=0.5", "epochs_a=1", "epochs_b=3", "batch_size=16", "lr=0.001", "warmup=2",
-              "log_every_n_steps=1", "run=t"]
+              "logging_steps=1", "run=t"]
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,7 @@ def test_rl_run_with_grounding_logs_the_reward(trained, small_demo, tmp_path):
             shutil.copy(f, w.path / f.name)
         w.extra["template"] = "cot"
     # The random tiny policy never writes a <think> span, so the run grounds the whole completion (span=completion).
-    final = run(RLConfig(algorithm="grpo", data=str(small_demo.root), num_generations=4, batch=1, steps=2,
+    final = run(RLConfig(algorithm="grpo", data=str(small_demo.root), num_generations=4, batch_size=1, max_steps=2,
                          max_completion_length=8, run="ground", rewards=["format", "accuracy", "grounding"],
                          grounding=GroundingConfig(model=str(clip), span="completion")))
     history = json.loads((final / TRAINER_STATE_DIR / "trainer_state.json").read_text())["log_history"]

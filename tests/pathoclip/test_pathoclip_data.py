@@ -80,7 +80,7 @@ def test_training_reads_the_cached_csv(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PATHOR1_HOME", str(tmp_path))
     demo = build_demo(tmp_path / "demo", n_train=32, n_eval=4, image_size=56)
-    args = [f"data={demo.pairs}", "subset_fraction=0", "epochs_b=1", "batch_size=16", "log_every_n_steps=1"]
+    args = [f"data={demo.pairs}", "subset_fraction=0", "epochs_b=1", "batch_size=16", "logging_steps=1"]
     train(load_config(CLIPTrainConfig, [*args, "run=one"]))
     params = (tmp_path / "logs" / "pathoclip" / "one" / "b" / "params.txt").read_text()
     (cached,) = (tmp_path / "cache" / "pathoclip").glob("*/pairs.csv")

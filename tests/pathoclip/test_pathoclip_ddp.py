@@ -22,7 +22,7 @@ def test_two_cpu_ranks_split_the_data_and_publish_each_phase_once(tmp_path):
                PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "pathoclip.train", f"data={demo.pairs}", "subset_fraction=0.5", "epochs_a=1", "epochs_b=2",
-           "batch_size=4", "log_every_n_steps=1", "device=cpu", "run=ddp"]
+           "batch_size=4", "logging_steps=1", "device=cpu", "run=ddp"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-4000:]
 

@@ -138,7 +138,7 @@ def test_webdataset_shards_written_by_corpora_feed_open_clip_train(tmp_path, mon
     monkeypatch.setenv("PATHOR1_HOME", str(tmp_path))
     demo = build_demo(tmp_path / "demo", n_train=32, n_eval=4, image_size=56)
     args = [f"data={demo.pairs}", "data_format=webdataset", "shard_size=16", "subset_fraction=0", "epochs_b=1",
-            "batch_size=16", "log_every_n_steps=1", "run=w"]
+            "batch_size=16", "logging_steps=1", "run=w"]
     entry = Registry(tmp_path).manifest(train(load_config(CLIPTrainConfig, args)))
     shards = sorted(p.name for p in (tmp_path / "logs" / "pathoclip" / "w" / "data" / "b").glob("*.tar"))
     assert shards == ["shard-000000.tar", "shard-000001.tar"]
@@ -155,11 +155,11 @@ def test_pretrained_may_be_a_tag_a_file_an_export_or_a_registry_ref(trained, tmp
     weights = str(final / "open_clip_model.safetensors")
     pick = lambda **kw: _pretrained(load_config(CLIPTrainConfig, [f"{k}={v}" for k, v in kw.items()]))  # noqa: E731
     assert pick() == ("PathoCLIP-Tiny", None)
-    assert pick(pretrained=weights) == ("PathoCLIP-Tiny", weights)
-    assert pick(pretrained=str(final)) == ("PathoCLIP-Tiny", weights)
-    assert pick(pretrained="pathoclip:t") == ("PathoCLIP-Tiny", weights)
+    assert pick(init=weights) == ("PathoCLIP-Tiny", weights)
+    assert pick(init=str(final)) == ("PathoCLIP-Tiny", weights)
+    assert pick(init="pathoclip:t") == ("PathoCLIP-Tiny", weights)
     # a tag is looked up by open_clip under the architecture it was published for
-    assert pick(model="PathoCLIP-ViT-B-16", pretrained="openai") == ("ViT-B-16", "openai")
+    assert pick(model="PathoCLIP-ViT-B-16", init="openai") == ("ViT-B-16", "openai")
 
 
 @pytest.mark.parametrize("ours, base", [("PathoCLIP-ViT-B-16", "ViT-B-16"), ("PathoCLIP-ViT-L-14", "ViT-L-14")])

@@ -155,6 +155,6 @@ def test_a_local_checkpoint_filters_and_rl_trains_on_the_output(demo, tmp_path, 
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["questions"] == summary["kept"] == 6 and summary["model"]["path"] == str(tiny)
     assert sum(summary["pass_rate_histogram"].values()) == 6
-    assert rl_recipe.main([f"data={out}", f"init={tiny}", "steps=1", "num_generations=2", "batch=2",
+    assert rl_recipe.main([f"data={out}", f"init={tiny}", "max_steps=1", "num_generations=2", "batch_size=2",
                            "max_completion_length=8", "run=filtered"]) == 0
     assert Registry().manifest("rl:filtered")["step"] == 1

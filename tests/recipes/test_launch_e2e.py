@@ -21,7 +21,7 @@ CONFIG = REPO / "recipes" / "configs" / "accelerate" / "cpu_ddp2.yaml"
 SFT_STEPS = 24
 ARGS = ["demo.n_train=16", "demo.n_eval=8", "stages=[pretrain,sft,rl]", "evaluate=false", "report=false",
         "pretrain.max_steps=2", f"sft.max_steps={SFT_STEPS}", "sft.save_every=1", "sft.batch_size=2",
-        "rl.steps=1", "rl.num_generations=2", "rl.batch=2", "rl.max_completion_length=8", "rl.dynamic_sampling=false",
+        "rl.max_steps=1", "rl.num_generations=2", "rl.batch_size=2", "rl.max_completion_length=8", "rl.dynamic_sampling=false",
         "launch.timeout=400"]
 
 

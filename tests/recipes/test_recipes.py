@@ -13,8 +13,8 @@ TINY = ["demo.n_train=16", "demo.n_eval=8", "eval.max_new_tokens=12", "eval.batc
 def test_patho_r1_demo_writes_report_and_metrics(tmp_path, capsys):
     from recipes.patho_r1 import PathoR1Config, run
 
-    cfg = load_config(PathoR1Config, TINY + ["pretrain.max_steps=2", "sft.max_steps=2", "rl.steps=1",
-                                             "rl.num_generations=2", "rl.batch=2", "rl.max_completion_length=8",
+    cfg = load_config(PathoR1Config, TINY + ["pretrain.max_steps=2", "sft.max_steps=2", "rl.max_steps=1",
+                                             "rl.num_generations=2", "rl.batch_size=2", "rl.max_completion_length=8",
                                              "clip.epochs_b=1"])
     path = run(cfg)
     assert path.name == "metrics.json"
@@ -73,7 +73,7 @@ def test_patho_r1_refuses_an_unknown_stage():
 def test_medvlm_r1_and_med_r1_run_on_the_demo(tmp_path):
     from recipes import med_r1, medvlm_r1
 
-    small_rl = ["rl.steps=1", "rl.num_generations=2", "rl.batch=2", "rl.max_completion_length=8"]
+    small_rl = ["rl.max_steps=1", "rl.num_generations=2", "rl.batch_size=2", "rl.max_completion_length=8"]
     cfg = load_config(medvlm_r1.MedVLMR1Config, TINY + small_rl + ["n_samples=8"])
     metrics = json.loads(medvlm_r1.run(cfg).read_text())
     assert metrics["rl"]["mcq"]["n"] == 8

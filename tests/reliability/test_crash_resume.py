@@ -40,7 +40,7 @@ def stage_args(stage: str, demo, tiny) -> tuple[object, str, list[str], int]:
     """(recipe module, its dotted name, arguments, planned steps): a few tiny steps, a checkpoint after each."""
     common = [f"data={demo.root}", f"init={tiny}", "save_every=1", "lr=1e-3", "warmup_ratio=0"]
     if stage == "rl":
-        return rl_recipe, "recipes.rl", [*common, "algorithm=grpo", "steps=4", "num_generations=4", "batch=1",
+        return rl_recipe, "recipes.rl", [*common, "algorithm=grpo", "max_steps=4", "num_generations=4", "batch_size=1",
                                          "max_completion_length=8", "log_completions=0", PARITY,
                                          "reward_weights=[1.0]"], 4
     recipe = pretrain_recipe if stage == "pretrain" else sft_recipe
@@ -164,7 +164,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(stage, demo, tiny,
 
 
 CLIP_ARGS = ["subset_fraction=0.5", "epochs_a=1", "epochs_b=3", "batch_size=4", "lr=0.001", "warmup=2",
-             "log_every_n_steps=1"]
+             "logging_steps=1"]
 
 
 def test_pathoclip_sigkill_mid_phase_then_resume_auto(demo, tmp_path, capsys):

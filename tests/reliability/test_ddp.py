@@ -89,8 +89,8 @@ def assert_same_weights(a, b):
 
 def test_rl_two_ranks(demo, tiny, tmp_path):
     steps, generations = 2, 4
-    args = [f"data={demo.root}", f"init={tiny}", "algorithm=grpo", f"steps={steps}", "save_every=1",
-            f"num_generations={generations}", "batch=1", "max_completion_length=8", "lr=1e-3", "log_completions=0",
+    args = [f"data={demo.root}", f"init={tiny}", "algorithm=grpo", f"max_steps={steps}", "save_every=1",
+            f"num_generations={generations}", "batch_size=1", "max_completion_length=8", "lr=1e-3", "log_completions=0",
             "rewards=['tests.reliability.launch:token_parity_reward']", "reward_weights=[1.0]"]
     run_child("recipes.rl", [*args, "run=ddp"], ranks=RANKS, samples=tmp_path / "probe")
     final = check_only_rank0_wrote("rl", "ddp", [1, 2], {"rng_state_0.pth", "rng_state_1.pth"})

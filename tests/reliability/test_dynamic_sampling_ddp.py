@@ -24,7 +24,7 @@ from tests.reliability.test_ddp import assert_same_weights
 
 pytestmark = pytest.mark.slow
 RANKS, G, STEPS, SKIPPED_STEP, LOPSIDED_STEP = 2, 4, 4, 1, 2
-ROWS = 2 * G  # per rank and generation: batch=1 group x grad_accum=2
+ROWS = 2 * G  # per rank and generation: batch_size=1 group x grad_accum=2
 
 
 def probe_lines(folder) -> dict[int, dict[int, dict]]:
@@ -41,8 +41,8 @@ def test_dynamic_sampling_two_ranks(demo, tiny, tmp_path, monkeypatch):
     # Under gloo, accelerate names the device cpu:0, and transformers 5.17 resumes the optimizer with
     # torch.load(map_location=cpu:0), which torch refuses; a plain "cpu" device avoids it (reported, not ours).
     monkeypatch.setenv("ACCELERATE_TORCH_DEVICE", "cpu")
-    args = [f"data={demo.root}", f"init={tiny}", "algorithm=dapo", f"steps={STEPS}", "save_every=1",
-            f"num_generations={G}", "batch=1", "grad_accum=2", "max_completion_length=6", "lr=1e-3", "log_completions=0",
+    args = [f"data={demo.root}", f"init={tiny}", "algorithm=dapo", f"max_steps={STEPS}", "save_every=1",
+            f"num_generations={G}", "batch_size=1", "grad_accum=2", "max_completion_length=6", "lr=1e-3", "log_completions=0",
             "max_num_gen_batches=3", "mask_truncated_completions=false",
             "rewards=['tests.reliability.launch:refill_forcing_reward','tests.reliability.launch:token_parity_reward']",
             "reward_weights=[1.0,1.0]", "dynamic_sampling_metric=tests.reliability.launch:refill_forcing_reward"]

@@ -26,8 +26,8 @@ def sft_job(demo, tiny, steps: int = 3) -> tuple[str, list[str], int]:
 
 
 def rl_job(demo, tiny, steps: int = 2) -> tuple[str, list[str], int]:
-    return "recipes.rl", [f"data={demo.root}", f"init={tiny}", "algorithm=grpo", f"steps={steps}", "save_every=1",
-                          "num_generations=4", "batch=1", "max_completion_length=8", "lr=1e-3", "log_completions=0",
+    return "recipes.rl", [f"data={demo.root}", f"init={tiny}", "algorithm=grpo", f"max_steps={steps}", "save_every=1",
+                          "num_generations=4", "batch_size=1", "max_completion_length=8", "lr=1e-3", "log_completions=0",
                           "rewards=['tests.reliability.launch:token_parity_reward']", "reward_weights=[1.0]"], steps
 
 

@@ -14,7 +14,7 @@ from tests.reliability.children import REPO, child_env, kill_tree, launch_argv, 
 pytestmark = pytest.mark.slow
 
 ARGS = ["subset_fraction=0.5", "epochs_a=1", "epochs_b=3", "batch_size=2", "lr=0.001", "warmup=2",
-        "log_every_n_steps=1", "device=cpu"]
+        "logging_steps=1", "device=cpu"]
 
 
 def test_two_rank_pathoclip_killed_mid_phase_resumes_to_the_uninterrupted_weights(demo, tmp_path):

@@ -20,8 +20,8 @@ def test_rl_on_bf16_weights_trains_fp32_copies_under_autocast(tmp_path):
     demo = build_demo(tmp_path / "demo", n_train=8, n_eval=4, image_size=56)
     tiny = build_tiny("qwen2_5_vl", tmp_path / "tiny")
     # lr 1e-6: in bf16 (8 bits of mantissa) every such update of a weight near 1e-2 would round to zero
-    final = run_rl(RLConfig(init=str(tiny), data=str(demo.root), algorithm="grpo", steps=1, num_generations=4,
-                            batch=1, max_completion_length=8, lr=1e-6, warmup_ratio=0.0, run="bf16",
+    final = run_rl(RLConfig(init=str(tiny), data=str(demo.root), algorithm="grpo", max_steps=1, num_generations=4,
+                            batch_size=1, max_completion_length=8, lr=1e-6, warmup_ratio=0.0, run="bf16",
                             model={"dtype": "bfloat16"}, rewards=["tests.stages.test_mixed_precision:token_parity_reward"],
                             reward_weights=[1.0], log_completions=0))
     manifest = Registry().manifest(final)

@@ -70,7 +70,7 @@ def test_config_phases_from_yaml_and_the_command_line(tmp_path):
     yaml.write_text("curriculum:\n  - {data: closed.jsonl, max_steps: 3}\n  - {data: open.jsonl, max_steps: 5}\n")
     cfg = load_config(RLConfig, ["--config", str(yaml), "curriculum_order=closed_first"])
     assert [(p.data, p.max_steps) for p in cfg.curriculum] == [("closed.jsonl", 3), ("open.jsonl", 5)]
-    assert cfg.resolved().steps == 8  # steps = the sum of the phases
+    assert cfg.resolved().max_steps == 8  # max_steps = the sum of the phases
     with pytest.raises(ConfigError, match="max_steps >= 1"):
         load_config(RLConfig, ["curriculum=[{data: a.jsonl, max_steps: 0}]"])
     with pytest.raises(ConfigError, match="unknown key"):
@@ -108,7 +108,7 @@ def test_phases_end_to_end_and_resume_across_the_boundary(tmp_path, monkeypatch)
     (demo.root / "phase2.jsonl").write_text("\n".join(rows[6:]) + "\n")
     ids = [{json.loads(r)["id"] for r in part} for part in (rows[:6], rows[6:])]
     tiny = build_tiny("qwen2_5_vl", tmp_path / "tiny")
-    common = dict(algorithm="grpo", beta=0.0, init=str(tiny), num_generations=G, batch=2, max_completion_length=6,
+    common = dict(algorithm="grpo", beta=0.0, init=str(tiny), num_generations=G, batch_size=2, max_completion_length=6,
                   lr=1e-3, save_every=1, log_completions=0, seed=5,
                   curriculum=[{"data": str(demo.root / "phase1.jsonl"), "max_steps": 2},
                               {"data": str(demo.root / "phase2.jsonl"), "max_steps": 2}],

@@ -33,10 +33,10 @@ def demo(tmp_path):
 
 
 def test_two_steps_then_resume(sft_entry, demo):
-    common = dict(algorithm="dapo", data=str(demo.root), num_generations=4, batch=1, max_completion_length=8,
+    common = dict(algorithm="dapo", data=str(demo.root), num_generations=4, batch_size=1, max_completion_length=8,
                   lr=1e-3, run="ci", max_num_gen_batches=2,
                   rewards=["format", "accuracy", "tests.stages.test_rl_integration:token_parity_reward"])
-    first = run(RLConfig(steps=3, stop_after=2, **common))
+    first = run(RLConfig(max_steps=3, stop_after=2, **common))
     assert first.name == "step-00000002"
     manifest = json.loads((first / "manifest.json").read_text())
     assert manifest["stage"] == "rl" and manifest["extra"]["template"] == "cot"
@@ -45,7 +45,7 @@ def test_two_steps_then_resume(sft_entry, demo):
     assert (first / "model.safetensors").exists() and (first / TRAINER_STATE_DIR / "optimizer.pt").exists()
     assert manifest["config"]["epsilon_high"] == 0.28  # the resolved preset is what the manifest records
 
-    final = run(RLConfig(steps=3, **common))  # resume=auto continues the run from step 2
+    final = run(RLConfig(max_steps=3, **common))  # resume=auto continues the run from step 2
     assert final.name == "step-00000003"
     state = json.loads((final / TRAINER_STATE_DIR / "trainer_state.json").read_text())
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
@@ -56,8 +56,8 @@ def test_two_steps_then_resume(sft_entry, demo):
 @pytest.mark.slow
 def test_mean_reward_rises(sft_entry, demo):
     steps = 30
-    final = run(RLConfig(algorithm="grpo", beta=0.0, data=str(demo.root), num_generations=8, batch=2,
-                         max_completion_length=12, lr=3e-3, steps=steps, run="rise", temperature=1.0,
+    final = run(RLConfig(algorithm="grpo", beta=0.0, data=str(demo.root), num_generations=8, batch_size=2,
+                         max_completion_length=12, lr=3e-3, max_steps=steps, run="rise", temperature=1.0,
                          rewards=["tests.stages.test_rl_integration:token_parity_reward"], reward_weights=[1.0]))
     history = json.loads((final / TRAINER_STATE_DIR / "trainer_state.json").read_text())["log_history"]
     rewards = [h["reward"] for h in history if "reward" in h]

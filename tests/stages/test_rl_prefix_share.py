@@ -52,8 +52,8 @@ def make_trainer(folder, dataset, tmp_path, algorithm="grpo", train="all", lora=
     model, processor = load_model(ModelConfig(name_or_path=str(folder), **freeze, **model_overrides,
                                               lora=LoraConfig(enabled=lora, r=4, alpha=8, dropout=0.0)))
     pad_prompts_left(processor)
-    cfg = RLConfig(algorithm=algorithm, init="unused", num_generations=G, batch=len(PROMPTS), max_completion_length=6,
-                   steps=1, lr=1e-3, rewards=["format"], reward_weights=[1.0]).resolved()
+    cfg = RLConfig(algorithm=algorithm, init="unused", num_generations=G, batch_size=len(PROMPTS), max_completion_length=6,
+                   max_steps=1, lr=1e-3, rewards=["format"], reward_weights=[1.0]).resolved()
     return PathoGRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
                             args=grpo_args(cfg, tmp_path / "out"), train_dataset=dataset, processing_class=processor)
 
@@ -304,8 +304,8 @@ def test_config_switch_turns_sharing_off(folder, dataset, tmp_path, monkeypatch)
     demo = build_demo(tmp_path / "demo", n_train=8, n_eval=4, image_size=56)
     for share in (False, True):
         with pytest.raises(Stop):
-            run(RLConfig(init=str(folder), data=str(demo.root), share_prefix=share, num_generations=2, batch=1,
-                         max_completion_length=4, steps=1, run=f"switch-{share}"))
+            run(RLConfig(init=str(folder), data=str(demo.root), share_prefix=share, num_generations=2, batch_size=1,
+                         max_completion_length=4, max_steps=1, run=f"switch-{share}"))
         t = made["trainer"]
         assert t.share_prefix is share
         assert ("generate" in vars(t.model)) is share

@@ -37,8 +37,8 @@ def make_trainer(tiny, tmp_path, rounds, *, names=("x:y",), metric=None):
     several `names`, `rounds` holds one such script per reward and `metric` picks the gating one."""
     model, processor = tiny
     scripts = [rounds] if len(names) == 1 else rounds
-    cfg = RLConfig(algorithm="dapo", init="unused", num_generations=G, batch=BATCH, max_completion_length=4,
-                   steps=1, lr=1e-3, seed=SEED, rewards=list(names), reward_weights=[1.0] * len(names),
+    cfg = RLConfig(algorithm="dapo", init="unused", num_generations=G, batch_size=BATCH, max_completion_length=4,
+                   max_steps=1, lr=1e-3, seed=SEED, rewards=list(names), reward_weights=[1.0] * len(names),
                    max_num_gen_batches=len(scripts[0]), mask_truncated_completions=False,
                    dynamic_sampling_metric=metric).resolved()
     data = Dataset.from_list([{"id": f"q{i}", "prompt": [{"role": "user", "content": f"question {i}"}]}

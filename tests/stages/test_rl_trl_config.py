@@ -27,8 +27,8 @@ def tiny(tmp_path_factory):
 
 def make_trainer(tiny, algorithm, tmp_path, **overrides):
     model, processor = tiny
-    cfg = RLConfig(algorithm=algorithm, init="unused", num_generations=G, batch=2, max_completion_length=L_MAX,
-                   steps=1, lr=1e-3, rewards=["format"], reward_weights=[1.0], **overrides).resolved()
+    cfg = RLConfig(algorithm=algorithm, init="unused", num_generations=G, batch_size=2, max_completion_length=L_MAX,
+                   max_steps=1, lr=1e-3, rewards=["format"], reward_weights=[1.0], **overrides).resolved()
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"question {i}"}], "solution": "<answer> A </answer>"}
                               for i in range(4)])
     return PathoGRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],

@@ -30,8 +30,8 @@ def tiny(tmp_path_factory):
 
 def make_trainer(tiny, tmp_path, algorithm="grpo", **overrides):
     model, processor = tiny
-    cfg = RLConfig(algorithm=algorithm, init="unused", num_generations=G, batch=2, max_completion_length=L_MAX,
-                   steps=1, lr=1e-3, rewards=["format"], reward_weights=[1.0], **overrides).resolved()
+    cfg = RLConfig(algorithm=algorithm, init="unused", num_generations=G, batch_size=2, max_completion_length=L_MAX,
+                   max_steps=1, lr=1e-3, rewards=["format"], reward_weights=[1.0], **overrides).resolved()
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"question {i}"}]} for i in range(4)])
     return PathoGRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
                             args=grpo_args(cfg, tmp_path / "out"), train_dataset=data, processing_class=processor)
@@ -101,15 +101,15 @@ def test_recipes_reach_the_passthrough_under_rl(tmp_path):
 
 
 def test_micro_batches_accumulate_to_the_same_optimizer_batch(tmp_path):
-    whole = grpo_args(RLConfig(batch=4, num_generations=8, grad_accum=2).resolved(), tmp_path / "a")
-    micro = grpo_args(RLConfig(batch=4, num_generations=8, grad_accum=2, micro_batch=4).resolved(), tmp_path / "b")
+    whole = grpo_args(RLConfig(batch_size=4, num_generations=8, grad_accum=2).resolved(), tmp_path / "a")
+    micro = grpo_args(RLConfig(batch_size=4, num_generations=8, grad_accum=2, micro_batch=4).resolved(), tmp_path / "b")
     assert (whole.per_device_train_batch_size, whole.gradient_accumulation_steps) == (32, 2)
     assert (micro.per_device_train_batch_size, micro.gradient_accumulation_steps) == (4, 16)
     for args in (whole, micro):  # 64 completions per optimizer step and per generation round, on each device
         assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 64
         assert args.generation_batch_size == 64 and args.steps_per_generation == args.gradient_accumulation_steps
     with pytest.raises(ValueError, match="micro_batch must divide batch x num_generations = 32, got 5"):
-        RLConfig(batch=4, num_generations=8, micro_batch=5)
+        RLConfig(batch_size=4, num_generations=8, micro_batch=5)
 
 
 @pytest.mark.parametrize("algorithm", sorted(PRESETS))
@@ -308,8 +308,8 @@ def test_an_rl_run_with_micro_batches_an_image_budget_and_trl_fields(tmp_path):
         for f in base.iterdir():
             shutil.copy(f, w.path / f.name)
     demo = build_demo(tmp_path / "demo", n_train=8, n_eval=4, image_size=56)
-    final = run(RLConfig(algorithm="gspo", init="sft:mb", data=str(demo.root), num_generations=2, batch=2,
-                         micro_batch=2, max_completion_length=8, steps=2, lr=1e-3, run="mb",
+    final = run(RLConfig(algorithm="gspo", init="sft:mb", data=str(demo.root), num_generations=2, batch_size=2,
+                         micro_batch=2, max_completion_length=8, max_steps=2, lr=1e-3, run="mb",
                          model=ModelConfig(max_pixels=56 * 56), trl={"top_entropy_quantile": 0.5}))
     config = json.loads((final / "manifest.json").read_text())["config"]
     assert config["micro_batch"] == 2 and config["model"]["max_pixels"] == 3136
@@ -323,7 +323,7 @@ def test_every_shipped_rl_config_reaches_grpo_config(tmp_path, path):
     cfg = load_config(RLConfig, ["--config", str(path)]).resolved()
     args = grpo_args(cfg, tmp_path / "out")
     assert (args.loss_type, args.per_device_train_batch_size * args.gradient_accumulation_steps) == (
-        cfg.loss_type, cfg.batch * cfg.num_generations * cfg.grad_accum)
+        cfg.loss_type, cfg.batch_size * cfg.num_generations * cfg.grad_accum)
     for key, value in cfg.trl.items():
         assert getattr(args, key) == value, key
     if path.name == "rl_dapo_entropy.yaml":
