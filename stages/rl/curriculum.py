@@ -137,7 +137,7 @@ def plan(cfg, paths: list, qa_sets: list) -> CurriculumPlan | None:
     shuffled sampler serves (no phases, curriculum_order=shuffle)."""
     if not cfg.curriculum and cfg.curriculum_order == "shuffle":
         return None
-    steps = [p.max_steps for p in cfg.curriculum] or [cfg.steps]
+    steps = [p.max_steps for p in cfg.curriculum] or [cfg.max_steps]
     keys = None
     if cfg.curriculum_order == "pass_rate":
         keys = [-r for path, qa in zip(paths, qa_sets) for r in read_pass_rates(path, list(qa["id"]))]
