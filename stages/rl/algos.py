@@ -44,3 +44,39 @@ def zero_std_fraction(rewards: torch.Tensor, num_generations: int) -> float:
 def group_rows(group_indices: list[int], num_generations: int) -> list[int]:
     """Row indices of whole groups, in order: groups [0, 2] with G=2 -> rows [0, 1, 4, 5]."""
     return [g * num_generations + j for g in group_indices for j in range(num_generations)]
+
+
+def subset_scales(subset_ids: torch.Tensor, weights: torch.Tensor, balance: bool) -> torch.Tensor:
+    """Per-row advantage multipliers for domain-aware RL (QoQ-Med's domain scaling, which TRL lacks).
+
+    `subset_ids` `(N,)`: each row's subset index into `weights` `(S,)` (fixed per-subset multipliers, 1 = none).
+    `balance`: every subset present in the batch gets the same total weight, whatever its number of rows
+    (factor N / (k * n_s) for k subsets present, n_s rows of subset s; the factors average 1 over the rows), so a
+    rare modality is not drowned by a common one. The result is `balance factor x weight` per row.
+    """
+    ids = subset_ids.long()
+    scale = weights.to(torch.float32)[ids]
+    if balance and ids.numel():
+        counts = torch.bincount(ids, minlength=weights.numel()).to(torch.float32)
+        present = int((counts > 0).sum())
+        scale = scale * ids.numel() / (present * counts[ids])
+    return scale
+
+
+class SubsetScaling:
+    """`subset_scales` over subset names: `names` is every subset of the training data (the same order on every rank)."""
+
+    def __init__(self, names: list[str], weights: dict[str, float], balance: bool):
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ValueError(f"subset_weights names subsets {unknown} that the data does not have; expected some of "
+                             f"{sorted(names)}; fix the names (the records' `subset` field)")
+        self.index = {name: i for i, name in enumerate(names)}
+        self.weights = torch.tensor([float(weights.get(name, 1.0)) for name in names])
+        self.balance = balance
+
+    def ids(self, subsets: list[str]) -> torch.Tensor:
+        return torch.tensor([self.index[s] for s in subsets], dtype=torch.long)
+
+    def scales(self, subset_ids: torch.Tensor) -> torch.Tensor:
+        return subset_scales(subset_ids, self.weights, self.balance)

@@ -191,6 +191,11 @@ class RLConfig(StepRunConfig):
     epsilon_high: float | None = _f(None, "Upper clip epsilon (ratio <= 1 + epsilon_high); DAPO clip-higher 0.28.")
     mask_truncated_completions: bool | None = _f(None, "Exclude completions cut at L_max from the loss.")
     dynamic_sampling: bool | None = _f(None, "Drop groups with equal rewards and refill the batch (DAPO).")
+    subset_scaling: Literal["none", "balance"] = _f(
+        "none", "Domain-aware advantage scaling over the `subset` column (QoQ-Med): balance = each subset in a "
+                "generation batch carries the same total weight whatever its number of rows (inverse frequency).")
+    subset_weights: dict[str, float] = field(default_factory=dict, metadata={"help": (
+        "Fixed advantage multiplier per subset name, e.g. {ct: 2.0, mri: 0.5} (others 1); on top of subset_scaling.")})
     max_num_gen_batches: int = _f(4, "Dynamic sampling: at most this many generation rounds per step.")
     dynamic_sampling_metric: str | None = _f(
         None, "Dynamic sampling: the reward whose spread makes a group informative -- one of `rewards`, or total (the "
@@ -260,6 +265,9 @@ class RLConfig(StepRunConfig):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for {len(r)} rewards {r}")
         if "judge" in r and not self.judge.url:
             raise ValueError("rewards include judge but judge.url is empty: set judge.url=http://HOST:PORT judge.model=NAME")
+        negative = {k: v for k, v in self.subset_weights.items() if not v >= 0}
+        if negative:
+            raise ValueError(f"subset_weights must be >= 0, got {negative}")
         metric = self.dynamic_sampling_metric
         if metric is not None and metric != "total" and metric not in r:
             raise ValueError(f"dynamic_sampling_metric must be total or one of the rewards {r}, got {metric!r}")

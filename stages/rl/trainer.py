@@ -33,12 +33,13 @@ logger = logging.getLogger(__name__)
 
 class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
     def __init__(self, *args, dynamic_sampling: bool = False, max_num_gen_batches: int = 4,
-                 gating_reward: int | None = None, curriculum=None, share_vision: bool = True, share_prefix: bool = True,
+                 gating_reward: int | None = None, curriculum=None, subset_scaling=None, share_vision: bool = True, share_prefix: bool = True,
                  tensorboard_samples: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
         self.gating_reward = gating_reward  # index of the reward that decides informativeness; None = weighted total
         self.curriculum = curriculum  # stages.rl.curriculum.CurriculumPlan: phases / ordered questions, or None
+        self.subset_scaling = subset_scaling  # stages.rl.algos.SubsetScaling: domain-aware advantages, or None
         self.share_vision = share_vision
         self.max_num_gen_batches = max_num_gen_batches
         self.tensorboard_samples = tensorboard_samples
@@ -133,8 +134,21 @@ class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
     def _gather_counts(self, n: int) -> list[int]:
         return self.accelerator.gather(torch.tensor([n], device=self.accelerator.device)).tolist()
 
+    def _scaled_advantages(self, inputs):
+        """TRL's generation + scoring, with each row's advantage multiplied by its subset's scale (the balance
+        counted over every rank's rows of this generation batch, so all ranks agree)."""
+        out = super()._generate_and_score_completions(inputs)
+        if self.subset_scaling is None or not self.model.training:
+            return out
+        ids = self.subset_scaling.ids([row.get("subset", "") for row in inputs]).to(self.accelerator.device)
+        scales = self.subset_scaling.scales(self.accelerator.gather(ids).cpu())
+        rank, n = self.accelerator.process_index, len(inputs)
+        out["advantages"] = out["advantages"] * scales[rank * n:(rank + 1) * n].to(out["advantages"])
+        self._metrics["train"]["subset_scaling/max_scale"].append(float(scales.max()))
+        return out
+
     def _generate_and_score_completions(self, inputs):
-        base = super()._generate_and_score_completions
+        base = self._scaled_advantages
         if not (self.dynamic_sampling and self.model.training):
             return base(inputs)
         key = self._next_generation_key()

@@ -147,6 +147,7 @@ def run(cfg: RLConfig) -> Path:
     from datasets import concatenate_datasets
 
     from stages.rl import curriculum
+    from stages.rl.algos import SubsetScaling
     from stages.rl.rewards import build_rewards
     from stages.rl.trainer import PathoGRPOTrainer
 
@@ -166,6 +167,9 @@ def run(cfg: RLConfig) -> Path:
         bad = [check_data(p, "qa", cfg.validate, cfg.template) for p in paths]  # file:line, before any model loads
         qa_sets = [load_qa(p, skip=b) for p, b in zip(paths, bad)]
         plan = curriculum.plan(cfg, paths, qa_sets)
+        subsets = sorted({s for qa in qa_sets for s in qa["subset"]})
+        scaling = None if cfg.subset_scaling == "none" and not cfg.subset_weights else \
+            SubsetScaling(subsets, cfg.subset_weights, balance=cfg.subset_scaling == "balance")
         dataset = prompt_dataset(qa_sets[0] if len(qa_sets) == 1 else concatenate_datasets(qa_sets), cfg.template)
 
     model_cfg = copy.deepcopy(cfg.model)
@@ -198,6 +202,7 @@ def run(cfg: RLConfig) -> Path:
         max_num_gen_batches=cfg.max_num_gen_batches,
         gating_reward=cfg.gating_reward_index(),
         curriculum=plan,
+        subset_scaling=scaling,
         share_vision=cfg.share_vision,
         share_prefix=cfg.share_prefix,
         tensorboard_samples=cfg.log_completions,

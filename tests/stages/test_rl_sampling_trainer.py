@@ -141,3 +141,25 @@ def test_refills_come_from_the_current_curriculum_phase(tiny, tmp_path):
     assert set(t.last_rounds[1][0]) <= {f"q{i}" for i in range(4, 10)}
     expected = refill_prompt_indices(6, G * BATCH, G, 0, 1, SEED, (1, 0, 1))
     assert t.last_rounds[1][0] == [f"q{4 + i}" for i in expected]
+
+
+def test_subset_scaling_multiplies_each_rows_advantage(tiny, tmp_path):
+    from stages.rl.algos import SubsetScaling
+
+    def advantages(scaling):
+        model, processor = tiny
+        cfg = RLConfig(algorithm="grpo", init="unused", num_generations=G, batch=BATCH, max_completion_length=4,
+                       steps=1, lr=1e-3, seed=SEED, rewards=["x:y"], reward_weights=[1.0]).resolved()
+        rows = [{"id": f"q{i}", "subset": ["ct", "ct", "mri"][i % 3],
+                 "prompt": [{"role": "user", "content": f"question {i}"}]} for i in range(6)]
+        t = PathoGRPOTrainer(model=model, reward_funcs=[scripted([[0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]])],
+                             args=grpo_args(cfg, tmp_path / "out"), train_dataset=Dataset.from_list(rows),
+                             processing_class=processor, subset_scaling=scaling)
+        t.model.train()
+        batch = [rows[i] for i in (1, 2) for _ in range(G)]  # one ct group, one mri group
+        return t._generate_and_score_completions(batch)["advantages"]
+
+    plain = advantages(None)
+    scaled = advantages(SubsetScaling(["ct", "mri"], {"mri": 3.0}, balance=True))
+    assert (plain != 0).all()
+    torch.testing.assert_close(scaled, plain * torch.tensor([1.0] * G + [3.0] * G))
