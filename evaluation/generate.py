@@ -59,13 +59,9 @@ def _eos_ids(model, processor) -> set[int]:
 
 
 def _load_images(paths: list[str]):
-    from PIL import Image
+    from evaluation.images import open_rgb
 
-    out = []
-    for p in paths:
-        with Image.open(p) as im:
-            out.append(im.convert("RGB"))
-    return out
+    return [open_rgb(p) for p in paths]
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,24 @@
-"""Readers for the medical VQA benchmarks in the formats their authors publish them in.
+"""Readers for the medical VQA benchmarks, pointed at each release exactly as it is downloaded.
 
-Each reader maps one published record onto the raw QA columns and hands it to ``corpora.records.normalize_qa``
-(the normalisation training uses: option mapping via ``corpora.grading.match_option``, yes/no answers, the
-check that an image path cannot escape the dataset root), so an answer is read the same way everywhere. Errors
-name the file and line (JSON / JSONL / TSV) or row (parquet).
+Each reader accepts the release root (and the documented sub-paths: a split file, a subject folder), reads by
+default the split papers report, and counts what it leaves out (``evaluation.releases.Skips``). One published
+record becomes the raw QA columns handed to ``corpora.records.normalize_qa`` (the normalisation training uses),
+so an answer is read the same way everywhere. Errors name the file and line (JSON / JSONL) or row (parquet).
 
-* ``vqarad``     VQA-RAD ``VQA_RAD Dataset Public.json`` (list; ``qid``, ``image_name``, ``question``, ``answer``,
-  ``answer_type`` CLOSED/OPEN, ``phrase_type`` test_freeform / test_para / freeform / para, ``image_organ``);
-  images in ``VQA_RAD Image Folder/`` beside it. ``split="test"`` (default) keeps ``phrase_type`` ``test_*``.
-* ``slake``      SLAKE ``test.json`` (list; ``qid``, ``img_name``, ``question``, ``answer``, ``q_lang``,
-  ``answer_type`` CLOSED/OPEN, ``modality``); images in ``imgs/``. English (``q_lang == "en"``) only.
-* ``quiltvqa``   Quilt-VQA (HF ``wisdomik/Quilt_VQA``): parquet or JSONL with ``image`` (``{bytes, path}`` or a
-  path), ``question``, ``answer``, ``answer_type`` (open / closed).
-* ``medxpertqa`` MedXpertQA ``MM/test.jsonl``: ``id``, ``question`` (ending in an ``Answer Choices:`` block that is
-  dropped: our prompt lists the options), ``options`` ``{"A": …}``, ``label``, ``images`` (names in ``images/``),
-  ``medical_task``, ``body_system``, ``question_type`` (the subset).
-* ``mmmu-med``   MMMU Health & Medicine (HF ``MMMU/MMMU``): ``<Subject>/*.parquet`` (or JSONL) with ``id``,
-  ``question`` and ``options`` (a Python-literal list) that refer to images as ``<image n>``, ``image_1`` …
-  ``image_7``, ``answer``, ``question_type`` (multiple-choice / open), ``subfield``. Images are passed in
-  ``image_n`` order and the placeholders stay in the text, so the model knows which image is which.
+* ``vqarad``     VQA-RAD OSF release: ``VQA_RAD Dataset Public.json`` (list; ``qid``, ``image_name``, ``question``,
+  ``answer``, ``answer_type`` CLOSED/OPEN, ``phrase_type`` test_freeform / test_para = the test split,
+  freeform / para = train), images in ``VQA_RAD Image Folder/``. Default ``test``.
+* ``slake``      SLAKE (HF ``BoKelvin/SLAKE``): ``train.json``, ``validation.json``, ``test.json`` (lists; ``qid``,
+  ``img_name``, ``question``, ``answer``, ``q_lang`` en/zh, ``answer_type``), images in ``imgs/`` or ``imgs.zip``.
+  Default ``test``, English questions only (the Chinese half is counted as skipped).
+* ``medxpertqa`` MedXpertQA (HF ``TsinghuaC3I/MedXpertQA``): ``MM/{dev,test}.jsonl``, ``Text/{dev,test}.jsonl``,
+  ``images.zip`` (unpacks to ``images/`` beside ``MM/``). Default MM ``test``; ``Text`` (no images) is never read.
+  The question ends in an ``Answer Choices:`` block, dropped (our prompt lists ``options``); ``label`` is the
+  letter; ``question_type`` (Reasoning / Understanding) is the subset.
+* ``mmmu-med``   MMMU (HF ``MMMU/MMMU``): ``<Subject>/{dev,validation,test}-00000-of-00001.parquet``. Default the
+  ``validation`` split of the five Health & Medicine subjects (papers report it: test answers are withheld, ``?``,
+  so ``--split test`` is refused). ``options`` is a Python list literal, images are ``image_1`` … ``image_7``
+  structs, ``<image n>`` stays in the text so the model knows which image is which; open questions are ``open``.
 
 Closed questions are graded by ``corpora.grading`` (letters, yes/no). Closed questions with other answers
 (SLAKE "Left", VQA-RAD "CT") and open ones have ``kind: open``: ``correct`` is the normalised exact match,
@@ -31,7 +31,8 @@ import json
 import re
 from pathlib import Path
 
-from evaluation.suites import SuiteError, _as_list, _files, _image_to_path, _ImageFinder, to_record
+from evaluation.releases import Skips, choose_split, extract_once, shard_split
+from evaluation.suites import SuiteError, _as_list, _image_to_path, _ImageFinder, to_record
 
 MMMU_HEALTH_MEDICINE = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
                         "Pharmacy", "Public_Health")
@@ -41,7 +42,11 @@ _ANSWER_CHOICES = re.compile(r"\s*Answer Choices:.*\Z", re.S)
 
 def json_array_lines(path: Path) -> list[tuple[int, dict]]:
     """``(line, record)`` for each element of a JSON array file, so errors can say ``file:line``."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SuiteError(f"{path}: expected UTF-8 JSON, found undecodable byte at offset {e.start}; "
+                         "fix: download the file again") from None
     decoder, pos = json.JSONDecoder(), 0
     skip = lambda i: len(text) - len(text[i:].lstrip())  # noqa: E731  (index of the next non-blank)
     pos = skip(pos)
@@ -70,7 +75,12 @@ def table_rows(path: Path) -> list[tuple[str, dict]]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return [(f"{path}: row {i}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a truncated or foreign file
+            raise SuiteError(f"{path}: expected a parquet file, found {type(e).__name__}: {e}; "
+                             "fix: download the file again") from None
+        return [(f"{path}: row {i}", r) for i, r in enumerate(table.to_pylist())]
     rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
@@ -81,22 +91,65 @@ def table_rows(path: Path) -> list[tuple[str, dict]]:
     return rows
 
 
-def _json_list_file(data: Path, names: tuple[str, ...]) -> Path:
-    if data.is_dir():
-        found = [data / n for n in names if (data / n).is_file()]
-        if not found:
-            raise SuiteError(f"{data}: none of {', '.join(names)} in this folder")
-        return found[0]
-    return data
+def count_rows(path: Path) -> int:
+    """Records in a file that is not read (for the skip log): parquet metadata, JSONL lines, JSON list length."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".jsonl":
+        return sum(1 for line in text.splitlines() if line.strip())
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return 0
+    return len(value) if isinstance(value, list) else 0
 
 
-def load_vqarad(data: Path, *, split: str = "test", **_) -> list[dict]:
-    path = _json_list_file(data, ("VQA_RAD Dataset Public.json", "testset.json", "test.json"))
+def image_folder(root: Path, name: str, archive: str, *, required: bool = True) -> Path | None:
+    """``root/name`` as released, else the folder ``root/archive`` unpacks to (once, into the cache); the
+    archive may hold ``name/`` or the images at its top. Neither: an error, or None when not ``required``."""
+    if (root / name).is_dir():
+        return root / name
+    if (root / archive).is_file():
+        unpacked = extract_once(root / archive)
+        return unpacked / name if (unpacked / name).is_dir() else unpacked
+    if not required:
+        return None
+    raise SuiteError(f"{root}: expected the image folder {name}/ or {archive}, found neither; "
+                     f"fix: download {archive} from the release into {root}")
+
+
+def _split_files(folder: Path, pattern: str) -> dict[str, Path]:
+    return {shard_split(p): p for p in sorted(folder.glob(pattern))}
+
+
+def _skip_other_splits(skips: Skips, files: dict[str, Path], chosen: list[str], what: str = "") -> None:
+    for name, path in files.items():
+        if name not in chosen:
+            skips.add(f"split {name!r}{what} (reading {', '.join(chosen)})", count_rows(path))
+
+
+# ---------------------------------------------------------------------------------------------- VQA-RAD
+
+
+def load_vqarad(data: Path, *, split: str | None = None, skips: Skips | None = None, **_) -> list[dict]:
+    skips = skips or Skips()
+    path = data / "VQA_RAD Dataset Public.json" if data.is_dir() else data
+    if not path.is_file():
+        raise SuiteError(f"{data}: expected 'VQA_RAD Dataset Public.json' (the OSF release), found no such file; "
+                         "fix: pass the release folder or the JSON file")
+    records = json_array_lines(path)
+    by_split = {"test": [], "train": []}
+    for line, rec in records:
+        by_split["test" if str(rec.get("phrase_type", "")).startswith("test") else "train"].append((line, rec))
+    chosen = choose_split([s for s in by_split if by_split[s]], split, "test", str(path), strict=True)
+    for s, rows in by_split.items():
+        if s not in chosen:
+            skips.add(f"split {s!r} (phrase_type {'test_*' if s == 'test' else 'freeform/para'})", len(rows))
     out = []
-    for line, rec in json_array_lines(path):
-        phrase = str(rec.get("phrase_type", ""))
-        if split != "all" and phrase and phrase.startswith("test") != (split == "test"):
-            continue
+    for line, rec in (r for s in chosen for r in by_split[s]):
         where = f"{path}:{line}"
         if "image_name" not in rec:
             raise SuiteError(f"{where}: missing field 'image_name'")
@@ -107,47 +160,92 @@ def load_vqarad(data: Path, *, split: str = "test", **_) -> list[dict]:
     return out
 
 
-def load_slake(data: Path, **_) -> list[dict]:
-    path = _json_list_file(data, ("test.json",))
-    out = []
-    for line, rec in json_array_lines(path):
-        if rec.get("q_lang", "en") != "en":
-            continue
-        where = f"{path}:{line}"
-        if "img_name" not in rec:
-            raise SuiteError(f"{where}: missing field 'img_name'")
-        closed = str(rec.get("answer_type", "")).upper() == "CLOSED"
-        out.append(to_record({"id": f"slake-{rec.get('qid', line)}", "images": [f"imgs/{rec['img_name']}"],
-                              "question": rec.get("question"), "answer": rec.get("answer"),
-                              "subset": "closed" if closed else "open"}, path.parent, where))
-    return out
+# ---------------------------------------------------------------------------------------------- SLAKE
 
 
-def load_quiltvqa(data: Path, *, image_root=None, **_) -> list[dict]:
+def load_slake(data: Path, *, split: str | None = None, skips: Skips | None = None, image_root=None,
+               **_) -> list[dict]:
+    skips = skips or Skips()
+    if data.is_dir():
+        files = {n: data / f"{n}.json" for n in ("train", "validation", "test") if (data / f"{n}.json").is_file()}
+        if not files:
+            raise SuiteError(f"{data}: expected SLAKE's train.json / validation.json / test.json, found none; "
+                             "fix: pass the SLAKE release folder")
+        root = data
+    else:
+        files, root = {data.stem: data}, data.parent
+    chosen = choose_split(files, split, "test" if "test" in files else next(iter(files)), str(data))
+    _skip_other_splits(skips, files, chosen)
+    imgs = Path(image_root) if image_root else image_folder(root, "imgs", "imgs.zip")
     out = []
-    for path in _files(data, ("*.parquet", "*.jsonl")):
-        find = _ImageFinder(path, image_root)
-        for i, (where, rec) in enumerate(table_rows(path)):
-            if rec.get("image") in (None, ""):
-                raise SuiteError(f"{where}: missing field 'image'")
-            image = _image_to_path(rec["image"], find, where)
-            out.append(to_record({"id": rec.get("id") or f"quiltvqa-{path.stem}-{i}", "images": [image],
+    for s in chosen:
+        for line, rec in json_array_lines(files[s]):
+            if rec.get("q_lang", "en") != "en":
+                skips.add(f"q_lang {rec.get('q_lang')!r} (the English benchmark)")
+                continue
+            where = f"{files[s]}:{line}"
+            if "img_name" not in rec:
+                raise SuiteError(f"{where}: missing field 'img_name'")
+            closed = str(rec.get("answer_type", "")).upper() == "CLOSED"
+            out.append(to_record({"id": f"slake-{s}-{rec.get('qid', line)}", "images": [str(rec["img_name"])],
                                   "question": rec.get("question"), "answer": rec.get("answer"),
-                                  "subset": str(rec.get("answer_type") or "")}, Path(image).parent, where))
+                                  "subset": "closed" if closed else "open"}, imgs, where))
     return out
 
 
-def load_medxpertqa(data: Path, **_) -> list[dict]:
-    path = data / "test.jsonl" if data.is_dir() else data
+# ---------------------------------------------------------------------------------------------- MedXpertQA
+
+
+def _medxpertqa_layout(data: Path, skips: Skips) -> tuple[Path, dict[str, Path]]:
+    """(folder of the MM files, split -> MM file) for the release root, the ``MM`` folder or one split file."""
+    text_only = SuiteError(f"{data}: expected MedXpertQA's MM subset, found the text-only subset (no images); "
+                           f"fix: pass the release root or its MM/ folder")
+    if data.is_file():
+        if data.parent.name == "Text":
+            raise text_only
+        return data.parent, {shard_split(data): data}
+    if data.name == "Text":
+        raise text_only
+    mm = data / "MM" if (data / "MM").is_dir() else data
+    for text_file in sorted((data / "Text").glob("*.jsonl")):
+        skips.add("MedXpertQA Text subset (text-only questions; this suite is MM)", count_rows(text_file))
+    files = _split_files(mm, "*.jsonl")
+    if not files:
+        raise SuiteError(f"{data}: expected MedXpertQA's MM/test.jsonl, found no .jsonl file; fix: pass the "
+                         "release root (MM/, Text/, images.zip)")
+    return mm, files
+
+
+def _medxpertqa_images(mm: Path) -> Path:
+    """``images/`` beside ``MM/`` (images.zip unpacked at the root, as released), or inside ``MM/``."""
+    for folder in (mm / "images", mm.parent / "images"):
+        if folder.is_dir():
+            return folder
+    return image_folder(mm.parent, "images", "images.zip")
+
+
+def load_medxpertqa(data: Path, *, split: str | None = None, skips: Skips | None = None, image_root=None,
+                    **_) -> list[dict]:
+    skips = skips or Skips()
+    mm, files = _medxpertqa_layout(data, skips)
+    chosen = choose_split(files, split, "test" if "test" in files else next(iter(files)), str(data))
+    _skip_other_splits(skips, files, chosen)
+    images = Path(image_root) if image_root else _medxpertqa_images(mm)
     out = []
-    for where, rec in table_rows(path):
-        if not isinstance(rec.get("options"), dict):
-            raise SuiteError(f"{where}: 'options' must be a mapping {{\"A\": text, ...}}")
-        question = _ANSWER_CHOICES.sub("", str(rec.get("question", ""))).strip()
-        out.append(to_record({"id": rec.get("id"), "images": [f"images/{n}" for n in _as_list(rec.get("images") or [])],
-                              "question": question, "options": rec["options"], "answer": rec.get("label"),
-                              "subset": str(rec.get("question_type") or "")}, path.parent, where))
+    for s in chosen:
+        for where, rec in table_rows(files[s]):
+            if not isinstance(rec.get("options"), dict):
+                raise SuiteError(f"{where}: expected 'options' as a mapping {{\"A\": text, ...}}, found "
+                                 f"{type(rec.get('options')).__name__}")
+            question = _ANSWER_CHOICES.sub("", str(rec.get("question", ""))).strip()
+            out.append(to_record({"id": f"medxpertqa-{s}-{rec.get('id')}",
+                                  "images": [str(n) for n in _as_list(rec.get("images") or [])],
+                                  "question": question, "options": rec["options"], "answer": rec.get("label"),
+                                  "subset": str(rec.get("question_type") or "")}, images, where))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- MMMU
 
 
 def _literal_list(value, where: str) -> list[str]:
@@ -162,16 +260,45 @@ def _literal_list(value, where: str) -> list[str]:
     return [str(v) for v in parsed]
 
 
-def load_mmmu_med(data: Path, *, image_root=None, subjects: tuple[str, ...] = MMMU_HEALTH_MEDICINE, **_) -> list[dict]:
-    files = _files(data, ("*.parquet", "*.jsonl"))
-    if data.is_dir() and data.name not in subjects:  # the HF layout: one folder per subject; keep Health & Medicine
-        files = [f for f in files if set(f.relative_to(data).parts[:-1]) & set(subjects)]
-        if not files:
-            raise SuiteError(f"{data}: no subject folder of {', '.join(subjects)}")
+_MMMU_TEST = "MMMU's test answers are withheld (every answer is '?'); fix: use --split validation (the split papers report)"
+
+
+def _mmmu_files(data: Path, subjects: tuple[str, ...], skips: Skips) -> list[Path]:
+    if data.is_file():
+        return [data]
+    pattern = ("*.parquet", "*.jsonl")
+    if data.name in subjects or not any(p.is_dir() for p in data.iterdir()):
+        return sorted(p for pat in pattern for p in data.glob(pat))
+    files = []
+    for folder in sorted(p for p in data.iterdir() if p.is_dir()):
+        found = sorted(p for pat in pattern for p in folder.glob(pat))
+        if folder.name in subjects:
+            files += found
+        elif found:
+            skips.add("other MMMU subjects (not Health & Medicine)", sum(count_rows(f) for f in found))
+    if not files:
+        raise SuiteError(f"{data}: expected MMMU subject folders {', '.join(subjects)}, found none; fix: pass the "
+                         "MMMU release root (one folder per subject)")
+    return files
+
+
+def load_mmmu_med(data: Path, *, split: str | None = None, skips: Skips | None = None, image_root=None,
+                  subjects: tuple[str, ...] = MMMU_HEALTH_MEDICINE, **_) -> list[dict]:
+    skips = skips or Skips()
+    files = _mmmu_files(data, subjects, skips)
+    splits = [shard_split(f) for f in files]
+    chosen = choose_split(splits, split, "validation" if "validation" in splits else splits[0], str(data),
+                          refused={"test": _MMMU_TEST})
+    for f, s in zip(files, splits):
+        if s not in chosen:
+            skips.add(f"split {s!r} ({'answers withheld' if s == 'test' else 'reading ' + ', '.join(chosen)})",
+                      count_rows(f))
     out = []
-    for path in files:
+    for path in (f for f, s in zip(files, splits) if s in chosen):
         find = _ImageFinder(path, image_root)
         for where, rec in table_rows(path):
+            if str(rec.get("answer", "")).strip() == "?":
+                raise SuiteError(f"{where}: expected an answer, found '?': {_MMMU_TEST}")
             images = {n: rec[f"image_{n}"] for n in range(1, 8) if rec.get(f"image_{n}") not in (None, "")}
             options = _literal_list(rec.get("options"), where)
             text = " ".join([str(rec.get("question", "")), *options])

@@ -29,7 +29,7 @@ from evaluation import distributed
 from evaluation.generate import Completion, Decoding
 from evaluation.metrics import markdown_summary, paired_comparison, summarize
 from evaluation.sampling import majority_index, sampling_summary
-from evaluation.suites import SUITES, load_suite, suite_data
+from evaluation.suites import SUITES, load_suite_report, suite_data
 
 log = logging.getLogger("evaluation")
 DEFAULT_TEMPLATE = "cot"
@@ -202,7 +202,8 @@ class Evaluation:
         self.suite, self.model_ref = suite, str(model_ref)
         self.model_path, self.checkpoint = resolve_model(model_ref)  # first: a demo suite reads its corpus from it
         self.data = suite_data(suite, data, data_root, self.checkpoint)
-        records = load_suite(suite, self.data, **suite_options)
+        records, skips = load_suite_report(suite, self.data, **suite_options)
+        self.split, self.skipped = suite_options.get("split"), skips.as_dict()
         if manifest:  # the manifest picks the questions; --limit then cuts its list
             records = apply_manifest(records, manifest)
         self.records = records[:limit] if limit else records
@@ -236,6 +237,7 @@ class Evaluation:
         return {
             "suite": self.suite, "data": str(self.data), "data_sha256": data_fingerprint(self.data),
             "n": len(self.records), "ids_sha256": ids_hash([r["id"] for r in self.records]),
+            "split": self.split or "default", "skipped": self.skipped,
             "manifest": str(self.manifest_file) if self.manifest_file else None, "template": template,
             "decoding": {"greedy": self.greedy.record(), "sampling": self.sampling and self.sampling.record()},
             "dtype": self.generator.dtype, "batch_size": self.batch_size, "backend": self.backend,

@@ -1,31 +1,23 @@
-"""Benchmark adapters: each turns a file or folder in a public format into QA-schema records.
+"""The benchmark suites: a registry of readers that turn a public release into QA-schema records.
 
 A record is a plain dict with the corpora QA columns (id, images, question, options, answer, kind, solution,
-subset, reasoning); ``images`` are absolute paths that exist. Accepted fields per suite (documented here
-because the public releases differ between mirrors):
+subset, reasoning); ``images`` are absolute paths that exist; ids are unique in a suite (``load_suite`` checks).
+Every field suite accepts the release root exactly as downloaded, reads by default the split papers report, takes
+``split=NAME|all`` where the release has splits, and counts what it leaves out (other splits, helper files,
+other subjects, restricted items) in a ``Skips`` that ``evaluation.run`` logs and records. The readers and the
+release layouts they follow:
 
-* ``pathmmu``  PathMMU ``data.json``: ``{subset: {split: [record, ...]}}`` (also ``{subset: [...]}`` or a flat
-  list). Record: ``question``, ``options`` (``["A) text", ...]`` or plain texts), ``answer`` (``"B) text"``,
-  ``"B"`` or the option text), image in ``img`` | ``image`` | ``source_img`` | ``images``. Subset = top key.
-* ``omnimed``  OmniMedVQA QA json (``question``, ``option_A``..``option_D``, ``gt_answer`` = option text,
-  ``image_path``, ``modality_type``, ``question_type``) or a Med-R1 split json (``image``,
-  ``problem`` = ``"question? A)x, B)y, ..."``, ``solution`` = ``"<answer> C </answer>"``; subset = file name
-  without ``_test``/``_train``). A folder means every ``*.json`` under it.
-* ``pmcvqa``   PMC-VQA CSV with ``Figure_path, Question, Answer, Choice A..D, Answer_label``.
-* ``pathvqa``  PathVQA closed questions: parquet (HF ``image`` = ``{bytes, path}`` struct or a path) or
-  JSON/JSONL with ``image, question, answer``; only yes/no answers are kept.
-* ``open``     open-ended VQA: the same PathVQA files (non yes/no rows) or QA-schema JSONL with ``kind: open``.
-* ``vqarad``, ``slake``, ``quiltvqa``, ``medxpertqa``, ``mmmu-med``  the medical VQA benchmarks in their
-  published formats: see ``evaluation/medical.py``.
-* ``vlmeval``  any VLMEvalKit TSV (``--data FILE.tsv``): see ``evaluation/vlmeval.py``.
-* ``demo-mcq``, ``demo-yesno``  the demo corpus's held-out splits (QA-schema JSONL, read by corpora).
+* ``evaluation/medical.py``    vqarad, slake, medxpertqa, mmmu-med
+* ``evaluation/pathology.py``  pathmmu, pathvqa, open, quiltvqa
+* ``evaluation/medmcq.py``     omnimed (OmniMedVQA and the Med-R1 splits), pmcvqa
+* ``evaluation/vlmeval.py``    vlmeval: any VLMEvalKit TSV (``--data FILE.tsv``)
+* ``demo-mcq``, ``demo-yesno``  the demo corpus's held-out splits (QA-schema JSONL, read by corpora)
 
-Images are looked up under ``image_root`` when given, else next to the data file and up to two folders
-above it (public releases keep images beside or above their question files).
+Adding a suite is one ``Suite(...)`` line in ``SUITES`` (a reader ``load(path, *, split, skips, image_root,
+**options) -> list[dict]``, its default location and its place under ``--data-root``).
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -36,6 +28,7 @@ from typing import Callable
 
 from corpora.grading import LETTERS
 from corpora.records import RecordError, first_field, normalize_qa, resolve_image, split_inline_options
+from evaluation.releases import Skips, check_unique_ids
 
 _OPTION_PREFIX = re.compile(r"^\s*\(?([A-J])\s*[\)\.:]\s*")
 _ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
@@ -54,6 +47,7 @@ class Suite:
     layout: tuple[str, ...] | None = None  # where its data sits under a --data-root folder
     source: str = ""  # where the data comes from (README's suites table)
     grading: str = ""
+    splits: str = ""  # the splits --split takes, the papers' default first ("" = one split, no --split)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -77,25 +71,35 @@ def to_record(raw: dict, root: Path | None, where: str, *, images: list[str] | N
 
 
 class _ImageFinder:
-    """Resolves relative image paths against the candidate roots; errors name the record."""
+    """Resolves relative image paths against the candidate roots; errors name the record.
 
-    def __init__(self, data: Path, image_root: str | Path | None):
-        base = data if data.is_dir() else data.parent
-        self.roots = [Path(image_root)] if image_root else [base, base.parent, base.parent.parent]
-        self.boundary = self.roots[-1]  # no image outside the outermost folder searched (corpora's escape check)
+    Default roots: ``image_root``, else the data file's folder and the two above it (releases keep images beside
+    or above their question files), all inside the outermost (corpora's escape check). ``roots``: the folders a
+    reader knows (a release's image folder, an unpacked archive), each its own boundary."""
 
-    def __call__(self, rel: str, where: str) -> str:
+    def __init__(self, data: Path | None, image_root: str | Path | None = None, *, roots: list[Path] | None = None):
+        if roots is not None:
+            self.pairs = [(Path(r), Path(r)) for r in roots]
+        else:
+            base = data if data.is_dir() else data.parent
+            found = [Path(image_root)] if image_root else [base, base.parent, base.parent.parent]
+            self.pairs = [(r, found[-1]) for r in found] + [(found[0] / "images", found[-1])]
+
+    def __call__(self, rel: str, where: str, *, optional: bool = False) -> str | None:
+        """The image's resolved path; ``optional``: None when it is not found (an escape is still refused)."""
         rel = str(rel).removeprefix("file://")
-        candidates = [Path(rel)] if Path(rel).is_absolute() else [r / rel for r in self.roots]
-        candidates += [r / "images" / rel for r in self.roots[:1] if not Path(rel).is_absolute()]
-        for c in candidates:
+        pairs = [(Path(rel), b) for _, b in self.pairs[-1:]] if Path(rel).is_absolute() else \
+            [(r / rel, b) for r, b in self.pairs]
+        for candidate, boundary in pairs:
             try:
-                resolved = resolve_image(self.boundary, str(c))
+                resolved = resolve_image(boundary, str(candidate))
             except RecordError as e:
                 raise SuiteError(f"{where}: {e.message}") from None
             if Path(resolved).is_file():
                 return resolved
-        raise SuiteError(f"{where}: image not found: {rel!r} (looked in {', '.join(str(c.parent) for c in candidates)})")
+        if optional:
+            return None
+        raise SuiteError(f"{where}: image not found: {rel!r} (looked in {', '.join(str(c.parent) for c, _ in pairs)})")
 
 
 def strip_option_letters(options: list[str]) -> list[str]:
@@ -155,74 +159,6 @@ def _as_list(value) -> list:
 # ---------------------------------------------------------------------------------------------- adapters
 
 
-def load_pathmmu(data: Path, *, split: str = "test", image_root=None, **_) -> list[dict]:
-    raw = _read_json_records(data)
-    find = _ImageFinder(data, image_root)
-    groups = {"": raw} if isinstance(raw, list) else raw
-    out, seen_splits = [], set()
-    for subset, content in groups.items():
-        if isinstance(content, dict):
-            seen_splits.update(content)
-            content = content.get(split, [])
-        for i, rec in enumerate(content):
-            where = f"{data}: {subset or 'record'}[{split}][{i}]"
-            options = strip_option_letters(_as_list(_first(rec, ("options",), where)))
-            answer = _first(rec, ("answer",), where)
-            images = [find(p, where) for p in _as_list(_first(rec, ("img", "image", "source_img", "images"), where))]
-            rid = rec.get("id") or rec.get("No") or f"{subset}-{split}-{i}"
-            out.append(to_record({"id": f"pathmmu-{rid}", "question": rec.get("question"), "options": options,
-                                  "answer": answer, "kind": "mcq", "subset": subset or rec.get("subset", "")},
-                                 None, where, images=images))
-    if not out and seen_splits:
-        raise SuiteError(f"{data}: no records for split {split!r}; available splits: {sorted(seen_splits)}")
-    return out
-
-
-def load_omnimed(data: Path, *, image_root=None, subset_by: str = "modality", **_) -> list[dict]:
-    out = []
-    for path in _files(data, ("*.json",)):
-        find = _ImageFinder(path, image_root)
-        file_subset = re.sub(r"(_filtered)?_(test|train|val)$", "", path.stem)
-        for i, rec in enumerate(_read_json_records(path)):
-            where = f"{path}: record {i}"
-            if "problem" in rec:  # Med-R1 split
-                question, options = inline_options(rec["problem"], where)
-                tag = _ANSWER_TAG.search(str(rec.get("solution", "")))
-                answer = tag.group(1) if tag else rec.get("solution", "")
-                image = _first(rec, ("image", "image_path"), where)
-                subset = file_subset
-            else:  # OmniMedVQA QA_information
-                options = [rec[f"option_{c}"] for c in LETTERS if rec.get(f"option_{c}") not in (None, "")]
-                question, answer = rec["question"], _first(rec, ("gt_answer", "answer"), where)
-                image = _first(rec, ("image_path", "image"), where)
-                key = "question_type" if subset_by == "question_type" else "modality_type"
-                subset = rec.get(key) or rec.get("modality") or file_subset
-            rid = rec.get("question_id") or f"{file_subset}-{i}"
-            out.append(to_record({"id": f"omnimed-{rid}", "question": question, "options": options, "answer": answer,
-                                  "kind": "mcq", "subset": subset}, None, where, images=[find(image, where)]))
-    return out
-
-
-def load_pmcvqa(data: Path, *, image_root=None, **_) -> list[dict]:
-    out = []
-    for path in _files(data, ("*.csv",)):
-        find = _ImageFinder(path, image_root)
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {"Figure_path", "Question", "Choice A"} - set(reader.fieldnames or ())
-            if missing:
-                raise SuiteError(f"{path}:1: missing PMC-VQA columns {sorted(missing)}")
-            for line, row in enumerate(reader, 2):
-                where = f"{path}:{line}"
-                raw = [row[f"Choice {c}"] for c in LETTERS if row.get(f"Choice {c}") not in (None, "")]
-                options = strip_option_letters(raw)
-                label = (row.get("Answer_label") or "").strip() or row.get("Answer", "")
-                out.append(to_record({"id": f"pmcvqa-{line - 1}", "question": row["Question"], "options": options,
-                                      "answer": label, "kind": "mcq", "subset": row.get("subset", "")},
-                                     None, where, images=[find(row["Figure_path"].strip(), where)]))
-    return out
-
-
 def _image_cache_dir() -> Path:
     from stages import registry
 
@@ -255,49 +191,8 @@ def _image_to_path(value, find: _ImageFinder, where: str) -> str:
     return find(value, where)
 
 
-def _vqa_rows(data: Path) -> list[tuple[Path, str, dict]]:
-    rows = []
-    for path in _files(data, ("*.parquet", "*.jsonl", "*.json")):
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows += [(path, f"{path}: row {i}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
-        else:
-            recs = _read_json_records(path)
-            line = (lambda i: f"{path}:{i + 1}") if path.suffix == ".jsonl" else (lambda i: f"{path}: record {i}")
-            rows += [(path, line(i), r) for i, r in enumerate(recs)]
-    return rows
-
-
 def _is_yesno(answer) -> bool:
     return str(answer).strip().lower() in {"yes", "no"}
-
-
-def load_pathvqa(data: Path, *, image_root=None, **_) -> list[dict]:
-    out = []
-    for path, where, rec in _vqa_rows(data):
-        if not _is_yesno(rec.get("answer", "")):
-            continue  # open-ended rows belong to the `open` suite
-        find = _ImageFinder(path, image_root)
-        images = [_image_to_path(v, find, where) for v in _as_list(_first(rec, ("image", "images"), where))]
-        out.append(to_record({"id": rec.get("id") or f"pathvqa-{len(out)}", "question": rec.get("question"),
-                              "options": [], "answer": str(rec["answer"]), "kind": "yesno",
-                              "subset": rec.get("subset", "")}, None, where, images=images))
-    return out
-
-
-def load_open(data: Path, *, image_root=None, **_) -> list[dict]:
-    out = []
-    for path, where, rec in _vqa_rows(data):
-        kind = rec.get("kind")
-        if (kind and kind != "open") or (not kind and _is_yesno(rec.get("answer", ""))):
-            continue
-        find = _ImageFinder(path, image_root)
-        images = [_image_to_path(v, find, where) for v in _as_list(_first(rec, ("images", "image"), where))]
-        out.append(to_record({"id": rec.get("id") or f"open-{len(out)}", "question": rec.get("question"),
-                              "options": [], "answer": str(_first(rec, ("answer",), where)), "kind": "open",
-                              "subset": rec.get("subset", "")}, None, where, images=images))
-    return out
 
 
 def _load_corpora_qa(data: Path, **_) -> list[dict]:
@@ -348,32 +243,36 @@ def _lazy(module: str, function: str) -> Callable[..., list[dict]]:
     return load
 
 
-_MED, _VLM = "evaluation.medical", "evaluation.vlmeval"
+_MED, _PATH, _MCQ, _VLM = "evaluation.medical", "evaluation.pathology", "evaluation.medmcq", "evaluation.vlmeval"
 SUITES: dict[str, Suite] = {s.name: s for s in [
-    Suite("pathmmu", load_pathmmu, _home_data("PathMMU", "data.json"), "PathMMU data.json (mcq)",
-          ("PathMMU", "data.json"), "PathMMU release (jamessyx/PathMMU)", "mcq letter"),
-    Suite("omnimed", load_omnimed, _home_data("OmniMedVQA", "splits"), "OmniMedVQA / Med-R1 split json (mcq)",
-          ("OmniMedVQA", "splits"), "OmniMedVQA QA_information, or Med-R1 modality / question-type splits",
-          "mcq letter"),
-    Suite("pmcvqa", load_pmcvqa, _home_data("PMC-VQA", "test_clean.csv"), "PMC-VQA csv (mcq)",
-          ("PMC-VQA", "test_clean.csv"), "PMC-VQA test_clean.csv (xmcmic/PMC-VQA)", "mcq letter"),
-    Suite("pathvqa", load_pathvqa, _home_data("PathVQA"), "PathVQA closed yes/no (parquet/jsonl)",
-          ("PathVQA",), "HF flaviagiammarino/path-vqa parquet, or JSONL", "yes/no"),
-    Suite("open", load_open, _home_data("PathVQA"), "open-ended VQA: token F1 / exact, optional LLM judge",
+    Suite("pathmmu", _lazy(_PATH, "load_pathmmu"), _home_data("PathMMU"), "PathMMU (mcq)", ("PathMMU",),
+          "HF jamessyx/PathMMU: data.json + images/ (images.zip)", "mcq letter", "test | val | test_tiny | all"),
+    Suite("omnimed", _lazy(_MCQ, "load_omnimed"), _home_data("OmniMedVQA"), "OmniMedVQA / Med-R1 split json (mcq)",
+          ("OmniMedVQA",), "OmniMedVQA root (QA_information/, Images/), or Med-R1 modality / question-type splits",
+          "mcq letter", "open | restricted | all (Med-R1: test | train | all)"),
+    Suite("pmcvqa", _lazy(_MCQ, "load_pmcvqa"), _home_data("PMC-VQA"), "PMC-VQA csv (mcq)", ("PMC-VQA",),
+          "HF xmcmic/PMC-VQA: test_clean.csv + images/ (images.zip)", "mcq letter", "test_clean | test | train | all"),
+    Suite("pathvqa", _lazy(_PATH, "load_pathvqa"), _home_data("PathVQA"), "PathVQA closed yes/no (parquet)",
+          ("PathVQA",), "HF flaviagiammarino/path-vqa: data/<split>-*.parquet", "yes/no",
+          "test | validation | train | all"),
+    Suite("open", _lazy(_PATH, "load_open"), _home_data("PathVQA"), "open-ended VQA: token F1 / exact, optional LLM judge",
           ("PathVQA",), "PathVQA non-yes/no rows, or QA-schema JSONL with kind open",
-          "exact match + token F1 (or judge)"),
+          "exact match + token F1 (or judge)", "test | validation | train | all"),
     Suite("vqarad", _lazy(_MED, "load_vqarad"), _home_data("VQA-RAD"), "VQA-RAD public json (closed + open)",
           ("VQA-RAD",), "VQA_RAD Dataset Public.json + VQA_RAD Image Folder (OSF release)",
-          "yes/no; other answers exact match + token F1"),
-    Suite("slake", _lazy(_MED, "load_slake"), _home_data("SLAKE"), "SLAKE English test.json (closed + open)",
-          ("SLAKE",), "SLAKE test.json + imgs/ (BoKelvin/SLAKE), q_lang en",
-          "yes/no; other answers exact match + token F1"),
-    Suite("quiltvqa", _lazy(_MED, "load_quiltvqa"), _home_data("Quilt-VQA"), "Quilt-VQA parquet/jsonl",
-          ("Quilt-VQA",), "HF wisdomik/Quilt_VQA parquet", "yes/no; open exact match + token F1"),
-    Suite("medxpertqa", _lazy(_MED, "load_medxpertqa"), _home_data("MedXpertQA", "MM"), "MedXpertQA-MM jsonl (mcq)",
-          ("MedXpertQA", "MM"), "MedXpertQA MM/test.jsonl + images/ (TsinghuaC3I/MedXpertQA)", "mcq letter (A-E)"),
+          "yes/no; other answers exact match + token F1", "test | train | all"),
+    Suite("slake", _lazy(_MED, "load_slake"), _home_data("SLAKE"), "SLAKE English (closed + open)",
+          ("SLAKE",), "HF BoKelvin/SLAKE: test.json + imgs/ (imgs.zip), q_lang en",
+          "yes/no; other answers exact match + token F1", "test | validation | train | all"),
+    Suite("quiltvqa", _lazy(_PATH, "load_quiltvqa"), _home_data("Quilt-VQA"), "Quilt-VQA (closed yes/no + open)",
+          ("Quilt-VQA",), "HF wisdomik/Quilt_VQA: quiltvqa_test_w_ans.json + quilt_vqa.zip (or data/*.parquet)",
+          "yes/no; open exact match + token F1", "test"),
+    Suite("medxpertqa", _lazy(_MED, "load_medxpertqa"), _home_data("MedXpertQA"), "MedXpertQA MM (mcq A-E)",
+          ("MedXpertQA",), "HF TsinghuaC3I/MedXpertQA: MM/test.jsonl + images.zip", "mcq letter (A-E)",
+          "test | dev | all"),
     Suite("mmmu-med", _lazy(_MED, "load_mmmu_med"), _home_data("MMMU"), "MMMU Health & Medicine (mcq, several images)",
-          ("MMMU",), "HF MMMU/MMMU parquet, the five Health & Medicine subjects", "mcq letter; open exact + F1"),
+          ("MMMU",), "HF MMMU/MMMU parquet, the five Health & Medicine subjects", "mcq letter; open exact + F1",
+          "validation | dev | all (test answers are withheld)"),
     Suite("vlmeval", _lazy(_VLM, "load_vlmeval"), _home_data("vlmeval.tsv"), "any VLMEvalKit MCQ / yes-no / VQA TSV",
           None, "VLMEvalKit TSV (base64 images), e.g. PathMMU / PathVQA / OmniMedVQA as the toolkit ships them",
           "mcq letter, yes/no, or exact + token F1"),
@@ -404,16 +303,32 @@ def suite_data(name: str, data: str | Path | None = None, data_root: str | Path 
     return suite.default_data(checkpoint)
 
 
-def load_suite(name: str, data: str | Path | None = None, *, limit: int | None = None, **options) -> list[dict]:
-    """Records of suite ``name`` from ``data`` (default: the suite's default location), first ``limit`` only.
+def load_suite_report(name: str, data: str | Path | None = None, **options) -> tuple[list[dict], Skips]:
+    """Records of suite ``name`` from ``data`` (default: the suite's default location) and what was skipped.
 
-    ``options``: ``image_root`` (all suites), ``split`` (pathmmu), ``subset_by`` (omnimed: modality|question_type).
-    """
+    ``options``: ``split`` (NAME or all; default: the split papers report), ``image_root``, ``subset_by``
+    (omnimed: modality|question_type). Ids are checked unique; the skips are logged."""
     suite = get_suite(name)
     path = suite_data(name, data)
     if not path.exists():
-        raise SuiteError(f"{path}: no such file or folder (data for suite {name!r}; pass --data)")
-    records = suite.load(path, **{k: v for k, v in options.items() if v is not None})
+        raise SuiteError(f"{path}: expected the {name} release here, found no such file or folder; fix: pass "
+                         f"--data (or --data-root holding {'/'.join(suite.layout or ('?',))})")
+    skips = Skips()
+    if options.get("split") and not suite.splits:
+        raise SuiteError(f"{path}: expected no --split for suite {name!r} (its data has one split), found "
+                         f"--split {options['split']}; fix: drop --split")
+    options = {k: v for k, v in options.items() if v is not None}
+    records = suite.load(path, skips=skips, **options)
+    skips.log(name, path)
     if not records:
-        raise SuiteError(f"{path}: no {name} records found")
+        skipped = "; ".join(f"{n} skipped: {why}" for why, n in skips.as_dict().items())
+        raise SuiteError(f"{path}: expected {name} records, found none{' (' + skipped + ')' if skipped else ''}; "
+                         f"fix: pass the release folder{' or another --split (' + suite.splits + ')' if suite.splits else ''}")
+    check_unique_ids(records, str(path))
+    return records, skips
+
+
+def load_suite(name: str, data: str | Path | None = None, *, limit: int | None = None, **options) -> list[dict]:
+    """Records of suite ``name`` (see ``load_suite_report``), the first ``limit`` only."""
+    records, _ = load_suite_report(name, data, **options)
     return records[:limit] if limit else records

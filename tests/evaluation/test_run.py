@@ -87,6 +87,7 @@ def test_every_score_carries_its_settings(tiny_model_dir, yesno_data):
     assert s["template"] == "cot" and s["dtype"] == "float32" and s["batch_size"] == 3 and s["backend"] == "hf"
     assert s["decoding"] == {"greedy": {"mode": "greedy", "max_new_tokens": 5}, "sampling": None}
     assert s["judge"] is None and s["world_size"] == 1 and s["manifest"] is None
+    assert s["split"] == "default" and s["skipped"] == {}  # the split papers report; nothing left out
     assert {"python", "torch", "transformers"} <= set(s["libraries"]) and s["libraries"]["transformers"]
     # a different question set has a different ids hash
     assert evaluate(tiny_model_dir(), "pathvqa", yesno_data, limit=2, max_new_tokens=5, progress=False,
