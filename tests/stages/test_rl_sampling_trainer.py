@@ -148,8 +148,8 @@ def test_subset_scaling_multiplies_each_rows_advantage(tiny, tmp_path):
 
     def advantages(scaling):
         model, processor = tiny
-        cfg = RLConfig(algorithm="grpo", init="unused", num_generations=G, batch=BATCH, max_completion_length=4,
-                       steps=1, lr=1e-3, seed=SEED, rewards=["x:y"], reward_weights=[1.0]).resolved()
+        cfg = RLConfig(algorithm="grpo", init="unused", num_generations=G, batch_size=BATCH, max_completion_length=4,
+                       max_steps=1, lr=1e-3, seed=SEED, rewards=["x:y"], reward_weights=[1.0]).resolved()
         rows = [{"id": f"q{i}", "subset": ["ct", "ct", "mri"][i % 3],
                  "prompt": [{"role": "user", "content": f"question {i}"}]} for i in range(6)]
         t = PathoGRPOTrainer(model=model, reward_funcs=[scripted([[0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]])],

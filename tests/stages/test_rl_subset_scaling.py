@@ -57,8 +57,8 @@ def test_rl_stage_scales_by_the_datas_subsets(tmp_path):
 
     demo = build_demo(tmp_path / "demo", n_train=8, n_eval=4, image_size=56)
     tiny = build_tiny("qwen2_5_vl", tmp_path / "tiny")
-    common = dict(algorithm="grpo", beta=0.0, init=str(tiny), data=str(demo.rl), num_generations=2, batch=3,
-                  max_completion_length=4, steps=1, log_completions=0, subset_scaling="balance")
+    common = dict(algorithm="grpo", beta=0.0, init=str(tiny), data=str(demo.rl), num_generations=2, batch_size=3,
+                  max_completion_length=4, max_steps=1, log_completions=0, subset_scaling="balance")
     with pytest.raises(ValueError, match="subset_weights names subsets"):  # before any model loads
         run(RLConfig(**common, subset_weights={"mri": 2.0}))
     final = run(RLConfig(**common, subset_weights={"ihc": 2.0},
