@@ -317,8 +317,16 @@ def load_suite_report(name: str, data: str | Path | None = None, **options) -> t
     if options.get("split") and not suite.splits:
         raise SuiteError(f"{path}: expected no --split for suite {name!r} (its data has one split), found "
                          f"--split {options['split']}; fix: drop --split")
-    options = {k: v for k, v in options.items() if v is not None}
-    records = suite.load(path, skips=skips, **options)
+    options = {k: v for k, v in options.items() if v not in (None, "")}
+    try:
+        records = suite.load(path, skips=skips, **options)
+    except SuiteError:
+        raise
+    except (OSError, LookupError, TypeError, AttributeError, ValueError) as e:
+        # A reader met a shape it does not name (a list where a record was, a truncated archive...): still one
+        # line naming the data, never a traceback. The readers' own checks give the precise ones.
+        raise SuiteError(f"{path}: expected {name} data as released ({suite.source or suite.description}), found "
+                         f"{type(e).__name__}: {e}; fix: pass the release folder as downloaded") from None
     skips.log(name, path)
     if not records:
         skipped = "; ".join(f"{n} skipped: {why}" for why, n in skips.as_dict().items())

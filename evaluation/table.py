@@ -42,6 +42,19 @@ def _parse_data(values: list[str]) -> dict[str, str]:
     return data
 
 
+def preflight(suites: list[str], data: dict[str, str], options: dict) -> None:
+    """Read every suite's data before the first model loads: a broken release found after an hour of the first
+    model's evaluations would waste that hour. Demo suites are left to their evaluation (their data is the
+    corpus each checkpoint trained on)."""
+    from evaluation.suites import get_suite, load_suite_report, suite_data
+
+    keep = ("split", "image_root", "subset_by")
+    for s in suites:
+        if s in data or (options.get("data_root") and get_suite(s).layout is not None):
+            load_suite_report(s, suite_data(s, data.get(s), options.get("data_root")),
+                              **{k: options.get(k) for k in keep})
+
+
 def benchmark_table(models: dict[str, str], suites: list[str], *, data: dict[str, str] | None = None,
                     out: str | Path | None = None, **eval_options) -> dict:
     """Evaluate every ``label -> model ref`` on every suite; write and return the table dict."""
@@ -51,6 +64,7 @@ def benchmark_table(models: dict[str, str], suites: list[str], *, data: dict[str
         raise ValueError(f"--data names suites not in --suites: {', '.join(unknown)}")
     if eval_options.get("manifest") and len(suites) > 1:
         raise ValueError("--manifest fixes the questions of one suite; give the table one suite or no manifest")
+    preflight(suites, data, eval_options)
     results = {label: {s: evaluate(ref, s, data.get(s), **eval_options) for s in suites}
                for label, ref in models.items()}
     rows = list(models)

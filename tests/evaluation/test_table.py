@@ -59,3 +59,16 @@ def test_table_two_checkpoints_two_suites(tiny_model_dir, tmp_path, capsys):
     assert md in capsys.readouterr().out
     assert main(["--model", str(first), "--suites", "slake", "--data", "vlmeval=x.tsv"]) == 2
     assert "--data names suites not in --suites: vlmeval" in capsys.readouterr().err
+
+
+def test_table_reads_every_suite_before_the_first_model(tiny_model_dir, tmp_path, capsys):
+    """The second suite's release is broken: exit 2 naming it, and no evaluation of the first suite ran."""
+    from tests.evaluation.release_fixtures import pathmmu, slake
+
+    root = tmp_path / "data"
+    slake(root, FIXTURES)
+    (pathmmu(root) / "data.json").write_text("{")
+    rc = main(["--model", str(tiny_model_dir()), "--suites", "slake,pathmmu", "--data-root", str(root),
+               "--data", f"pathmmu={root / 'PathMMU'}", "--no-progress"])
+    assert rc == 2 and f"{root / 'PathMMU' / 'data.json'}:1: invalid JSON" in capsys.readouterr().err
+    assert not (home() / "reports").exists()
