@@ -1,6 +1,8 @@
 """Leakage between a training and an evaluation set: the same image (exact content hash of the decoded
 pixels, so a lossless re-encode is still "exact"), a near-duplicate image (perceptual hash: resized,
-JPEG re-encoded, slightly recoloured) and questions asked in both.
+JPEG re-encoded, slightly recoloured), the same whole-slide image (records naming a ``slide``: SHA-256 of the
+file, so a copied or renamed slide is found; its tiles differ by selection, the slide does not) and questions
+asked in both.
 
     python -m corpora.leakage TRAIN EVAL [--max-distance 8] [--json]
 
@@ -23,7 +25,7 @@ from scipy.fft import dctn
 from tqdm import tqdm
 
 from corpora.grading import normalize_text
-from corpora.records import QUESTION_KEYS, RecordError, image_list
+from corpora.records import QUESTION_KEYS, SLIDE_KEYS, RecordError, first_field, image_list, resolve_image
 from corpora.sources import IMAGE_EXTENSIONS, iter_raw
 
 HASH_SIZE = 8  # 8x8 low-frequency DCT coefficients -> a 64-bit perceptual hash
@@ -34,10 +36,11 @@ class LeakReport:
     exact: list[tuple[str, str]] = field(default_factory=list)  # (train image, eval image)
     near: list[tuple[str, str, int]] = field(default_factory=list)  # (train image, eval image, Hamming distance)
     questions: list[tuple[str, int, int]] = field(default_factory=list)  # (question, times in train, times in eval)
+    slides: list[tuple[str, str]] = field(default_factory=list)  # (train slide, eval slide): same file content
 
     @property
     def leaks(self) -> bool:
-        return bool(self.exact or self.near)
+        return bool(self.exact or self.near or self.slides)
 
 
 def perceptual_hash(image: Image.Image) -> int:
@@ -68,7 +71,8 @@ def collect(path) -> tuple[list[str], list[str]]:
         if record.data is None:
             continue
         try:
-            images.extend(image_list(record.data, record.root))
+            if first_field(record.data, SLIDE_KEYS, "slide", required=False, skip_empty=True) is None:
+                images.extend(image_list(record.data, record.root))  # slides: compared whole (collect_slides)
         except RecordError:
             continue  # validation reports unusable records; leakage looks at what can be read
         question = next((record.data[k] for k in QUESTION_KEYS if isinstance(record.data.get(k), str)), None)
@@ -76,6 +80,34 @@ def collect(path) -> tuple[list[str], list[str]]:
             options = record.data.get("options") or []
             questions.append(normalize_text(question + " " + " ".join(map(str, options))))
     return list(dict.fromkeys(images)), questions
+
+
+def collect_slides(path) -> list[str]:
+    """The slide files the records of a data file name (resolved, in order, once each)."""
+    path = Path(path)
+    if path.is_dir() and not any(path.glob("*.tar")) and not (path / "captions.json").is_file():
+        return []
+    slides = []
+    for record in iter_raw(path):
+        value = None if record.data is None else first_field(record.data, SLIDE_KEYS, "slide", required=False,
+                                                             skip_empty=True)
+        try:
+            slide = resolve_image(record.root, value) if value is not None else None
+        except RecordError:
+            continue
+        if slide is not None and Path(slide).is_file():
+            slides.append(slide)
+    return list(dict.fromkeys(slides))
+
+
+def _slide_leaks(train, eval) -> list[tuple[str, str]]:
+    from corpora.slides.tiling import default_cache_root, slide_hash
+
+    by_hash = {}
+    for slide in collect_slides(train):
+        by_hash.setdefault(slide_hash(slide, default_cache_root()), slide)
+    return [(by_hash[h], slide) for slide in collect_slides(eval)
+            if (h := slide_hash(slide, default_cache_root())) in by_hash]
 
 
 def _hashes(images: list[str], desc: str) -> tuple[list[str], np.ndarray]:
@@ -110,6 +142,7 @@ def find_leaks(train, eval, *, max_distance: int = 8, chunk: int = 1024) -> Leak
                 report.near.append((*pair, int(distances[i, j])))
     train_counts, eval_counts = Counter(train_questions), Counter(eval_questions)
     report.questions = sorted((q, train_counts[q], eval_counts[q]) for q in train_counts.keys() & eval_counts.keys())
+    report.slides = _slide_leaks(train, eval)
     return report
 
 
@@ -131,11 +164,13 @@ def main(argv=None) -> int:
     else:
         for train_image, eval_image in report.exact:
             print(f"exact: {eval_image} == {train_image}")
+        for train_slide, eval_slide in report.slides:
+            print(f"slide: {eval_slide} == {train_slide}")
         for train_image, eval_image, distance in report.near:
             print(f"near (distance {distance}): {eval_image} ~ {train_image}")
         for question, n_train, n_eval in report.questions:
             print(f"question in both ({n_train} train, {n_eval} eval): {question}")
-        print(f"{len(report.exact)} exact and {len(report.near)} near-duplicate images, "
+        print(f"{len(report.exact)} exact and {len(report.near)} near-duplicate images, {len(report.slides)} slides, "
               f"{len(report.questions)} questions in both")
     return 1 if report.leaks else 0
 

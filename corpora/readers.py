@@ -31,13 +31,14 @@ def features(kind: str):
     }[kind])
 
 
-def iter_samples(path, kind: str, template: str = "cot", root=None, skip=()):
+def iter_samples(path, kind: str, template: str = "cot", root=None, skip=(), slides=None):
     """Normalised samples of `kind` from `path`, in file order; the first bad record raises DataError.
+    `slides` (corpora.slides.SlideSampling): how records naming a `slide` become images (None: its defaults).
 
     `skip` holds `(file, line)` locations to leave out: the bad records a lenient validation reported
     (`corpora.validate.Report.bad_locations`), so training reads only the records validation accepted."""
     kind = canonical_kind(kind)
-    extra = {"template": template} if kind == "sft" else {}
+    extra = {"template": template, "slides": slides} if kind == "sft" else {"slides": slides}
     skip = {(str(f), int(n)) for f, n in skip}
     for record in iter_raw(path, root):
         if (str(record.file), record.line) in skip:
@@ -51,13 +52,16 @@ def iter_samples(path, kind: str, template: str = "cot", root=None, skip=()):
             raise DataError(f"{where}: {e.code}: {e.message}") from None
 
 
-def _generate(path: str, kind: str, template: str, root: str | None, data_fingerprint: str, skip=()):
+def _generate(path: str, kind: str, template: str, root: str | None, data_fingerprint: str, skip=(), slides=None):
     # `data_fingerprint` is unused here but part of the generator kwargs, so the Arrow cache is keyed
-    # by the data's content stamp and a changed file is read again (`skip` is part of the key too).
-    yield from iter_samples(path, kind, template, root, skip)
+    # by the data's content stamp and a changed file is read again (`skip` and the slide sampling are part of
+    # the key too: other tiles are other samples).
+    from corpora.slides.sampling import SlideSampling
+
+    yield from iter_samples(path, kind, template, root, skip, SlideSampling(**slides) if slides else None)
 
 
-def load(path, kind: str, *, streaming: bool = False, template: str = "cot", root=None, skip=()):
+def load(path, kind: str, *, streaming: bool = False, template: str = "cot", root=None, skip=(), slides=None):
     """Samples of `kind` (pairs, sft, qa; rl and eval are qa) from `path` as a datasets object.
 
     Relative image paths resolve against `root` (default: the data file's folder, or the nearest
@@ -70,7 +74,7 @@ def load(path, kind: str, *, streaming: bool = False, template: str = "cot", roo
         raise FileNotFoundError(f"data not found: {path}")
     kwargs = {"path": str(path), "kind": kind, "template": template,
               "root": None if root is None else str(Path(root).resolve()), "data_fingerprint": fingerprint(path),
-              "skip": sorted((str(f), int(n)) for f, n in skip)}
+              "skip": sorted((str(f), int(n)) for f, n in skip), "slides": slides.to_dict() if slides else None}
     if streaming:
         return datasets.IterableDataset.from_generator(_generate, features=features(kind), gen_kwargs=kwargs)
     try:
@@ -82,19 +86,19 @@ def load(path, kind: str, *, streaming: bool = False, template: str = "cot", roo
         raise
 
 
-def load_pairs(path, *, streaming: bool = False, root=None, skip=()):
+def load_pairs(path, *, streaming: bool = False, root=None, skip=(), slides=None):
     """Image-caption pairs: id, images, caption, label."""
-    return load(path, "pairs", streaming=streaming, root=root, skip=skip)
+    return load(path, "pairs", streaming=streaming, root=root, skip=skip, slides=slides)
 
 
-def load_sft(path, *, template: str = "cot", streaming: bool = False, root=None, skip=()):
+def load_sft(path, *, template: str = "cot", streaming: bool = False, root=None, skip=(), slides=None):
     """Chat samples: id, images, messages; QA records are rendered through prompt `template`."""
-    return load(path, "sft", streaming=streaming, template=template, root=root, skip=skip)
+    return load(path, "sft", streaming=streaming, template=template, root=root, skip=skip, slides=slides)
 
 
-def load_qa(path, *, streaming: bool = False, root=None, skip=()):
+def load_qa(path, *, streaming: bool = False, root=None, skip=(), slides=None):
     """Questions with ground truth (RL and evaluation): id, images, question, options, answer, kind, ..."""
-    return load(path, "qa", streaming=streaming, root=root, skip=skip)
+    return load(path, "qa", streaming=streaming, root=root, skip=skip, slides=slides)
 
 
 def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:

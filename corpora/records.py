@@ -10,6 +10,8 @@ from pathlib import Path
 from corpora.grading import LETTERS, extract_answer, match_option
 
 IMAGE_KEYS = ("images", "image", "image_path", "image_paths", "img_path", "filepath", "file_name", "path")
+# A whole-slide image instead of images (corpora.slides.sampling turns it into K tiles); CSV: slide_path.
+SLIDE_KEYS = ("slide", "slide_path")
 CAPTION_KEYS = ("caption", "title", "text", "corrected_text")
 QUESTION_KEYS = ("question", "problem", "query")
 REASONING_KEYS = ("reasoning", "thinking", "rationale", "cot")
@@ -58,12 +60,30 @@ def resolve_image(root: Path, value) -> str:
     return str(resolved)
 
 
-def image_list(raw: dict, root: Path) -> list[str]:
+def image_list(raw: dict, root: Path, slides=None) -> list[str]:
+    """The record's image paths; a record naming a ``slide`` gets its tiles (``slides``: a
+    corpora.slides.SlideSampling, None = its defaults), tiled once through the slide tile cache."""
+    slide = first_field(raw, SLIDE_KEYS, "slide", required=False, skip_empty=True)
+    if slide is not None:
+        if first_field(raw, IMAGE_KEYS, "images", required=False, skip_empty=True) is not None:
+            raise RecordError("bad-field", "record names both a slide and images; keep one")
+        return _slide_tiles(resolve_image(root, slide), raw, slides)
     value = first_field(raw, IMAGE_KEYS, "images")
     values = value if isinstance(value, list) else [value]
     if not values:
         raise RecordError("missing-field", "record has no image")
     return [resolve_image(root, v) for v in values]
+
+
+def _slide_tiles(path: str, raw: dict, slides) -> list[str]:
+    from corpora.slides import SlideError
+    from corpora.slides.sampling import slide_images
+
+    text = first_field(raw, QUESTION_KEYS + CAPTION_KEYS, "text", required=False, skip_empty=True)
+    try:
+        return slide_images(path, slides, text=text if isinstance(text, str) else "")
+    except SlideError as e:
+        raise RecordError("unreadable-slide", str(e)) from None
 
 
 def _text(value, what: str) -> str:
@@ -86,12 +106,12 @@ def record_id(raw: dict, fallback: str) -> str:
     return str(value) if value not in (None, "") else fallback
 
 
-def normalize_pair(raw: dict, root: Path, fallback_id: str) -> dict:
+def normalize_pair(raw: dict, root: Path, fallback_id: str, *, slides=None) -> dict:
     caption = _text(first_field(raw, CAPTION_KEYS, "caption"), "caption")
     if not caption:
         raise RecordError("empty-caption", "caption is empty")
     label = raw.get("label", "")
-    return {"id": record_id(raw, fallback_id), "images": image_list(raw, root), "caption": caption,
+    return {"id": record_id(raw, fallback_id), "images": image_list(raw, root, slides), "caption": caption,
             "label": "" if label is None else str(label)}
 
 
@@ -144,7 +164,7 @@ def _split_one_line_options(problem: str) -> tuple[str, list[str]]:
     return question, [rest[b:e].strip() for b, e in zip(bounds, cuts + [len(rest)])]
 
 
-def normalize_qa(raw: dict, root: Path, fallback_id: str, *, images: list[str] | None = None) -> dict:
+def normalize_qa(raw: dict, root: Path, fallback_id: str, *, images: list[str] | None = None, slides=None) -> dict:
     """A QA record from ``raw``; ``images``: paths the caller already resolved and checked (an evaluation suite
     finds them in several folders, corpora.records.resolve_image per folder), else ``raw``'s under ``root``."""
     question = _text(first_field(raw, QUESTION_KEYS, "question"), "question")
@@ -175,7 +195,7 @@ def normalize_qa(raw: dict, root: Path, fallback_id: str, *, images: list[str] |
             raise RecordError("answer-not-in-options", f"yes/no answer must be 'yes' or 'no', got {answer!r}")
     reasoning = first_field(raw, REASONING_KEYS, "reasoning", required=False) or ""
     subset = first_field(raw, SUBSET_KEYS, "subset", required=False) or ""
-    return {"id": record_id(raw, fallback_id), "images": image_list(raw, root) if images is None else list(images),
+    return {"id": record_id(raw, fallback_id), "images": image_list(raw, root, slides) if images is None else list(images),
             "question": question, "options": options, "answer": answer, "kind": kind,
             "solution": str(raw.get("solution") or f"<answer> {answer} </answer>"),
             "subset": str(subset), "reasoning": _text(reasoning, "reasoning")}
@@ -191,12 +211,12 @@ def _content_text(content) -> str:
     return _IMAGE_PLACEHOLDER.sub("", _checked(content, "content")).strip()
 
 
-def normalize_sft(raw: dict, root: Path, fallback_id: str, template: str = "cot") -> dict:
+def normalize_sft(raw: dict, root: Path, fallback_id: str, template: str = "cot", *, slides=None) -> dict:
     """A chat record (`messages` + `images`) as is, or a QA record rendered through prompt `template`."""
     if "messages" not in raw:
         from corpora.prompts import render_prompt, render_response
 
-        qa = normalize_qa(raw, root, fallback_id)
+        qa = normalize_qa(raw, root, fallback_id, slides=slides)
         messages = [{"role": "user", "content": render_prompt(template, qa["question"], qa["options"])},
                     {"role": "assistant", "content": render_response(template, qa["reasoning"], qa["answer"])}]
         return {"id": qa["id"], "images": qa["images"], "messages": messages}
@@ -212,7 +232,7 @@ def normalize_sft(raw: dict, root: Path, fallback_id: str, template: str = "cot"
         messages.append({"role": m["role"], "content": _content_text(m["content"])})
     if messages[-1]["role"] != "assistant" or not messages[-1]["content"]:
         raise RecordError("bad-messages", "the last message must be a non-empty assistant turn")
-    return {"id": record_id(raw, fallback_id), "images": image_list(raw, root), "messages": messages}
+    return {"id": record_id(raw, fallback_id), "images": image_list(raw, root, slides), "messages": messages}
 
 
 NORMALIZERS = {"pairs": normalize_pair, "qa": normalize_qa, "sft": normalize_sft}

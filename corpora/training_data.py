@@ -22,14 +22,14 @@ def data_file(data: str, default_name: str, home) -> Path:
     return path
 
 
-def check_data(path: Path, kind: str, policy: str, template: str) -> set[tuple[str, int]]:
+def check_data(path: Path, kind: str, policy: str, template: str, slides=None) -> set[tuple[str, int]]:
     """Fail before any model is loaded if the data has problems (file:line: code: message).
 
     Returns the ``(file, line)`` records to leave out: none under ``strict`` (any problem refuses the data),
     the bad ones under ``lenient`` (pass them to the reader's ``skip=``), none under ``skip``."""
     if policy == "skip":
         return set()
-    report = validate(path, kind, policy=policy, template=template)
+    report = validate(path, kind, policy=policy, template=template, slides=slides)
     report.raise_if_errors()
     if report.bad_records:
         print(f"{report.summary()}\n" + "\n".join(str(p) for p in report.problems[:20]))

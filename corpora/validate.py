@@ -5,7 +5,7 @@ and a policy: strict refuses data with any problem, lenient skips bad records an
 
 Problem codes: malformed-line, missing-field, bad-field, bad-options, bad-kind, bad-messages, empty-caption,
 empty-question, answer-not-in-options, text-too-long, bad-image-path, path-escapes-root, missing-image,
-empty-image, unreadable-image, truncated-image, image-too-large, duplicate-id, no-records. Non-RGB images (grey, RGBA, palette,
+empty-image, unreadable-image, truncated-image, image-too-large, unreadable-slide, duplicate-id, no-records. Non-RGB images (grey, RGBA, palette,
 16-bit) are not problems: the processors convert them to RGB.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from corpora.sources import iter_raw
 
 __all__ = ["DataError", "Problem", "Report", "validate", "check_image", "MAX_IMAGE_PIXELS"]
 
-# Whole-slide images are tiled before training; a single image above this is a mistake or a decompression
-# bomb. Checked from the header before any pixel is decoded.
+# Whole-slide images are named as `slide` (corpora.slides tiles them); a single image above this is a mistake
+# or a decompression bomb. Checked from the header before any pixel is decoded.
 MAX_IMAGE_PIXELS = 100_000_000
 
 
@@ -103,13 +103,15 @@ def check_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[str, str
 
 
 def validate(path, kind: str, policy: str = "strict", *, root=None, template: str = "cot",
-             check_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS) -> Report:
-    """Check every record of `path` as `kind`; never raises for bad data (see `Report.raise_if_errors`)."""
+             check_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS, slides=None) -> Report:
+    """Check every record of `path` as `kind`; never raises for bad data (see `Report.raise_if_errors`).
+    Records naming a `slide` are tiled here (``slides``: corpora.slides.SlideSampling), once: training reads
+    the cached tiles; an unreadable slide is an `unreadable-slide` problem at the record's file:line."""
     if policy not in ("strict", "lenient"):
         raise ValueError(f"policy must be 'strict' or 'lenient', got {policy!r}")
     canonical = canonical_kind(kind)
     report = Report(str(path), canonical, policy)
-    extra = {"template": template} if canonical == "sft" else {}
+    extra = {"template": template, "slides": slides} if canonical == "sft" else {"slides": slides}
     seen_ids: dict[str, str] = {}
     checked_images: dict[str, tuple[str, str] | None] = {}
     for record in iter_raw(path, root):

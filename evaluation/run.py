@@ -202,7 +202,7 @@ class Evaluation:
         self.suite, self.model_ref = suite, str(model_ref)
         self.model_path, self.checkpoint = resolve_model(model_ref)  # first: a demo suite reads its corpus from it
         self.data = suite_data(suite, data, data_root, self.checkpoint)
-        records, skips = load_suite_report(suite, self.data, **suite_options)
+        records, skips = load_suite_report(suite, self.data, checkpoint=self.checkpoint, **suite_options)  # qa: its slide settings
         self.split, self.skipped = suite_options.get("split"), skips.as_dict()
         if manifest:  # the manifest picks the questions; --limit then cuts its list
             records = apply_manifest(records, manifest)

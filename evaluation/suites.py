@@ -195,10 +195,23 @@ def _is_yesno(answer) -> bool:
     return str(answer).strip().lower() in {"yes", "no"}
 
 
-def _load_corpora_qa(data: Path, **_) -> list[dict]:
+def _load_corpora_qa(data: Path, *, checkpoint: dict | None = None, **_) -> list[dict]:
+    """Any corpora QA file (suite ``qa``, the demo suites). Records naming a ``slide`` become the tiles the
+    evaluated checkpoint trained on: its manifest's ``slides`` settings (K, selection, µm/px), else the defaults."""
     from corpora.readers import load_qa
+    from corpora.slides.sampling import SlideSampling
+    from stages.registry import Registry
 
-    return [dict(r) for r in load_qa(data)]
+    trained = ((checkpoint or {}).get("config") or {}).get("slides")
+    slides = SlideSampling(**trained).resolved(Registry().resolve) if isinstance(trained, dict) else None
+    return [dict(r) for r in load_qa(data, slides=slides)]
+
+
+def _needs_data(name: str) -> Callable[[dict | None], Path]:
+    def default(checkpoint: dict | None = None) -> Path:
+        raise SuiteError(f"suite {name!r} reads your own file: pass --data FILE")
+
+    return default
 
 
 def trained_demo_corpus(checkpoint: dict | None):
@@ -275,6 +288,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
           "validation | dev | all (test answers are withheld)"),
     Suite("vlmeval", _lazy(_VLM, "load_vlmeval"), _home_data("vlmeval.tsv"), "any VLMEvalKit MCQ / yes-no / VQA TSV",
           None, "VLMEvalKit TSV (base64 images), e.g. PathMMU / PathVQA / OmniMedVQA as the toolkit ships them",
+          "mcq letter, yes/no, or exact + token F1"),
+    Suite("qa", _load_corpora_qa, _needs_data("qa"), "any corpora QA file; records may name a whole slide",
+          None, "your own data in the corpora QA schema (JSONL / JSON / CSV; \"slide\": PATH or slide_path)",
           "mcq letter, yes/no, or exact + token F1"),
     Suite("demo-mcq", _load_corpora_qa, _demo_path("mcq.jsonl"), "demo corpus held-out mcq", None,
           "built by corpora.demo", "mcq letter"),

@@ -30,6 +30,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from corpora.chat import user_content
+from corpora.slides.sampling import SlideSampling
 from corpora.training_data import split_by_image
 
 from stages import distributed
@@ -60,6 +61,8 @@ class StageConfig(StepRunConfig):
         metadata={"help": "Training file or dataset folder; empty = the demo corpus (corpora.demo.demo_corpus)."},
     )
     template: str = field(default="cot", metadata={"help": "Prompt template from corpora/prompts."})
+    slides: SlideSampling = field(default_factory=SlideSampling, metadata={
+        "help": "How records naming a whole-slide image (\"slide\": PATH) become images: K tiles, selection, µm/px."})
     validate: Literal["strict", "lenient", "skip"] = field(
         default="strict", metadata={"help": "Validate the data before training (corpora.validate policy)."})
     train: Literal["projector", "projector_llm", "all"] = field(

@@ -16,7 +16,7 @@ from corpora.readers import load_pairs
 from corpora.training_data import check_data, data_file
 from stages import distributed
 from stages.engine import StageConfig, run_stage
-from stages.registry import home
+from stages.registry import Registry, home
 
 STAGE = "pretrain"
 
@@ -46,7 +46,8 @@ def run(cfg: PretrainConfig) -> Path:
     """Train and return the final registry checkpoint folder (parent: the input model)."""
     path = data_file(cfg.data, "pairs.jsonl", home())
     with distributed.main_process_first():  # every rank checks the data, the main process first
-        bad = check_data(path, "pairs", cfg.validate, cfg.template)
-        rows = caption_rows(load_pairs(path, skip=bad), cfg.template)
+        slides = cfg.slides.resolved(Registry().resolve)
+        bad = check_data(path, "pairs", cfg.validate, cfg.template, slides)
+        rows = caption_rows(load_pairs(path, skip=bad, slides=slides), cfg.template)
     init = cfg.model.name_or_path if cfg.init == "auto" else cfg.init
     return run_stage(cfg, stage=STAGE, rows=rows, init=init, data_files=[path])

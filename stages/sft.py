@@ -34,8 +34,9 @@ def default_init(cfg: SFTConfig) -> str:
 def training_rows(cfg: SFTConfig):
     """(validated ``images`` + ``messages`` rows, the data file) for ``cfg``."""
     path = data_file(cfg.data, "sft.jsonl", home())
-    bad = check_data(path, "sft", cfg.validate, cfg.template)
-    rows = load_sft(path, template=cfg.template, skip=bad)
+    slides = cfg.slides.resolved(Registry().resolve)
+    bad = check_data(path, "sft", cfg.validate, cfg.template, slides)
+    rows = load_sft(path, template=cfg.template, skip=bad, slides=slides)
     return rows.remove_columns([c for c in rows.column_names if c not in ("images", "messages")]), path
 
 

@@ -22,7 +22,7 @@ from corpora.files import build_folder_once, write_text_atomic
 from corpora.slides.reader import SlideError, open_slide
 
 # Bump when tile pixels or the mask change for the same parameters: old cache entries are then never reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SUMMARY = "summary.json"
 
 
@@ -122,6 +122,7 @@ def slide_hash(path, cache_root) -> str:
 @dataclass(frozen=True)
 class TileSet:
     """A cached tiling: ``root/tiles.jsonl`` (one TileSpec + ``file`` per line), ``root/tiles/*.png``,
+    ``root/thumbnail.png`` (the whole slide, longest side = the tile size: what a prompt shows first),
     ``root/summary.json`` (slide info, parameters, counts; written last: its presence marks the set complete)."""
 
     root: Path
@@ -141,7 +142,7 @@ class TileSet:
         """Copy the set (hard links where the file system allows) to ``out_dir``; returns it."""
         out = Path(out_dir)
         (out / "tiles").mkdir(parents=True, exist_ok=True)
-        for rel in [r["file"] for r in self.records()] + ["tiles.jsonl", SUMMARY]:
+        for rel in [r["file"] for r in self.records()] + ["thumbnail.png", "tiles.jsonl", SUMMARY]:
             target = out / rel
             if target.exists():
                 target.unlink()
@@ -173,6 +174,7 @@ def _build(path, params: TileParams, content: str, staging: Path, workers: int) 
     (staging / "tiles").mkdir(parents=True)
     with open_slide(path, mpp_fallback=params.mpp_fallback) as slide:
         mask = slide.tissue_mask(params.thumb_size)
+        slide.thumbnail(params.size).save(staging / "thumbnail.png")
         specs = plan_tiles(slide, mpp=params.mpp, size=params.size, overlap=params.overlap,
                            min_tissue=params.min_tissue, mask=mask)
         lines = []

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from corpora.judge import JudgeConfig
+from corpora.slides.sampling import SlideSampling
 from stages.config import Passthrough, owned_key_message
 from stages.model import ModelConfig
 from stages.rl.curriculum import ORDERS, CurriculumPhase
@@ -163,6 +164,8 @@ class RLConfig(StepRunConfig):
         "strict", "Validate the data first (corpora.validate): strict refuses any problem, lenient leaves bad records "
                   "out, skip does not check.")
     template: str = _f("cot", "Prompt template (corpora/prompts); the format reward checks its response format.")
+    slides: SlideSampling = field(default_factory=SlideSampling, metadata={
+        "help": "How records naming a whole-slide image (\"slide\": PATH) become images: K tiles, selection, µm/px."})
     # -- rollouts
     num_generations: int = _f(8, "G: completions sampled per prompt (one group).")
     batch_size: int = _f(2, "Prompts (groups) per optimizer step on each device.")

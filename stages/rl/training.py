@@ -164,8 +164,9 @@ def run(cfg: RLConfig) -> Path:
     # a curriculum's phases are laid one after another in one dataset (stages.rl.curriculum)
     paths = [data_file(d, "rl.jsonl", home()) for d in [p.data for p in cfg.curriculum] or [cfg.data]]
     with distributed.main_process_first():  # every rank checks the data, the main process first
-        bad = [check_data(p, "qa", cfg.validate, cfg.template) for p in paths]  # file:line, before any model loads
-        qa_sets = [load_qa(p, skip=b) for p, b in zip(paths, bad)]
+        slides = cfg.slides.resolved(registry.resolve)
+        bad = [check_data(p, "qa", cfg.validate, cfg.template, slides) for p in paths]  # file:line, before any model
+        qa_sets = [load_qa(p, skip=b, slides=slides) for p, b in zip(paths, bad)]
         plan = curriculum.plan(cfg, paths, qa_sets)
         subsets = sorted({s for qa in qa_sets for s in qa["subset"]})
         scaling = None if cfg.subset_scaling == "none" and not cfg.subset_weights else \
