@@ -84,6 +84,7 @@ eval: $(STAMP)
 
 report: $(STAMP)
 	$(PY) -m evaluation.report $(or $(ARGS),rl:latest)
+	$(PY) -m evaluation.browse $(or $(ARGS),rl:latest)
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 from evaluation.metrics import metrics_table
-from evaluation.plots import accuracy_bars, curves, heatmap
 
 DEFAULT_REWARD_TAGS = ("train/reward", "train/rewards/*/mean")  # the std series would share the reward axis
 
@@ -38,6 +37,17 @@ def collect(root: Path, name: str, required: tuple[str, ...]) -> list[dict]:
         if isinstance(data, dict) and all(k in data for k in required):
             found.append({**data, "_file": str(p)})
     return found
+
+
+def evaluations(home: Path, checkpoints: list[dict] | None = None) -> list[dict]:
+    """Every ``evaluation.run`` result (``metrics.json`` + ``_file``) under ``home``; with ``checkpoints`` (registry
+    lineage entries) only those of these models. The one place that knows where evaluation results live: the
+    report and ``evaluation.browse`` read them through here."""
+    found = collect(home, "metrics.json", ("suite", "overall", "model_path"))
+    if checkpoints is None:
+        return found
+    paths = {str(Path(c["path"]).resolve()) for c in checkpoints if c.get("path")}
+    return [m for m in found if str(Path(m["model_path"]).resolve()) in paths]
 
 
 def checkpoint_label(entry: dict) -> str:
@@ -89,7 +99,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
 
 
-def _history(run: str | None, home: Path) -> tuple[list[dict], list[Path]]:
+def history(run: str | None, home: Path) -> tuple[list[dict], list[Path]]:
     """(lineage oldest first, TensorBoard log dirs) of ``run``; everything under ``home`` when run is None."""
     from stages import registry
 
@@ -103,20 +113,17 @@ def _history(run: str | None, home: Path) -> tuple[list[dict], list[Path]]:
 def render_report(run: str | None = None, *, home: str | Path | None = None, out: str | Path | None = None,
                   reward_tags: tuple[str, ...] = DEFAULT_REWARD_TAGS, logs: list[str | Path] = ()) -> Path:
     """Write ``report.md`` + PNGs for ``run`` (a registry ref) or, without one, for everything in ``home``."""
+    from evaluation.plots import accuracy_bars, curves, heatmap  # matplotlib: only when drawing (fast --help)
     from stages import registry
 
     home = Path(home) if home else registry.home()
-    chain, log_dirs = _history(run, home)
+    chain, log_dirs = history(run, home)
     log_dirs += [Path(p) for p in logs]
     out = Path(out) if out else registry.reports_dir(f"report-{_slug(run or 'all')}", root=home)
     out.mkdir(parents=True, exist_ok=True)
 
-    metrics = collect(home, "metrics.json", ("suite", "overall", "model_path"))
-    order = None
-    if chain:
-        paths = {str(Path(c["path"]).resolve()) for c in chain if c.get("path")}
-        metrics = [m for m in metrics if str(Path(m["model_path"]).resolve()) in paths]
-        order = [checkpoint_label(c) for c in chain if c.get("path")]
+    metrics = evaluations(home, chain or None)
+    order = [checkpoint_label(c) for c in chain if c.get("path")] if chain else None
     table = accuracy_table(metrics, order)
     series = scalar_series(log_dirs, tuple(reward_tags))
     matrices = collect(home, "matrix.json", ("suite", "rows", "subsets", "accuracy"))
@@ -151,19 +158,25 @@ def render_report(run: str | None = None, *, home: str | Path | None = None, out
     return out / "report.md"
 
 
+def add_history_options(p: argparse.ArgumentParser) -> None:
+    """Where a run's history is read from: shared by this report and ``evaluation.browse``."""
+    p.add_argument("--home", help="a $PATHOR1_HOME to read (default: $PATHOR1_HOME or ./runs)")
+    p.add_argument("--reward-tags", default=DEFAULT_REWARD_TAGS,
+                   type=lambda text: tuple(t.strip() for t in text.split(",") if t.strip()),
+                   help=f"comma-separated TensorBoard scalar tags or shell patterns drawn as reward curves "
+                        f"(default {','.join(DEFAULT_REWARD_TAGS)})")
+    p.add_argument("--logs", action="append", default=[], help="extra folder with TensorBoard event files")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evaluation.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", help="registry ref of the run's last checkpoint (e.g. rl:latest)")
-    p.add_argument("--home", help="a $PATHOR1_HOME to read (default: $PATHOR1_HOME or ./runs)")
     p.add_argument("--out", help="output folder (default <home>/reports/report-<run>)")
-    p.add_argument("--reward-tags", default=",".join(DEFAULT_REWARD_TAGS),
-                   help="comma-separated TensorBoard scalar tags or shell patterns to plot as reward curves")
-    p.add_argument("--logs", action="append", default=[], help="extra folder with TensorBoard event files")
+    add_history_options(p)
     args = p.parse_args(argv)
     try:
-        path = render_report(args.run, home=args.home, out=args.out, logs=args.logs,
-                             reward_tags=tuple(t.strip() for t in args.reward_tags.split(",") if t.strip()))
+        path = render_report(args.run, home=args.home, out=args.out, logs=args.logs, reward_tags=args.reward_tags)
     except LookupError as e:  # an unknown registry ref
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -76,7 +76,8 @@ class PathoR1Config:
                                                     "eval/...); empty = build the demo corpus."})
     stages: list[str] = field(default_factory=lambda: list(STAGES), metadata={"help": "Stages to run, in order."})
     evaluate: bool = field(default=True, metadata={"help": "Evaluate base and every stage on the held-out split."})
-    report: bool = field(default=True, metadata={"help": "Render the markdown + PNG report at the end."})
+    report: bool = field(default=True, metadata={"help": "Render the markdown + PNG report and the run browser "
+                                                       "(reports/patho_r1/<run>/browse/index.html) at the end."})
     demo: DemoCorpusConfig = field(default_factory=DemoCorpusConfig, metadata={"help": "Demo corpus sizes."})
     pretrain: PretrainConfig = field(default_factory=_demo_pretrain, metadata={"help": "Stage 1 settings."})
     sft: SFTConfig = field(default_factory=_demo_sft, metadata={"help": "Stage 2 settings."})
@@ -154,6 +155,9 @@ def run(cfg: PathoR1Config) -> Path | None:
 
         last = list(checkpoints.values())[-1]  # its lineage is the whole pipeline
         print(f"report: {render_report(last, home=home(), out=out_dir)}")
+        from evaluation.browse import browse
+
+        print(f"browser: {browse(last, home=home(), out=out_dir / 'browse')}")  # every question, every stage's answer
     return path
 
 

@@ -43,6 +43,14 @@ def test_patho_r1_demo_writes_report_and_metrics(tmp_path, capsys):
     report = path.parent / "report.md"
     assert report.exists() and "accuracy.png" in report.read_text()
     assert (path.parent / "accuracy.png").stat().st_size > 5000
+    # the run browser from the real predictions: every held-out question with every stage's answer
+    data_js = (path.parent / "browse" / "data.js").read_text()
+    browser = json.loads(data_js.removeprefix("window.PATHOR1_BROWSE = ").rstrip().rstrip(";"))
+    assert [s["key"] for s in browser["stages"]] == ["base", "pretrain", "sft", "rl"]
+    assert len(browser["questions"]) == 8
+    assert all(set(q["answers"]) == {"base", "pretrain", "sft", "rl"} for q in browser["questions"])
+    assert [(c["before"], c["after"]) for c in browser["comparisons"]] == [("base", "pretrain"), ("pretrain", "sft"),
+                                                                          ("sft", "rl")]
     # The README's next steps, `make eval` then `make report` (their default arguments): they score the recipe's own
     # held-out questions (same ids, same image bytes), not a demo corpus of other sizes.
     from evaluation import report as report_cli
