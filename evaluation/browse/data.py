@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from pathlib import Path
 
 from evaluation.metrics import paired_comparison
@@ -48,12 +49,13 @@ def _newest_by_suite(found: list[dict], path: str) -> dict[str, dict]:
 
 
 def _slide(row: dict) -> dict | None:
-    """A slide record's thumbnail and the regions the model viewed, when the row carries them (``slide`` /
-    ``regions`` at the top level or under ``meta``); regions are level-0 pixels ``[x, y, w, h]`` or dicts."""
+    """A slide record's thumbnail and the regions the model viewed: given by the row (``slide: {thumbnail, width,
+    height}`` + ``regions``, at the top level or under ``meta``; regions are level-0 pixels ``[x, y, w, h]`` or
+    dicts), else found from the tiles it was shown (``_tile_cache_slide``)."""
     meta = row.get("meta") or {}
     slide = row.get("slide") or meta.get("slide")
     if not isinstance(slide, dict) or not slide.get("thumbnail"):
-        return None
+        return _tile_cache_slide(row.get("images") or [])
     regions = []
     for r in row.get("regions") or meta.get("regions") or []:
         box = [r.get(k) for k in ("x", "y", "w", "h")] if isinstance(r, dict) else list(r)[:4]
@@ -61,6 +63,40 @@ def _slide(row: dict) -> dict | None:
             regions.append(box)
     return {"thumbnail": slide["thumbnail"], "width": slide.get("width"), "height": slide.get("height"),
             "regions": regions}
+
+
+@lru_cache(maxsize=256)
+def _tile_set(root: str) -> tuple[dict, dict[str, dict]] | None:
+    """(summary, tile file -> record) of a ``corpora.slides`` tile cache folder, None when ``root`` is not one."""
+    try:
+        summary = json.loads((Path(root) / "summary.json").read_text())
+        with open(Path(root) / "tiles.jsonl", encoding="utf-8") as f:
+            tiles = {t["file"]: t for t in map(json.loads, f) if t}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (summary, tiles) if isinstance(summary.get("info"), dict) else None
+
+
+def _tile_cache_slide(images: list[str]) -> dict | None:
+    """A slide record reaches the model as tiles of the ``corpora.slides`` cache (``<root>/tiles/NNNNNN_xX_yY.png``
+    listed in ``<root>/tiles.jsonl`` with level-0 x, y, µm/px and size; ``<root>/summary.json`` with the slide's
+    info; ``<root>/thumbnail.png`` where the cache keeps one): the viewed regions are those tiles' level-0 boxes."""
+    slide, regions = None, []
+    for image in images:
+        path = Path(image)
+        found = _tile_set(str(path.parent.parent)) if path.parent.name == "tiles" else None
+        tile = found and found[1].get(f"tiles/{path.name}")
+        if not tile:
+            continue
+        summary, _ = found
+        info = summary["info"]
+        if slide is None:
+            thumb = path.parent.parent / "thumbnail.png"
+            slide = {"thumbnail": str(thumb) if thumb.is_file() else None, "source": summary.get("slide"),
+                     "width": info.get("width"), "height": info.get("height"), "regions": regions}
+        extent = tile["size"] * (tile["mpp"] / info["mpp"] if info.get("mpp") else 1.0)  # output px -> level-0 px
+        regions.append([tile["x"], tile["y"], round(extent, 1), round(extent, 1)])
+    return slide
 
 
 def _gold_and_predicted(row: dict) -> tuple[str, str] | None:

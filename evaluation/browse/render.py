@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import shutil
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,15 +69,34 @@ class _Images:
         return {"t": thumb.as_posix(), "f": full.as_posix()}
 
 
+def _slide_thumbnail(slide: str | None, scratch: Path) -> str | None:
+    """The whole-slide thumbnail when the tile cache kept none: read from the slide (OpenSlide, once per slide);
+    None when the slide is gone or unreadable (the page then draws the regions without it)."""
+    if not slide or not Path(slide).is_file():
+        return None
+    target = scratch / f"{hashlib.sha1(str(Path(slide).resolve()).encode()).hexdigest()[:16]}.png"
+    if not target.is_file():
+        from corpora.slides import SlideError, open_slide
+
+        try:
+            with open_slide(slide) as handle:
+                handle.thumbnail(1024).save(target)
+        except (SlideError, OSError):
+            return None
+    return str(target)
+
+
 def write_browser(data: dict, out: str | Path, *, inline_max: int = INLINE_MAX) -> Path:
     """Write the folder for ``data`` (``evaluation.browse.data.gather``); returns ``out/index.html``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images = _Images(out, inline_max)
-    for q in data["questions"]:
-        q["images"] = [images(p) for p in q["images"]]
-        if q.get("slide"):
-            q["slide"]["image"] = images(q["slide"]["thumbnail"])
+    with tempfile.TemporaryDirectory() as scratch:  # thumbnails read from slides, copied in by _Images
+        for q in data["questions"]:
+            q["images"] = [images(p) for p in q["images"]]
+            if q.get("slide"):
+                thumbnail = q["slide"]["thumbnail"] or _slide_thumbnail(q["slide"].get("source"), Path(scratch))
+                q["slide"]["image"] = images(thumbnail) if thumbnail else {"missing": "slide thumbnail"}
     data = {**data, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "image_counts": {"copied": images.copied, "inlined": images.inlined, "missing": images.missing}}
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)

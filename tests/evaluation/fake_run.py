@@ -18,7 +18,7 @@ from stages.registry import Registry, home, logs_dir
 CLASSES = ["tumor", "stroma", "normal", "lymphocytes"]
 STAGES = ("base", "pretrain", "sft", "rl")
 ACCURACY = {"base": 0.25, "pretrain": 0.45, "sft": 0.7, "rl": 0.8}
-RL_CONFIG = {"algorithm": "dapo", "lr": 1e-4, "steps": 120, "rewards": ["format", "accuracy", "consistency"],
+RL_CONFIG = {"algorithm": "dapo", "lr": 1e-4, "max_steps": 120, "rewards": ["format", "accuracy", "consistency"],
              "reward_weights": [0.1, 0.9, 0.5], "temperature": 0.5, "num_generations": 8}
 
 

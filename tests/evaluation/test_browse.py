@@ -19,6 +19,8 @@ from fake_run import STAGES, add_rl_run, evaluate_again, make_run, rows_for  # n
 
 from evaluation.browse import browse  # noqa: E402
 from evaluation.browse.__main__ import main as browse_main  # noqa: E402
+from evaluation.browse.data import _slide  # noqa: E402
+from evaluation.browse.render import write_browser  # noqa: E402
 from evaluation.metrics import paired_comparison  # noqa: E402
 from stages.registry import home  # noqa: E402
 
@@ -119,6 +121,30 @@ def test_images_are_copied_or_inlined_and_the_folder_moves(run):
         assert (moved / im["t"]).is_file() and (moved / im["f"]).is_file()
         assert not Path(im["f"]).is_absolute()
     assert data["image_counts"] == {"copied": N // 2, "inlined": N // 2 + 1, "missing": 0}  # + the slide thumbnail
+
+
+def test_slide_rows_show_the_slide_and_the_tiles_the_model_viewed(tmp_path):
+    """A slide record reaches the model as tiles of corpora.slides' cache, in the layout corpora/slides/tiling.py
+    writes (``<root>/tiles/NNNNNN_xX_yY.png``, ``tiles.jsonl`` with level-0 x, y, µm/px, size; ``summary.json``
+    with the slide's info): a real SVS (corpora.slides.synthetic) tiled by ``tile_slide``. The browser draws the
+    slide's thumbnail (read from the slide when the cache keeps none) with those tiles' level-0 boxes."""
+    from corpora.slides import TileParams, tile_slide
+    from corpora.slides.synthetic import tissue_image, write_svs
+
+    svs = write_svs(tmp_path / "case.svs", tissue_image(512, 768, [(380, 260, 300, 200)]), mpp=0.25, power=40)
+    tiles = tile_slide(svs, TileParams(mpp=0.5, size=64), cache_root=tmp_path / "cache")
+    shown = tiles.records()[:3]
+    row = {"id": "slide-1", "kind": "mcq", "question": "Tumour present?", "options": ["yes", "no"], "answer": "A",
+           "images": [str(tiles.root / t["file"]) for t in shown], "prediction": "<answer>A</answer>",
+           "extracted": "A", "correct": True, "score": 1.0, "format_ok": True, "n_tokens": 3}
+    slide = _slide(row)
+    assert (slide["width"], slide["height"]) == (768, 512)
+    assert slide["regions"] == [[t["x"], t["y"], 128.0, 128.0] for t in shown]  # 64 px at 0.5 um/px = 128 at 0.25
+    out = tmp_path / "browser"
+    write_browser({"questions": [{**row, "suite": "qa", "subset": "", "answers": {}, "slide": slide}]}, out)
+    drawn = load_data(out)["questions"][0]["slide"]["image"]
+    assert "missing" not in drawn and (out / drawn["f"]).is_file()
+    assert _slide({**row, "images": [str(tmp_path / "case.svs")]}) is None  # not a tile of the cache
 
 
 def test_cli_refuses_an_unknown_ref_in_one_line(run, capsys):

@@ -190,11 +190,13 @@
   function slideFigure(slide, width, clickable) {
     const fig = el("figure", { class: "slide" + (clickable ? " clickable" : ""), "data-slide": "1" });
     const im = slide.image || {};
-    if (im.missing || !im.t) { fig.append(el("div", { class: "missing", text: "slide thumbnail not found" })); return fig; }
     const W = slide.width || 1, H = slide.height || 1;
     const h = Math.round(width * H / W);
+    // Without a thumbnail the regions are still drawn, on a grey slide-shaped background.
+    const backdrop = im.missing || !im.t ? svg("rect", { x: 0, y: 0, width: W, height: H, class: "no-thumb" })
+      : svg("image", { href: clickable ? im.t : im.f, x: 0, y: 0, width: W, height: H, preserveAspectRatio: "none" });
     const s = svg("svg", { viewBox: "0 0 " + W + " " + H, width: width, height: h, class: "slide-svg", role: "img" },
-      svg("image", { href: clickable ? im.t : im.f, x: 0, y: 0, width: W, height: H, preserveAspectRatio: "none" }),
+      backdrop,
       slide.regions.map((r, i) => svg("rect", { x: r[0], y: r[1], width: r[2], height: r[3], class: "region", "stroke-width": Math.max(W, H) / 120 },
         svg("title", {}, "viewed region " + (i + 1) + ": x " + r[0] + ", y " + r[1] + ", " + r[2] + " x " + r[3] + " px"))));
     fig.append(s, el("figcaption", { text: slide.regions.length + " viewed region" + (slide.regions.length === 1 ? "" : "s") }));
