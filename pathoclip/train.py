@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 
 from stages.config import load_config_or_exit, to_dict
 from stages.registry import Registry, RegistryError, cache_dir, home, logs_dir
-from stages.runs import RunConfig
+from stages.runs import RunConfig, plan_run
 
 from pathoclip.data import PreparedCorpus, phase_rows
 from pathoclip.export import WEIGHTS_FILE, export_checkpoint, load_exported
@@ -180,6 +180,7 @@ def train_phase(cfg, registry, corpus, phase, rows, *, logs, model, pretrained, 
     with registry.writer(STAGE, cfg.run, step_offset + steps, parent=parent, config=to_dict(cfg),
                          data=corpus_file, kind="open_clip") as writer:
         export_checkpoint(checkpoint, model, writer.path)
+        writer.finished = phase == "b"  # phase a is the first half of the run
         writer.extra.update(phase=phase, open_clip_model=model, open_clip_checkpoint=str(checkpoint))
         writer.metrics.update(phase_steps=steps, samples=len(rows), epochs=epochs,
                               loss_first=curve[0][1] if curve else None, loss_final=curve[-1][1] if curve else None,
@@ -196,6 +197,10 @@ def train(cfg: CLIPTrainConfig) -> Path | None:
 def _train(cfg: CLIPTrainConfig) -> Path | None:
     cfg = resolve_corpus(cfg)
     registry, logs = Registry(), logs_dir(STAGE, cfg.run)
+    run_plan = plan_run(STAGE, cfg, init=cfg.init, registry=registry)  # the same rule as every stage
+    if run_plan.finished:
+        print(run_plan.describe())
+        return run_plan.resume_from
     corpus = PreparedCorpus(cfg.data, cache_dir(STAGE))
     model, pretrained = _pretrained(cfg)
     parent, step = None, 0

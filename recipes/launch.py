@@ -32,15 +32,13 @@ from pathlib import Path
 from typing import Literal
 
 from stages.config import save_yaml, to_dict
-from stages.registry import Registry, RegistryError, fingerprint_files, step_dir
-from stages.runs import with_current_names
+from stages.registry import Registry, fingerprint_files, is_finished, step_dir
+from stages.runs import config_differences, with_current_names
 
 LAUNCHERS = ("auto", "python", "torchrun", "accelerate")
 # Set by torchrun / accelerate for the driver's own ranks; a stage job gets fresh ones from its launcher.
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                    "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-# Operational fields: they change how a run is driven, not what it trains, so they never block a skip or resume.
-_OPERATIONAL = {"resume", "stop_after", "save_every", "keep_last", "logging_steps", "log_completions"}
 
 
 class LaunchError(RuntimeError):
@@ -169,47 +167,6 @@ def entry_id(folder: str | Path) -> str:
     return f"{m['stage']}/{m['run']}/{step_dir(m['step'])}"
 
 
-def is_complete(manifest: dict) -> bool:
-    """Whether an entry is the end of its run (not a mid-run checkpoint)."""
-    extra, config = manifest.get("extra") or {}, manifest.get("config") or {}
-    if "final" in extra:
-        return bool(extra["final"])
-    if extra.get("planned_steps"):
-        return manifest["step"] >= extra["planned_steps"]
-    planned = config.get("max_steps") or config.get("steps")  # manifests before the rename say steps
-    if manifest.get("stage") == "rl" and planned:
-        return manifest["step"] >= planned
-    return False
-
-
-def _same_model(a, b) -> bool:
-    if a == b:
-        return True
-    registry = Registry()
-    try:
-        return registry.resolve(a).resolve() == registry.resolve(b).resolve()
-    except (RegistryError, OSError):
-        return False
-
-
-def config_differences(recorded: dict, launched: dict, prefix: str = "") -> list[str]:
-    """Fields the driver sets that the entry recorded with another value. ``None`` (filled by the stage from a
-    preset) and operational fields (resume, stop_after, ...) are not compared; ``init`` compares the folders."""
-    out = []
-    for key, value in launched.items():
-        name = prefix + key
-        if value is None or key in _OPERATIONAL:
-            continue
-        have = recorded.get(key, "<missing>")
-        if isinstance(value, dict) and isinstance(have, dict):
-            out += config_differences(have, value, name + ".")
-        elif key == "init" and _same_model(have, value):
-            continue
-        elif have != value:
-            out.append(f"{name}: recorded {have!r}, now {value!r}")
-    return out
-
-
 def published(stage: str, cfg, data: Path) -> Path | None:
     """The complete entry of ``stage/<cfg.run>`` trained with this config and data, or None when the stage has to
     run (no entry yet, or a run killed mid-way, which ``resume=auto`` continues). Raises LaunchError for a run
@@ -226,7 +183,7 @@ def published(stage: str, cfg, data: Path) -> Path | None:
     diff = config_differences(with_current_names(type(cfg), manifest.get("config") or {}), to_dict(cfg))
     if diff:
         raise LaunchError(f"{where} was trained with another config ({'; '.join(diff)}): choose another run=NAME")
-    return newest if is_complete(manifest) else None
+    return newest if is_finished(manifest) else None
 
 
 def _run(command: list[str], plan: Plan) -> int | None:

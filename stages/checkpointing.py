@@ -21,7 +21,8 @@ Resuming: ``train(resume_from_checkpoint=<entry>/trainer_state)``, the library's
 its ``global_stepN``, FSDP its ``pytorch_model_fsdp.bin``, peft the adapter, every rank its RNG state). For
 plain full fine-tuning the weights come with the model: the stage loads them from the entry itself.
 
-Policies shared by every stage live here too: which towers train, what ``resume`` means, ``stop_after``.
+Policies shared by every stage live here too: which towers train, ``stop_after``; what ``resume`` means and when a
+run is finished are stages.runs.RunPlan's.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from transformers import TrainerCallback
 
 from stages import distributed
 from stages.registry import Registry, RegistryError, step_dir
+from stages.runs import resume_point  # noqa: F401 (the one resume rule, re-exported for stages)
 
 TRAINER_STATE_DIR = "trainer_state"
 ADAPTER_DIR = "adapter"
@@ -54,21 +56,6 @@ _STATE_PREFIXES = ("rng_state", "pytorch_model_fsdp", "optimizer")
 
 
 # ----------------------------------------------------------------------------------------------- policies
-def resume_point(stage: str, run: str, resume: str, registry: Registry | None = None) -> Path | None:
-    """The registry entry a run continues from. ``auto``: the run's newest entry, or none (a fresh start);
-    ``never``: a fresh start, refused if the run already has entries (it would collide with them); anything
-    else: a registry reference (``sft:RUN/STEP``) to continue from."""
-    registry = registry or Registry()
-    if resume == "auto":
-        return registry.latest(stage, run)
-    if resume == "never":
-        if registry.latest(stage, run) is not None:
-            raise ValueError(f"run {stage}/{run} already has checkpoints; pass resume=auto to continue it "
-                             f"or choose another run=NAME")
-        return None
-    return registry.resolve(resume)
-
-
 def trained_steps(entry: Path | None) -> int:
     """The optimizer step an entry was saved at (0 for none)."""
     if entry is None:
@@ -207,6 +194,7 @@ def publish(trainer, publication: Publication, step: int, metrics: dict) -> Path
             raise RuntimeError(f"the library saved no full weights in {folder}: under ZeRO-3 set "
                                "zero3_save_16bit_model: true, under FSDP fsdp_state_dict_type: FULL_STATE_DICT")
         w.metrics.update(metrics)
+        w.finished = step >= trainer.state.max_steps  # stop_after / preemption / a mid-run save: not the end
         w.extra.update(publication.extra, lora=lora, planned_steps=trainer.state.max_steps,
                        training=distributed.describe(trainer))
         (w.path / "README.md").write_text(model_card(w, _lineage(registry, w.ref, w.parent)))

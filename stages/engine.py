@@ -35,10 +35,10 @@ from corpora.training_data import split_by_image
 
 from stages import distributed
 from stages.checkpointing import TRAINER_STATE_DIR, StopAfter  # noqa: F401 (re-exported for tests and stages)
-from stages.checkpointing import TRAIN_POLICIES, PublishingTrainer, Publication, resume_argument, resume_point
+from stages.checkpointing import TRAIN_POLICIES, PublishingTrainer, Publication, resume_argument
 from stages.model import ModelConfig, load_model, resolve_model_path
 from stages.registry import Registry, logs_dir
-from stages.runs import StepRunConfig
+from stages.runs import RunPlan, StepRunConfig, plan_run
 
 STAGE_POLICIES = ("projector", "projector_llm", "all")  # of stages.checkpointing.TRAIN_POLICIES
 IGNORE_INDEX = -100
@@ -310,12 +310,11 @@ def gradient_checkpointing_argument(enabled: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": True}
 
 
-def prepare_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> tuple[StageTrainer, Path | None]:
+def prepare_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files,
+                  plan: RunPlan | None = None) -> tuple[StageTrainer, Path | None]:
     """The trainer for ``rows`` (``images`` + ``messages``) from ``init``, and the checkpoint to resume from."""
-    registry = Registry()
-    resume_from = resume_point(stage, cfg.run, cfg.resume, registry)
-    if resume_from is not None:
-        init = registry.manifest(resume_from).get("parent") or init  # continue from the same input model
+    plan = plan or plan_run(stage, cfg, init=init)
+    resume_from, init = plan.resume_from, plan.init  # a resumed run continues from its own input model
 
     # Resuming full weights: load them from the checkpoint; LoRA: the same base, the adapter comes later.
     base = resolve_model_path(str(init))  # may build the tiny preset, which seeds torch itself
@@ -348,12 +347,11 @@ def stage_callbacks(cfg: StageConfig, model) -> list:
 
 def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> Path:
     """Train (or continue) the run and return its newest registry checkpoint."""
-    trainer, resume_from = prepare_stage(cfg, stage=stage, rows=rows, init=init, data_files=data_files)
-    if resume_from is not None:  # a finished run is not trained again (the Trainer would add one more step)
-        m = Registry().manifest(resume_from)
-        if m["step"] >= ((m.get("extra") or {}).get("planned_steps") or float("inf")):
-            print(f"{stage}/{cfg.run} already finished at step {m['step']}: nothing to do", flush=True)
-            return resume_from
+    plan = plan_run(stage, cfg, init=init)  # before any model loads: a changed config is refused here
+    if plan.finished:  # a finished run is not trained again (the Trainer would add one more step)
+        print(plan.describe(), flush=True)
+        return plan.resume_from
+    trainer, resume_from = prepare_stage(cfg, stage=stage, rows=rows, init=init, data_files=data_files, plan=plan)
     trainer.train(resume_from_checkpoint=resume_argument(resume_from))
     return Registry().latest(stage, cfg.run)
 

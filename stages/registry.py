@@ -13,9 +13,15 @@ only then move the ``LATEST`` pointers with ``os.replace``. A crash at any point
 visible or a complete checkpoint. Pointer updates, renames and pruning hold an ``fcntl.flock`` on
 ``<root>/.lock`` so concurrent writers cannot interleave them.
 
-References: ``sft:latest``, ``sft:<run>`` (its newest step), ``sft:<run>/<step>`` (``12`` or
-``step-00000012``), an id ``sft/<run>/step-00000012``, or a folder path (with or without a manifest, e.g. a
-base model). No torch here: the registry only moves folders and JSON around.
+References: ``sft:latest`` (the newest FINISHED entry of the stage: a run interrupted at step 50 of 600 never
+becomes it), ``sft:latest-any`` (the newest entry, finished or not), ``sft:<run>`` (its newest step),
+``sft:<run>/<step>`` (``12`` or ``step-00000012``), an id ``sft/<run>/step-00000012``, or a folder path (with or
+without a manifest, e.g. a base model). No torch here: the registry only moves folders and JSON around.
+
+Every manifest says whether its run was finished when it was written (``finished``: the run's planned end, not a
+mid-run checkpoint or an interrupted run; ``is_finished`` also reads manifests written before the field). Paths
+inside the registry root are stored relative to it (``${PATHOR1_HOME}/base/...``) and read back absolute, so a
+copied or moved home keeps its lineage; older manifests with absolute paths still read.
 
 CLI: ``python -m stages.registry list [--json] [--stage S]`` and ``python -m stages.registry show REF``.
 """
@@ -66,6 +72,51 @@ _VERSIONED = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", 
 
 class RegistryError(LookupError):
     """A reference does not name a checkpoint, or a write/prune request is invalid."""
+
+
+HOME_MARK = "${PATHOR1_HOME}"
+
+
+def _paths_relative(obj, root: Path):
+    """``obj`` (JSON-like) with every string that is a path inside ``root`` written as ``${PATHOR1_HOME}/...``."""
+    prefix = str(root) + os.sep
+    if isinstance(obj, str):
+        return HOME_MARK + os.sep + obj[len(prefix):] if obj.startswith(prefix) else (HOME_MARK if obj == str(root) else obj)
+    if isinstance(obj, dict):
+        return {k: _paths_relative(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_paths_relative(v, root) for v in obj]
+    return obj
+
+
+def _paths_absolute(obj, root: Path):
+    """The inverse of ``_paths_relative`` for the registry at ``root`` (wherever the home now lies)."""
+    if isinstance(obj, str):
+        return str(root) + obj[len(HOME_MARK):] if obj.startswith(HOME_MARK) else obj
+    if isinstance(obj, dict):
+        return {k: _paths_absolute(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_paths_absolute(v, root) for v in obj]
+    return obj
+
+
+def is_finished(manifest: dict) -> bool:
+    """Whether an entry is the planned end of its run: the one rule every stage, the launcher and ``:latest`` use.
+
+    Manifests say it (``finished``); for those written before that field: a Trainer stage's recorded
+    ``planned_steps``, RL's configured steps, PathoCLIP's last phase (b); an entry with no plan at all (written
+    by hand, a tool) is complete as it is."""
+    if "finished" in manifest:
+        return bool(manifest["finished"])
+    extra, config = manifest.get("extra") or {}, manifest.get("config") or {}
+    if extra.get("planned_steps"):
+        return manifest["step"] >= extra["planned_steps"]
+    planned = config.get("max_steps") or config.get("steps")
+    if manifest.get("stage") == "rl" and planned:
+        return manifest["step"] >= planned
+    if manifest.get("kind") == "open_clip" and "phase" in extra:
+        return extra["phase"] == "b"
+    return True
 
 
 def home() -> Path:
@@ -129,6 +180,7 @@ class Ref:
     stage: str
     run: str = ""
     step: str = ""
+    unfinished: bool = False  # ``stage:latest-any``: the newest entry even if its run is not finished
 
 
 def parse_ref(text) -> Ref | None:
@@ -139,7 +191,9 @@ def parse_ref(text) -> Ref | None:
     if not colon or not stage or stage == "tiny" or "/" in stage:
         return None
     run, _, step = rest.partition("/")
-    return Ref(stage, "" if run == "latest" else run, "" if step == "latest" else step)
+    if run == "latest-any":
+        return Ref(stage, unfinished=True)
+    return Ref(stage, "" if run == "latest" else run, "" if step in ("latest", "latest-any") else step)
 
 
 def step_dir(step: int) -> str:
@@ -267,6 +321,7 @@ class CheckpointWriter:
             fingerprint_files(data) if data is not None else None)
         self.metrics: dict = {}
         self.extra: dict = {}
+        self.finished = True  # set False for a mid-run checkpoint (see is_finished)
         self.path: Path | None = None
 
     @property
@@ -296,13 +351,13 @@ class CheckpointWriter:
         return False
 
     def manifest(self) -> dict:
-        return {
-            "stage": self.stage, "run": self.run, "step": self.step, "parent": self.parent,
-            "config": self.config, "data_fingerprint": self.data_fingerprint, "metrics": self.metrics,
-            "versions": library_versions(), "git_commit": git_commit(),
+        return _paths_relative({
+            "stage": self.stage, "run": self.run, "step": self.step, "finished": bool(self.finished),
+            "parent": self.parent, "config": self.config, "data_fingerprint": self.data_fingerprint,
+            "metrics": self.metrics, "versions": library_versions(), "git_commit": git_commit(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kind": self.kind,
             "extra": self.extra,
-        }
+        }, self.registry.root)
 
     def _commit(self) -> None:
         _fsync_tree(self.path)
@@ -380,6 +435,10 @@ class Registry:
             return "/".join(parts)
         return None
 
+    def _load(self, manifest_file: Path) -> dict | None:
+        data = _read_json(manifest_file)
+        return None if data is None else _paths_absolute(data, self.root)
+
     def _pointed(self, folder: Path) -> Path | None:
         """The checkpoint a LATEST file in ``folder`` names, if it still exists."""
         try:
@@ -411,8 +470,23 @@ class Registry:
         if pointed is not None:
             return pointed
         newest = [self._steps(stage, r)[-1] for r in self._runs(stage)]
-        by_time = lambda p: ((_read_json(p / MANIFEST) or {}).get("created", ""), int(p.name[5:]))  # noqa: E731
-        return max(newest, key=by_time, default=None)
+        return max(newest, key=self._by_time, default=None)
+
+    def _by_time(self, path: Path):
+        # `created` has 1 s resolution: the manifest's own write time orders entries of the same second
+        mtime = (path / MANIFEST).stat().st_mtime_ns
+        return (self._load(path / MANIFEST) or {}).get("created", ""), mtime, int(path.name[5:])
+
+    def latest_finished(self, stage: str, run: str | None = None) -> Path | None:
+        """The newest entry whose run was finished when written (``is_finished``), of a run or of a stage."""
+        finished = lambda p: is_finished(self._load(p / MANIFEST) or {})  # noqa: E731
+        if run is not None:
+            return next((p for p in reversed(self._steps(stage, run)) if finished(p)), None)
+        pointed = self._pointed(self.root / stage)  # the entry written last, when it is finished
+        if pointed is not None and finished(pointed):
+            return pointed
+        done = [p for r in self._runs(stage) for p in self._steps(stage, r) if finished(p)]
+        return max(done, key=self._by_time, default=None)
 
     def resolve(self, ref) -> Path:
         """The folder a reference names (see the module docstring). Raises RegistryError."""
@@ -445,11 +519,20 @@ class Registry:
         return ", ".join(self.stages()) or "none"
 
     def _resolve_ref(self, ref: str) -> Path:
-        stage, run, step = dataclasses.astuple(parse_ref(ref))
+        parsed = parse_ref(ref)
+        stage, run, step = parsed.stage, parsed.run, parsed.step
         if not self._runs(stage):
             raise RegistryError(f"no checkpoint for {ref!r} in {self.root} (stages present: {self._present()})")
-        if run == "":
+        if run == "" and parsed.unfinished:
             return self.latest(stage)
+        if run == "":
+            done = self.latest_finished(stage)
+            if done is None:
+                newest = self._id_of(self.latest(stage))
+                raise RegistryError(f"no finished {stage} run for {ref!r} in {self.root}: the newest, {newest}, "
+                                    f"was interrupted; continue it (same command, resume=auto) or use "
+                                    f"{stage}:latest-any to take it as it is")
+            return done
         if not self._steps(stage, run):
             raise RegistryError(f"no run {run!r} for {ref!r} in {self.root / stage} "
                                 f"(runs present: {', '.join(self._runs(stage))})")
@@ -466,7 +549,7 @@ class Registry:
         path = self.resolve(ref)
         if not (path / MANIFEST).is_file():
             raise RegistryError(f"{path} has no {MANIFEST}: a plain folder, not a registry checkpoint")
-        data = _read_json(path / MANIFEST)
+        data = self._load(path / MANIFEST)
         if data is None:
             raise RegistryError(f"{path / MANIFEST} is not valid JSON")
         return data
@@ -477,7 +560,7 @@ class Registry:
         for st in [stage] if stage else self.stages():
             for run in self._runs(st):
                 for path in self._steps(st, run):
-                    data = _read_json(path / MANIFEST)
+                    data = self._load(path / MANIFEST)
                     if data is not None:
                         out.append({**data, "ref": f"{st}/{run}/{path.name}", "path": str(path)})
         return out
@@ -501,8 +584,9 @@ class Registry:
                 break
             try:
                 path = self.resolve(parent)
-            except RegistryError:  # a hub id, or a folder that is gone
-                chain.append({"ref": None, "path": None, "base": parent})
+            except RegistryError:  # a hub id, or an entry / folder that is gone
+                gone = len(Path(parent).parts) == 3 and _STEP_RE.match(Path(parent).name) or Path(parent).is_absolute()
+                chain.append({"ref": None, "path": None, "base": parent, "missing": bool(gone)})
                 break
         return chain
 
@@ -540,12 +624,26 @@ class Registry:
 
 def lineage_text(chain: list[dict]) -> str:
     """``rl/r/step-00000010 <- sft/r/step-00000004 <- base:/models/qwen``."""
-    return " <- ".join(c["ref"] if c.get("ref") else f"base:{c['base']}" for c in chain)
+    return " <- ".join(c["ref"] if c.get("ref") else f"{'missing' if c.get('missing') else 'base'}:{c['base']}"
+                       for c in chain)
 
 
-def _summary(entry: dict) -> str:
-    metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry["metrics"].items())
-    return f"{entry['ref']:<44} {entry['kind']:<9} {entry['created']:<26} {metrics}"
+# The one metric `registry list` shows per entry: the first of these it has (curves and tables stay in `show`).
+SUMMARY_METRICS = ("eval_loss", "train_loss", "reward", "zeroshot_accuracy", "loss_final", "accuracy")
+
+
+def summary_metric(metrics: dict) -> str:
+    for name in SUMMARY_METRICS:
+        value = metrics.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"{name}={value:.4g}"
+    return "-"
+
+
+def _summary(entry: dict, interrupted: bool) -> str:
+    state = "finished" if is_finished(entry) else ("INTERRUPTED" if interrupted else "mid-run")
+    return (f"{entry['ref']:<44} {state:<11} {entry.get('kind', '?'):<9} {entry.get('created', '?'):<26} "
+            f"{summary_metric(entry.get('metrics') or {})}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -566,13 +664,18 @@ def main(argv: list[str] | None = None) -> int:
             for e in entries:
                 e["lineage"] = lineage_text(reg.lineage(e["path"]))
             if args.json:
-                print(json.dumps(entries, indent=2))
+                print(json.dumps([{**e, "finished": is_finished(e)} for e in entries], indent=2))
             elif not entries:
                 print(f"no checkpoints in {reg.root}")
             else:
-                print(f"{'REF':<44} {'KIND':<9} {'CREATED':<26} METRICS")
+                newest = {(e["stage"], e["run"]): e["step"] for e in entries}  # entries are sorted by step
+                print(f"{'REF':<44} {'STATE':<11} {'KIND':<9} {'CREATED':<26} METRIC")
                 for e in entries:
-                    print(_summary(e) + f"\n    lineage: {e['lineage']}")
+                    interrupted = newest[(e["stage"], e["run"])] == e["step"]  # the run's newest is not its end
+                    print(_summary(e, interrupted) + f"\n    lineage: {e['lineage']}")
+                if any(not is_finished(e) and newest[(e["stage"], e["run"])] == e["step"] for e in entries):
+                    print("INTERRUPTED: the run stopped before its planned end; the same command (resume=auto) "
+                          "continues it, and <stage>:latest skips it")
         else:
             chain = reg.lineage(args.ref)
             if chain[0].get("ref") is None:
@@ -588,6 +691,9 @@ def main(argv: list[str] | None = None) -> int:
     except RegistryError as e:
         print(f"python -m stages.registry: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `list --json | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail
+        return 0
     return 0
 
 

@@ -14,6 +14,7 @@ Foundation module: imports nothing heavier than the standard library, so every C
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 
@@ -90,3 +91,110 @@ def with_current_names(cls, recorded: dict) -> dict:
         if old in out and new not in out:
             out[new] = out.pop(old)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ RunPlan
+# Fields that change how a run is driven, not what it trains: they never block a resume or a skip.
+OPERATIONAL = frozenset({"resume", "stop_after", "save_every", "keep_last", "logging_steps", "log_completions",
+                         "workers", "device"})
+
+
+class RunError(ValueError):
+    """A run cannot start as asked (its recorded config differs, resume=never on an existing run, ...)."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How a run starts: the one rule every stage, the recipes' launcher and PathoCLIP follow.
+
+    ``init``: the input model (on resume: the one the run was started from, as its manifest records);
+    ``resume_from``: the registry entry to continue from, or None for a fresh start; ``finished``: that entry is
+    the run's planned end (``stages.registry.is_finished``), so there is nothing to train."""
+
+    stage: str
+    run: str
+    init: str
+    resume_from: Path | None = None
+    finished: bool = False
+    step: int = 0  # of resume_from
+
+    def describe(self) -> str:
+        if self.resume_from is None:
+            return f"{self.stage}/{self.run}: fresh start from {self.init}"
+        if self.finished:
+            return f"{self.stage}/{self.run} already finished at step {self.step}: nothing to do"
+        return f"{self.stage}/{self.run}: continuing from step {self.step} ({self.resume_from})"
+
+
+def resume_point(stage: str, run: str, resume: str, registry=None) -> Path | None:
+    """The registry entry a run continues from. ``auto``: the run's newest entry, or none (a fresh start);
+    ``never``: a fresh start, refused if the run already has entries (it would collide with them); anything
+    else: a registry reference (``sft:RUN/STEP``) to continue from."""
+    from stages.registry import Registry
+
+    registry = registry or Registry()
+    if resume == "auto":
+        return registry.latest(stage, run)
+    if resume == "never":
+        if registry.latest(stage, run) is not None:
+            raise RunError(f"run {stage}/{run} already has checkpoints; pass resume=auto to continue it "
+                           f"or choose another run=NAME")
+        return None
+    return registry.resolve(resume)
+
+
+def _same_model(a, b, registry) -> bool:
+    if a == b:
+        return True
+    from stages.registry import RegistryError
+
+    try:
+        return registry.resolve(a).resolve() == registry.resolve(b).resolve()
+    except (RegistryError, OSError):
+        return False
+
+
+def config_differences(recorded: dict, now: dict, registry=None, prefix: str = "") -> list[str]:
+    """``field: recorded X, now Y`` for each field set now that the entry recorded with another value. ``None``
+    (filled later from a preset) and OPERATIONAL fields are not compared; ``init`` compares the folders."""
+    from stages.registry import Registry
+
+    registry = registry or Registry()
+    out = []
+    for key, value in now.items():
+        name = prefix + key
+        if value is None or key in OPERATIONAL:
+            continue
+        have = recorded.get(key, "<missing>")
+        if isinstance(value, dict) and isinstance(have, dict):
+            out += config_differences(have, value, registry, name + ".")
+        elif key == "init" and _same_model(have, value, registry):
+            continue
+        elif have != value:
+            out.append(f"{name}: recorded {have!r}, now {value!r}")
+    return out
+
+
+def plan_run(stage: str, cfg, *, init: str, config: dict | None = None, registry=None) -> RunPlan:
+    """The RunPlan of ``cfg`` (a RunConfig) for ``stage``. ``config``: the config as the stage records it in its
+    manifests (default ``to_dict(cfg)``); continuing the run's own entries with other values of a
+    non-operational field is refused with every changed field named (it would silently mix two runs). ``init`` is
+    not compared: a resumed run always continues from the input model its manifest records (``sft:latest`` may
+    name a newer entry by now)."""
+    from stages.config import to_dict
+    from stages.registry import Registry, is_finished
+
+    registry = registry or Registry()
+    resume_from = resume_point(stage, cfg.run, cfg.resume, registry)
+    if resume_from is None:
+        return RunPlan(stage, cfg.run, init)
+    manifest = registry.manifest(resume_from)
+    if (manifest.get("stage"), manifest.get("run")) == (stage, cfg.run):
+        now = dict(config if config is not None else to_dict(cfg))
+        now.pop("init", None)
+        changed = config_differences(with_current_names(type(cfg), manifest.get("config") or {}), now, registry)
+        if changed:
+            raise RunError(f"{stage}/{cfg.run} ({resume_from}) was trained with other settings: {'; '.join(changed)}. "
+                           f"Continue it with the recorded values, or start another run=NAME")
+    return RunPlan(stage, cfg.run, manifest.get("parent") or init, resume_from, is_finished(manifest),
+                   int(manifest.get("step", 0)))

@@ -139,11 +139,11 @@ def run(cfg: RLConfig) -> Path:
     """Train with RL from `cfg.init`; returns the final registry checkpoint folder (rl/<run>/step-N)."""
     from corpora.readers import load_qa
     from stages import distributed
-    from stages.checkpointing import (TRAIN_POLICIES, Publication, StopAfter, resume_argument, resume_point,
-                                      trained_steps)
+    from stages.checkpointing import TRAIN_POLICIES, Publication, StopAfter, resume_argument
     from corpora.training_data import check_data, data_file
     from stages.model import load_model, resolve_model_path
     from stages.registry import Registry, home, logs_dir, parse_ref
+    from stages.runs import plan_run
     from datasets import concatenate_datasets
 
     from stages.rl import curriculum
@@ -153,13 +153,13 @@ def run(cfg: RLConfig) -> Path:
 
     cfg = cfg.resolved()
     registry = Registry()
-    init = cfg.init
+    run_plan = plan_run(STAGE, cfg, init=cfg.init, registry=registry)  # refuses a changed config, model unloaded
+    if run_plan.finished:
+        logger.warning(run_plan.describe())
+        return run_plan.resume_from
+    resume_from, init = run_plan.resume_from, run_plan.init  # a resumed run keeps its recorded input model
     if parse_ref(init) is not None:
-        init = str(registry.resolve(init))  # sft:latest -> the folder; fails early with RegistryError
-    resume_from = resume_point(STAGE, cfg.run, cfg.resume, registry)
-    if resume_from is not None and trained_steps(resume_from) >= cfg.max_steps:
-        logger.warning("run %s already reached step %d: nothing to do", cfg.run, cfg.max_steps)
-        return resume_from
+        init = str(registry.resolve(init))  # sft:latest -> the newest finished SFT entry; RegistryError if none
 
     # a curriculum's phases are laid one after another in one dataset (stages.rl.curriculum)
     paths = [data_file(d, "rl.jsonl", home()) for d in [p.data for p in cfg.curriculum] or [cfg.data]]

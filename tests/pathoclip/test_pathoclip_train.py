@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from stages.config import ConfigError, config_class_of, load_config
 from stages.registry import Registry
+from stages.runs import RunError
 
 from pathoclip.export import read_training_checkpoint
 from pathoclip.data import phase_rows
@@ -26,6 +27,7 @@ def test_two_phases_learn_and_chain_in_the_registry(trained):
     a, b = _entries(home)["a"], _entries(home)["b"]
     assert Path(b["path"]) == final and b["parent"] == a["ref"] and a["parent"] is None
     assert b["step"] == a["step"] + b["metrics"]["phase_steps"] > a["step"] > 0
+    assert (a["finished"], b["finished"]) == (False, True)  # phase a is half of the run: not pathoclip:latest
     assert a["metrics"]["samples"] == 96 and b["metrics"]["samples"] == 192
     assert b["kind"] == "open_clip" and b["config"]["model"] == "PathoCLIP-Tiny"
     # the contrastive loss falls and the classes are learned: zero-shot well above chance (4 classes)
@@ -75,7 +77,8 @@ def test_resume_auto_skips_finished_phases(trained, monkeypatch, capsys):
 def test_resume_never_refuses_an_existing_run(trained, monkeypatch):
     home, _, args = trained
     monkeypatch.setenv("PATHOR1_HOME", str(home))
-    with pytest.raises(RuntimeError, match=r"logs/pathoclip/t/a already exists: pass resume=auto"):
+    # the RunPlan rule every stage follows, checked before open_clip_train starts
+    with pytest.raises(RunError, match=r"run pathoclip/t already has checkpoints; pass resume=auto"):
         train(load_config(CLIPTrainConfig, [*args, "resume=never"]))
 
 

@@ -92,6 +92,7 @@ def test_the_accelerate_config_is_read_from_the_parent_command_line(tmp_path):
 def _publish(cfg: FakeStageConfig, data: Path, step: int, planned: int) -> Path:
     with Registry().writer("fake", cfg.run, step, config=cfg, data=[data]) as w:
         w.extra.update(planned_steps=planned)
+        w.finished = step >= planned  # as stages.checkpointing.publish says it
     return w.path
 
 

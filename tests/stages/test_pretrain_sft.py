@@ -116,9 +116,12 @@ def test_resume_auto_ends_with_the_weights_of_an_uninterrupted_run(demo, capsys)
     common = [f"data={demo.pairs}", "max_steps=5", "eval_fraction=0.25", *FAST]
     full = run_recipe(pretrain_recipe, [*common, "run=full"], capsys)
     stopped = run_recipe(pretrain_recipe, [*common, "run=part", "stop_after=3"], capsys)
-    assert stopped.name == "step-00000003"
+    assert stopped.name == "step-00000003" and Registry().manifest(stopped)["finished"] is False
+    assert Registry().resolve("pretrain:latest") == full  # the interrupted run is not :latest
+    assert Registry().resolve("pretrain:latest-any") == stopped
     resumed = run_recipe(pretrain_recipe, [*common, "run=part", "resume=auto"], capsys)
     assert resumed.name == "step-00000005" and Registry().manifest(resumed)["parent"] == "tiny:qwen2_5_vl"
+    assert Registry().manifest(resumed)["finished"] is True and Registry().resolve("pretrain:latest") == resumed
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:

@@ -15,7 +15,7 @@ import pytest
 from stages.registry import Registry, RegistryError, fingerprint_files, home, main, new_run_name
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFEST_KEYS = {"stage", "run", "step", "parent", "config", "data_fingerprint", "metrics", "versions",
+MANIFEST_KEYS = {"stage", "run", "step", "finished", "parent", "config", "data_fingerprint", "metrics", "versions",
                  "git_commit", "created", "kind", "extra"}
 
 

@@ -9,6 +9,7 @@ from stages.model import build_tiny
 from stages.registry import Registry
 from stages.rl import RLConfig, run
 from stages.rl.trainer import TRAINER_STATE_DIR
+from stages.runs import RunError
 
 
 def token_parity_reward(completions, completion_ids, **columns):
@@ -44,9 +45,12 @@ def test_two_steps_then_resume(sft_entry, demo):
     assert lineage[:2] == ["rl", "sft"]
     assert (first / "model.safetensors").exists() and (first / TRAINER_STATE_DIR / "optimizer.pt").exists()
     assert manifest["config"]["epsilon_high"] == 0.28  # the resolved preset is what the manifest records
+    assert manifest["finished"] is False  # stopped at 2 of 3 planned steps
+    with pytest.raises(RunError, match=r"rl/ci .* other settings: lr: recorded 0.001, now 0.002"):
+        run(RLConfig(max_steps=3, **{**common, "lr": 2e-3}))  # refused before any model loads
 
     final = run(RLConfig(max_steps=3, **common))  # resume=auto continues the run from step 2
-    assert final.name == "step-00000003"
+    assert final.name == "step-00000003" and Registry().manifest(final)["finished"] is True
     state = json.loads((final / TRAINER_STATE_DIR / "trainer_state.json").read_text())
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
     sampled = [h for h in state["log_history"] if "dynamic_sampling/groups_generated" in h]
