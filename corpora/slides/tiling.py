@@ -20,9 +20,10 @@ import numpy as np
 
 from corpora.files import build_folder_once, write_text_atomic
 from corpora.slides.reader import SlideError, open_slide
+from corpora.slides.tissue import mask_size
 
 # Bump when tile pixels or the mask change for the same parameters: old cache entries are then never reused.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 SUMMARY = "summary.json"
 
 
@@ -48,7 +49,7 @@ class TileParams:
     size: int = 224
     overlap: int = 0
     min_tissue: float = 0.5
-    thumb_size: int = 2048
+    thumb_size: int = 0  # tissue-mask thumbnail side; 0 = by tile size (corpora.slides.tissue.mask_size)
     mpp_fallback: str = "objective"
 
     def check(self, path) -> None:
@@ -64,7 +65,7 @@ class TileParams:
 
 
 def plan_tiles(slide, *, mpp: float, size: int, overlap: int = 0, min_tissue: float = 0.5, mask=None,
-               thumb_size: int = 2048) -> list[TileSpec]:
+               thumb_size: int = 0) -> list[TileSpec]:
     """Every full tile of the grid whose tissue fraction is at least ``min_tissue`` (row-major order)."""
     TileParams(mpp=mpp, size=size, overlap=overlap, min_tissue=min_tissue).check(slide.path)
     factor = slide.level0_per_pixel(mpp)
@@ -76,7 +77,7 @@ def plan_tiles(slide, *, mpp: float, size: int, overlap: int = 0, min_tissue: fl
     nx, ny = int((width - tile0) // stride0) + 1, int((height - tile0) // stride0) + 1
     gx, gy = np.meshgrid(np.arange(nx) * stride0, np.arange(ny) * stride0)
     xs, ys = np.round(gx.ravel()).astype(np.int64), np.round(gy.ravel()).astype(np.int64)
-    mask = mask if mask is not None else slide.tissue_mask(thumb_size)
+    mask = mask if mask is not None else slide.tissue_mask(thumb_size or mask_size(width, height, tile0))
     fractions = mask.fractions(xs.astype(float), ys.astype(float), tile0, tile0)
     level = slide.best_level(mpp)
     keep = np.flatnonzero(fractions >= min_tissue - 1e-9)
@@ -173,7 +174,8 @@ def tile_slide(path, params: TileParams | None = None, *, cache_root=None, worke
 def _build(path, params: TileParams, content: str, staging: Path, workers: int) -> None:
     (staging / "tiles").mkdir(parents=True)
     with open_slide(path, mpp_fallback=params.mpp_fallback) as slide:
-        mask = slide.tissue_mask(params.thumb_size)
+        tile0 = params.size * slide.level0_per_pixel(params.mpp)
+        mask = slide.tissue_mask(params.thumb_size or mask_size(slide.info.width, slide.info.height, tile0))
         slide.thumbnail(params.size).save(staging / "thumbnail.png")
         specs = plan_tiles(slide, mpp=params.mpp, size=params.size, overlap=params.overlap,
                            min_tissue=params.min_tissue, mask=mask)
