@@ -20,8 +20,9 @@ LAUNCH ?= $(PY)
 PRETRAIN_CONFIG ?= stages/configs/pretrain_demo.yaml
 SFT_CONFIG      ?= stages/configs/sft_demo.yaml
 RL_CONFIG       ?= stages/configs/rl_dapo.yaml
+OPD_CONFIG      ?= stages/configs/opd_demo.yaml
 
-.PHONY: install install-gpu gpu-lock test test-slow test-all demo pretrain sft rl clip eval report bench lint clean gpu-wheels gpu-check
+.PHONY: install install-gpu gpu-lock test test-slow test-all demo pretrain sft opd rl clip eval report bench lint clean gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -72,6 +73,9 @@ pretrain: $(STAMP)
 
 sft: $(STAMP)
 	$(LAUNCH) -m recipes.sft --config $(SFT_CONFIG) $(ARGS)
+
+opd: $(STAMP)
+	$(LAUNCH) -m recipes.opd --config $(OPD_CONFIG) $(ARGS)
 
 rl: $(STAMP)
 	$(LAUNCH) -m recipes.rl --config $(RL_CONFIG) $(ARGS)

@@ -95,7 +95,7 @@ class LocalTeacher:
 
         from evaluation.generate import load_model
         from stages.registry import Registry
-        from stages.rl.training import vision_token_ids
+        from stages.rollouts import vision_token_ids
 
         self.path = Registry().resolve(ref)
         manifest = self.path / "manifest.json"

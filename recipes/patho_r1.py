@@ -23,6 +23,7 @@ from pathoclip.train import CLIPTrainConfig
 from stages.config import load_config_or_exit
 from stages.preflight import preflight_or_exit
 from stages.model import resolve_model_path
+from stages.opd import OPDConfig
 from stages.pretrain import PretrainConfig
 from stages.registry import home, reports_dir
 from stages.rl.config import RLConfig
@@ -32,7 +33,8 @@ from recipes.launch import LaunchConfig, entry_id, is_driver, plan_launch, run_m
 from recipes.pipeline import (DemoCorpusConfig, EvalConfig, Timer, corpus_dir, evaluate_checkpoints,
                               peak_memory_gib, stage_config, validate_corpus, write_metrics)
 
-STAGES = ("pretrain", "sft", "rl", "pathoclip")
+STAGES = ("pretrain", "sft", "opd", "rl", "pathoclip")
+DEFAULT_STAGES = ("pretrain", "sft", "rl", "pathoclip")  # opd needs a teacher: stages=[pretrain,sft,opd,rl,...]
 
 
 def _demo_pretrain() -> PretrainConfig:
@@ -74,13 +76,16 @@ class PathoR1Config:
     base: str = field(default="tiny:qwen2_5_vl", metadata={"help": "Base VLM: tiny preset, folder or hub id."})
     data: str = field(default="", metadata={"help": "Corpus folder in the demo layout (pairs.jsonl, sft.jsonl, rl.jsonl, "
                                                     "eval/...); empty = build the demo corpus."})
-    stages: list[str] = field(default_factory=lambda: list(STAGES), metadata={"help": "Stages to run, in order."})
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES), metadata={
+        "help": f"Stages to run (always in the order {list(STAGES)}); opd (on-policy distillation) needs opd.teacher."})
     evaluate: bool = field(default=True, metadata={"help": "Evaluate base and every stage on the held-out split."})
     report: bool = field(default=True, metadata={"help": "Render the markdown + PNG report and the run browser "
                                                        "(reports/patho_r1/<run>/browse/index.html) at the end."})
     demo: DemoCorpusConfig = field(default_factory=DemoCorpusConfig, metadata={"help": "Demo corpus sizes."})
     pretrain: PretrainConfig = field(default_factory=_demo_pretrain, metadata={"help": "Stage 1 settings."})
     sft: SFTConfig = field(default_factory=_demo_sft, metadata={"help": "Stage 2 settings."})
+    opd: OPDConfig = field(default_factory=OPDConfig, metadata={
+        "help": "On-policy distillation between SFT and RL (stages/opd), when stages include opd."})
     rl: RLConfig = field(default_factory=_demo_rl, metadata={"help": "Stage 3 settings (DAPO preset)."})
     clip: CLIPTrainConfig = field(default_factory=_demo_clip, metadata={"help": "PathoCLIP settings."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation settings."})
@@ -90,6 +95,9 @@ class PathoR1Config:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}")
+        if "opd" in self.stages and not self.opd.teacher:
+            raise ValueError("stages include opd but opd.teacher is empty: set opd.teacher=REF (a registry ref, "
+                             "folder or hub id of the student's family)")
 
 
 def run(cfg: PathoR1Config) -> Path | None:
@@ -110,6 +118,7 @@ def run(cfg: PathoR1Config) -> Path | None:
     parent = str(base)
     for stage, stage_cfg, data in (("pretrain", cfg.pretrain, corpus / "pairs.jsonl"),
                                    ("sft", cfg.sft, corpus / "sft.jsonl"),
+                                   ("opd", cfg.opd, corpus / "rl.jsonl"),
                                    ("rl", cfg.rl, corpus / "rl.jsonl")):
         if stage not in cfg.stages:
             continue

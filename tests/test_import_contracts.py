@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["corpora", "stages", "pathoclip", "evaluation", "recipes"]
 FOUNDATION = {"stages", "stages.compat", "stages.config", "stages.registry", "stages.runs"}
 FOUNDATION_PREFIXES = ("stages.compat.", "stages.config.", "stages.registry.", "stages.runs.")
-TRAINING_STAGES = ["stages.pretrain", "stages.sft", "stages.rl"]
+TRAINING_STAGES = ["stages.pretrain", "stages.sft", "stages.rl", "stages.opd"]
 
 
 def imports_of(path: Path) -> set[str]:

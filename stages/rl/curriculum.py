@@ -12,8 +12,9 @@ prompts, across a phase boundary too. Dynamic sampling refills from the current 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+
+from stages.rollouts import CurriculumPlan, CurriculumSampler  # noqa: F401 (shared with stages.opd)
 
 ORDERS = ("shuffle", "pass_rate", "closed_first")
 
@@ -37,99 +38,6 @@ def order_keys(order: str, rows: list[dict]) -> list:
     if order == "closed_first":
         return [int(r["kind"] == "open") for r in rows]
     raise ValueError(f"curriculum_order must be one of {'|'.join(ORDERS)}, got {order!r}")
-
-
-@dataclass
-class CurriculumPlan:
-    """`pools[p]`: dataset indices of phase p, in consumption order when `ordered`; `phase_steps[p]`: its steps."""
-
-    pools: list[list[int]]
-    phase_steps: list[int]
-    ordered: bool
-
-    @classmethod
-    def build(cls, phase_sizes: list[int], phase_steps: list[int], keys: list | None, seed: int) -> "CurriculumPlan":
-        """Phases laid one after another in the dataset; `keys` (one per row, or None = shuffle) orders each phase,
-        ties broken by a permutation seeded with `seed` (so equal keys are not read in file order)."""
-        pools, start = [], 0
-        for p, size in enumerate(phase_sizes):
-            if size < 1:
-                raise ValueError(f"curriculum phase {p + 1} has no questions")
-            pool = list(range(start, start + size))
-            if keys is not None:
-                import torch
-
-                tie = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1009 + p)).tolist()
-                pool = [i for _, _, i in sorted(zip((keys[i] for i in pool), tie, pool))]
-            pools.append(pool)
-            start += size
-        return cls(pools, list(phase_steps), keys is not None)
-
-    def phase_at(self, step: int) -> int:
-        """The phase optimizer step `step` (0-based) trains in; the last phase past the end."""
-        for p, end in enumerate(_ends(self.phase_steps)):
-            if step < end:
-                return p
-        return len(self.phase_steps) - 1
-
-    def pool_at(self, step: int) -> list[int]:
-        return self.pools[self.phase_at(step)]
-
-    def sampler(self, *, batch_size: int, mini_repeat_count: int, repeat_count: int, steps_per_chunk: float,
-                seed: int) -> "CurriculumSampler":
-        chunks = math.ceil(sum(self.phase_steps) / steps_per_chunk)
-        phases = [self.phase_at(math.floor(k * steps_per_chunk)) for k in range(chunks)]
-        return CurriculumSampler(self.pools, phases, self.ordered, batch_size, mini_repeat_count, repeat_count, seed)
-
-
-def _ends(steps: list[int]) -> list[int]:
-    out, total = [], 0
-    for n in steps:
-        total += n
-        out.append(total)
-    return out
-
-
-class CurriculumSampler:  # a torch Sampler by protocol (__iter__ / __len__): keeps this module torch-free to import
-    """RepeatSampler's layout with chunk k drawn from phase `chunk_phases[k]`: each phase is read as a stream --
-    its ordered pool repeated, or a fresh seeded permutation of it per pass -- continued where its last chunk
-    stopped."""
-
-    def __init__(self, pools, chunk_phases, ordered, batch_size, mini_repeat_count, repeat_count, seed):
-        self.pools, self.chunk_phases, self.ordered = pools, list(chunk_phases), ordered
-        self.batch_size, self.mini_repeat_count, self.repeat_count, self.seed = (
-            batch_size, mini_repeat_count, repeat_count, seed)
-
-    def _pass(self, phase: int, n: int) -> list[int]:
-        import torch
-
-        pool = self.pools[phase]
-        if self.ordered:
-            return pool
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + phase) * 10_007 + n)
-        return [pool[i] for i in torch.randperm(len(pool), generator=generator).tolist()]
-
-    def chunks(self) -> list[list[int]]:
-        """The prompts of each generation batch, in order (deterministic)."""
-        cursors = {p: ([], 0) for p in set(self.chunk_phases)}  # phase -> (unread stream, passes started)
-        out = []
-        for phase in self.chunk_phases:
-            stream, passes = cursors[phase]
-            while len(stream) < self.batch_size:
-                stream, passes = stream + self._pass(phase, passes), passes + 1
-            out.append(stream[:self.batch_size])
-            cursors[phase] = (stream[self.batch_size:], passes)
-        return out
-
-    def __iter__(self):
-        for chunk in self.chunks():
-            for _ in range(self.repeat_count):
-                for index in chunk:
-                    for _ in range(self.mini_repeat_count):
-                        yield index
-
-    def __len__(self) -> int:
-        return len(self.chunk_phases) * self.batch_size * self.mini_repeat_count * self.repeat_count
 
 
 def plan(cfg, paths: list, qa_sets: list) -> CurriculumPlan | None:

@@ -7,25 +7,12 @@ import math
 from pathlib import Path
 
 from stages.rl.config import RLConfig
+# shared with on-policy distillation (stages.opd); imported from here by older callers
+from stages.rollouts import (VISION_TOKENS, pad_prompts_left, prompt_dataset, vision_token_ids,  # noqa: F401
+                             vision_tokens)
 
 logger = logging.getLogger(__name__)
 STAGE = "rl"
-
-
-def prompt_dataset(qa, template: str):
-    """QA rows -> TRL rows: a conversational `prompt` rendered from the template file, images decoded lazily.
-
-    The qa columns (answer, kind, options, solution) stay: TRL hands them to the reward functions.
-    """
-    from datasets import Image, List
-
-    from corpora.prompts import render_prompt
-
-    def to_prompt(row):
-        return {"prompt": [{"role": "user", "content": render_prompt(template, row["question"], row["options"])}]}
-
-    ds = qa.map(to_prompt, desc="rendering prompts")
-    return ds.cast_column("images", List(Image()))
 
 
 def fitted_size(width: int, height: int, max_pixels: int, factor: int) -> tuple[int, int]:
@@ -58,32 +45,6 @@ def cap_image_pixels(dataset, processor, max_pixels: int):
         return batch
 
     return dataset.with_transform(resize)
-
-
-# Tokens a completion must never contain: a sampled <|image_pad|> (or a vision start/end) makes the policy
-# forward count more image tokens than the prompt has images, and Qwen-VL's rope-index code fails on it.
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-
-
-def vision_token_ids(processor) -> list[int]:
-    return [i for i, _ in _vision_tokens(processor)]
-
-
-def vision_tokens(processor) -> list[str]:
-    return [t for _, t in _vision_tokens(processor)]
-
-
-def _vision_tokens(processor) -> list[tuple[int, str]]:
-    vocab = getattr(processor, "tokenizer", processor).get_vocab()
-    return sorted((vocab[t], t) for t in VISION_TOKENS if t in vocab)
-
-
-def pad_prompts_left(processor) -> None:
-    """TRL left-pads the prompt ids but builds the forward's ``mm_token_type_ids`` with the processor's own
-    padding side. With a right-padding processor the image-token types of shorter prompts sit at the wrong
-    positions: Qwen-VL's rope index then silently misplaces the image (or fails once the padding is longer than
-    the text before the image). TRL sets "left" only on processors it loads itself."""
-    getattr(processor, "tokenizer", processor).padding_side = "left"
 
 
 def vision_token_ban(token_ids: list[int], tokens: list[str], *, use_vllm: bool) -> dict:
