@@ -64,23 +64,24 @@ def run(cfg: OPDConfig) -> Path:
     from corpora.readers import load_qa
     from corpora.training_data import check_data, data_file
     from stages import distributed
-    from stages.checkpointing import (TRAIN_POLICIES, Publication, StopAfter, resume_argument, resume_point,
-                                      trained_steps)
+    from stages.checkpointing import TRAIN_POLICIES, Publication, StopAfter, resume_argument
     from stages.model import load_model, resolve_model_path
     from stages.registry import Registry, home, logs_dir, parse_ref
     from stages.rollouts import pad_prompts_left, prompt_dataset, vision_token_ids
+    from stages.runs import plan_run
 
     if missing_teacher(cfg):
         raise ValueError(missing_teacher(cfg))
     registry = Registry()
-    init, teacher = cfg.init, cfg.teacher
+    run_plan = plan_run(STAGE, cfg, init=cfg.init, registry=registry)  # refuses a changed config, model unloaded
+    if run_plan.finished:
+        logger.warning(run_plan.describe())
+        return run_plan.resume_from
+    resume_from, init = run_plan.resume_from, run_plan.init  # a resumed run keeps its recorded student
     if parse_ref(init) is not None:
-        init = str(registry.resolve(init))  # sft:latest -> the folder; fails early with RegistryError
+        init = str(registry.resolve(init))  # sft:latest -> the newest finished SFT entry; RegistryError if none
+    teacher = cfg.teacher
     teacher_path = resolve_model_path(teacher)  # an unknown ref fails here, before any model loads
-    resume_from = resume_point(STAGE, cfg.run, cfg.resume, registry)
-    if resume_from is not None and trained_steps(resume_from) >= cfg.max_steps:
-        logger.warning("run %s already reached step %d: nothing to do", cfg.run, cfg.max_steps)
-        return resume_from
 
     path = data_file(cfg.data, "rl.jsonl", home())
     with distributed.main_process_first():  # every rank checks the data, the main process first
@@ -107,8 +108,7 @@ def run(cfg: OPDConfig) -> Path:
         callbacks=[StopAfter(cfg.stop_after)] if cfg.stop_after else None,
         publication=Publication(STAGE, cfg.run, parent=init, base=resolve_model_path(init), config=cfg, data=[path],
                                 keep_last=cfg.keep_last,
-                                extra={"template": cfg.template, "teacher": teacher_record(teacher, teacher_path),
-                                       "planned_steps": cfg.max_steps}),
+                                extra={"template": cfg.template, "teacher": teacher_record(teacher, teacher_path)}),
     )
     trainer.train(resume_from_checkpoint=resume_argument(resume_from))
     return registry.latest(STAGE, cfg.run)
