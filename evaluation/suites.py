@@ -199,12 +199,9 @@ def _load_corpora_qa(data: Path, *, checkpoint: dict | None = None, **_) -> list
     """Any corpora QA file (suite ``qa``, the demo suites). Records naming a ``slide`` become the tiles the
     evaluated checkpoint trained on: its manifest's ``slides`` settings (K, selection, µm/px), else the defaults."""
     from corpora.readers import load_qa
-    from corpora.slides.sampling import SlideSampling
-    from stages.registry import Registry
+    from evaluation.slide_benchmarks import slide_sampling
 
-    trained = ((checkpoint or {}).get("config") or {}).get("slides")
-    slides = SlideSampling(**trained).resolved(Registry().resolve) if isinstance(trained, dict) else None
-    return [dict(r) for r in load_qa(data, slides=slides)]
+    return [dict(r) for r in load_qa(data, slides=slide_sampling(checkpoint))]
 
 
 def _needs_data(name: str) -> Callable[[dict | None], Path]:
@@ -257,6 +254,7 @@ def _lazy(module: str, function: str) -> Callable[..., list[dict]]:
 
 
 _MED, _PATH, _MCQ, _VLM = "evaluation.medical", "evaluation.pathology", "evaluation.medmcq", "evaluation.vlmeval"
+_SLIDES = "evaluation.slide_benchmarks"
 SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("pathmmu", _lazy(_PATH, "load_pathmmu"), _home_data("PathMMU"), "PathMMU (mcq)", ("PathMMU",),
           "HF jamessyx/PathMMU: data.json + images/ (images.zip)", "mcq letter", "test | val | test_tiny | all"),
@@ -292,6 +290,17 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("qa", _load_corpora_qa, _needs_data("qa"), "any corpora QA file; records may name a whole slide",
           None, "your own data in the corpora QA schema (JSONL / JSON / CSV; \"slide\": PATH or slide_path)",
           "mcq letter, yes/no, or exact + token F1"),
+    Suite("slidebench", _lazy(_SLIDES, "load_slidebench"), _home_data("SlideBench", "SlideBench-VQA (TCGA).csv"),
+          "SlideBench-VQA (TCGA) csv (mcq, whole slides)", ("SlideBench", "SlideBench-VQA (TCGA).csv"),
+          "HF General-Medical-AI/SlideChat + the TCGA slides (GDC), --image-root SLIDES", "mcq letter"),
+    Suite("wsivqa", _lazy(_SLIDES, "load_wsivqa"), _home_data("WSI-VQA", "WsiVQA_test.json"),
+          "WSI-VQA json (closed + open, whole slides)", ("WSI-VQA", "WsiVQA_test.json"),
+          "cpystan/WSI-VQA dataset/WSI_captions + the TCGA-BRCA DX1 slides, --image-root SLIDES",
+          "mcq letter; open exact + token F1"),
+    Suite("wsibench", _lazy(_SLIDES, "load_wsibench"), _home_data("WSI-Bench", "WSI-Bench_test.json"),
+          "WSI-Bench json (closed + report questions, whole slides)", ("WSI-Bench", "WSI-Bench_test.json"),
+          "WSI-LLaVA dataset/WSI-Bench_test.json + the TCGA slides, --image-root SLIDES",
+          "mcq letter; open exact + token F1 (or judge)"),
     Suite("demo-mcq", _load_corpora_qa, _demo_path("mcq.jsonl"), "demo corpus held-out mcq", None,
           "built by corpora.demo", "mcq letter"),
     Suite("demo-yesno", _load_corpora_qa, _demo_path("yesno.jsonl"), "demo corpus held-out yes/no", None,
