@@ -46,7 +46,7 @@ def timed_change(page, hash_: str) -> float:
 def load(page, url: str) -> dict:
     page.call("Page.navigate", session=True, url="about:blank")
     page.wait_for("document.readyState === 'complete'")
-    page.open(url, timeout=300)
+    page.open(url, timeout=900)  # the naive page at 10 000 questions keeps the main thread busy for minutes
     return {"ready_ms": float(page.evaluate("document.body.dataset.readyMs")),
             "dom_nodes": page.evaluate("document.getElementsByTagName('*').length"),
             "heap_mb": page.evaluate("performance.memory ? performance.memory.usedJSHeapSize / 2**20 : null")}

@@ -49,10 +49,13 @@ def _newest_by_suite(found: list[dict], path: str) -> dict[str, dict]:
 
 
 def _slide(row: dict) -> dict | None:
-    """A slide record's thumbnail and the regions the model viewed: given by the row (``slide: {thumbnail, width,
-    height}`` + ``regions``, at the top level or under ``meta``; regions are level-0 pixels ``[x, y, w, h]`` or
-    dicts), else found from the tiles it was shown (``_tile_cache_slide``)."""
+    """A slide record's thumbnail and the regions the model viewed: from the row's ``navigation`` (a slide-viewer
+    record), or given by the row (``slide: {thumbnail, width, height}`` + ``regions``; regions are level-0 pixels
+    ``[x, y, w, h]`` or dicts), each at the top level or under ``meta``; else found from the tiles it was shown."""
     meta = row.get("meta") or {}
+    navigation = row.get("navigation") or meta.get("navigation")
+    if isinstance(navigation, dict) and navigation.get("slide"):
+        return _navigated_slide(navigation)
     slide = row.get("slide") or meta.get("slide")
     if not isinstance(slide, dict) or not slide.get("thumbnail"):
         return _tile_cache_slide(row.get("images") or [])
@@ -63,6 +66,31 @@ def _slide(row: dict) -> dict | None:
             regions.append(box)
     return {"thumbnail": slide["thumbnail"], "width": slide.get("width"), "height": slide.get("height"),
             "regions": regions}
+
+
+@lru_cache(maxsize=256)
+def _slide_info(path: str) -> dict | None:
+    """The slide's size and µm/px (``corpora.slides``, OpenSlide), read once per slide; None when unreadable."""
+    from corpora.slides import SlideError, open_slide
+
+    try:
+        with open_slide(path) as slide:
+            return {"width": slide.info.width, "height": slide.info.height, "mpp": slide.info.mpp}
+    except (SlideError, OSError):
+        return None
+
+
+def _navigated_slide(navigation: dict) -> dict:
+    """A question answered by navigating the slide (``corpora.slides.viewer.SlideViewer.record``: ``slide`` and
+    ``views`` with centre x, y in level-0 pixels and the field of view in µm): each view's level-0 box."""
+    info = _slide_info(str(navigation["slide"])) or {}
+    regions = []
+    for v in navigation.get("views") or []:
+        extent = v["field_um"] / info["mpp"] if info.get("mpp") else v.get("size", 0)  # µm -> level-0 px
+        regions.append([round(v["x"] - extent / 2, 1), round(v["y"] - extent / 2, 1), round(extent, 1),
+                        round(extent, 1)])
+    return {"thumbnail": None, "source": str(navigation["slide"]), "width": info.get("width"),
+            "height": info.get("height"), "regions": regions}
 
 
 @lru_cache(maxsize=256)

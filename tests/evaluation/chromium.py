@@ -104,9 +104,9 @@ class Page:
                 return reply.get("result", {})
             self.events.append(reply)
 
-    def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True,
-                           awaitPromise=True)
+    def evaluate(self, expression: str, timeout: float = 60):
+        result = self.call("Runtime.evaluate", session=True, timeout=timeout, expression=expression,
+                           returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -118,7 +118,7 @@ class Page:
 
     def wait_for(self, condition: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        while not self.evaluate(f"Boolean({condition})"):
+        while not self.evaluate(f"Boolean({condition})", timeout=max(1.0, deadline - time.monotonic())):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"page never satisfied {condition}")
             time.sleep(0.05)

@@ -145,6 +145,16 @@ def test_slide_rows_show_the_slide_and_the_tiles_the_model_viewed(tmp_path):
     drawn = load_data(out)["questions"][0]["slide"]["image"]
     assert "missing" not in drawn and (out / drawn["f"]).is_file()
     assert _slide({**row, "images": [str(tmp_path / "case.svs")]}) is None  # not a tile of the cache
+    # a question answered by navigating the slide: the viewer's record of its views (centres, field of view in um)
+    from corpora.slides.viewer import SlideViewer
+
+    viewer = SlideViewer(svs, budget=2, size=64)
+    viewer.zoom(400, 260, 0.5)
+    viewer.zoom(200, 200, 1.0)
+    navigated = _slide({**row, "images": [], "meta": {"navigation": viewer.record}})
+    assert (navigated["width"], navigated["height"]) == (768, 512)
+    # 64 px at 0.5 um/px = 32 um = 128 level-0 px at 0.25 um/px, centred on (400, 260); then 256 px around (200, 200)
+    assert navigated["regions"] == [[336.0, 196.0, 128.0, 128.0], [72.0, 72.0, 256.0, 256.0]]
 
 
 def test_cli_refuses_an_unknown_ref_in_one_line(run, capsys):
