@@ -48,8 +48,7 @@ def load(page, url: str) -> dict:
     page.wait_for("document.readyState === 'complete'")
     page.open(url, timeout=900)  # the naive page at 10 000 questions keeps the main thread busy for minutes
     return {"ready_ms": float(page.evaluate("document.body.dataset.readyMs")),
-            "dom_nodes": page.evaluate("document.getElementsByTagName('*').length"),
-            "heap_mb": page.evaluate("performance.memory ? performance.memory.usedJSHeapSize / 2**20 : null")}
+            "dom_nodes": page.evaluate("document.getElementsByTagName('*').length")}
 
 
 def measure(n: int, repeats: int, binary: str) -> dict:
@@ -69,8 +68,7 @@ def measure(n: int, repeats: int, binary: str) -> dict:
             for name, suffix in (("paginated", ""), ("naive_all", "#per=all")):
                 runs = [load(page, index.as_uri() + suffix) for _ in range(repeats)]
                 result[name] = {"load_ms": round(statistics.median(r["ready_ms"] for r in runs), 1),
-                                "dom_nodes": runs[-1]["dom_nodes"],
-                                "heap_mb": round(runs[-1]["heap_mb"], 1) if runs[-1]["heap_mb"] else None}
+                                "dom_nodes": runs[-1]["dom_nodes"]}
             load(page, index.as_uri())
             result["filter_ms"] = round(statistics.median(
                 timed_change(page, h) for h in ("c.rl=wrong", "d.rl=fixed", "kind=mcq&c.sft=correct")), 1)

@@ -43,7 +43,12 @@ def evaluations(home: Path, checkpoints: list[dict] | None = None) -> list[dict]
     """Every ``evaluation.run`` result (``metrics.json`` + ``_file``) under ``home``; with ``checkpoints`` (registry
     lineage entries) only those of these models. The one place that knows where evaluation results live: the
     report and ``evaluation.browse`` read them through here."""
-    found = collect(home, "metrics.json", ("suite", "overall", "model_path"))
+    from stages import registry
+
+    # Only the reports folder when there is one: the rest of a home (checkpoints, slide tile caches) can hold
+    # hundreds of thousands of files and no evaluation.
+    reports = registry.reports_dir(root=home)
+    found = collect(reports if reports.is_dir() else home, "metrics.json", ("suite", "overall", "model_path"))
     if checkpoints is None:
         return found
     paths = {str(Path(c["path"]).resolve()) for c in checkpoints if c.get("path")}
