@@ -249,3 +249,39 @@ class SlideViewer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a", encoding="utf-8") as f:  # one short line per event: appends stay whole
             f.write(json.dumps(entry) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- slide questions
+def slide_questions(path, *, overview_size: int = 448, mpp_fallback: str = "objective", root=None) -> list[dict]:
+    """The QA records of ``path`` whose ``slide`` names a whole slide (CSV: ``slide_path``), as rows for the viewer:
+    the QA columns (corpora.records.normalize_qa), ``slide`` (the resolved path, what ``SlideViewer.reset`` opens)
+    and ``images`` = [the slide's overview] (PIL), the image the question starts from. A record without a slide,
+    or a slide OpenSlide cannot read, raises ``corpora.records.DataError`` naming ``file:line``."""
+    from corpora.records import DataError, RecordError, normalize_qa, resolve_image
+    from corpora.sources import iter_raw
+
+    rows, overviews = [], {}
+    for raw in iter_raw(path, root):
+        where = f"{raw.file}:{raw.line}"
+        if raw.error is not None:
+            raise DataError(f"{where}: {raw.error.code}: {raw.error.message}")
+        data = raw.data
+        slide = data.get("slide") or data.get("slide_path")
+        try:
+            if not slide:
+                raise RecordError("missing-field", "expected a 'slide' (CSV: slide_path) naming a whole-slide image "
+                                                   "for the slide viewer, found none; add it or drop tools.env")
+            slide = resolve_image(raw.root, slide)
+            row = normalize_qa({k: v for k, v in data.items() if k not in ("slide", "slide_path", "images", "image")},
+                               raw.root, f"{Path(raw.file).stem}-{raw.line}", images=[])
+            if slide not in overviews:
+                with open_slide(slide, mpp_fallback=mpp_fallback) as s:
+                    overviews[slide] = s.thumbnail(overview_size)
+        except RecordError as e:
+            raise DataError(f"{where}: {e.code}: {e.message}") from None
+        except SlideError as e:
+            raise DataError(f"{where}: unreadable-slide: {e}") from None
+        rows.append({**row, "slide": slide, "images": [overviews[slide]]})
+    if not rows:
+        raise DataError(f"{path}: expected slide questions, found no records")
+    return rows

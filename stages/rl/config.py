@@ -38,6 +38,7 @@ from stages.config import Passthrough, owned_key_message
 from stages.model import ModelConfig
 from stages.rl.curriculum import ORDERS, CurriculumPhase
 from stages.rl.grounding import GroundingConfig
+from stages.rl.tools import ToolsConfig
 from stages.runs import StepRunConfig
 
 PRESETS: dict[str, dict] = {
@@ -96,6 +97,7 @@ def grpo_settings(cfg: "RLConfig", output_dir="", *, cuda: bool = False, engine:
         remove_unused_columns=(None, False),  # the reward functions read the dataset's columns
         disable_tqdm=(None, False),
         dataloader_num_workers=(None, 0),
+        max_tool_calling_iterations=("tools.max_turns", cfg.tools.turns()),  # None without tools: TRL's default
     )
     for key, value in (engine or {}).items():
         if key not in ENGINE_KEYS:
@@ -127,7 +129,7 @@ def grpo_config_fields() -> dict[str, Any]:
 
 TRL_PASSTHROUGH = Passthrough("GRPOConfig", grpo_config_fields, lambda: trl_owned())
 DEFAULT_WEIGHTS = {"format": 0.1, "accuracy": 0.9, "consistency": 0.5, "length_aware_accuracy": 1.0, "soft_overlong": 1.0,
-                   "judge": 0.9, "grounding": 0.1}
+                   "judge": 0.9, "grounding": 0.1, "view_cost": 0.05}
 
 
 # Rewards that say whether the answer is right (DAPO and verl's filter_groups gate on this, not on the sum: with a
@@ -206,7 +208,7 @@ class RLConfig(StepRunConfig):
     # -- rewards
     rewards: list[str] | None = _f(
         None, "Reward names: format, accuracy, consistency, length_aware_accuracy, soft_overlong, judge, grounding, "
-              "or package.module:function.")
+              "view_cost (with tools.env), or package.module:function.")
     reward_weights: list[float] | None = _f(None, "One weight per reward; default format 0.1, accuracy 0.9, consistency 0.5, others 1.")
     overlong_cache: int | None = _f(None, "L_cache of the soft overlong punishment; default max_completion_length // 4.")
     length_min: int = _f(0, "length_aware_accuracy: shortest completion (tokens) that can earn +1.")
@@ -214,6 +216,9 @@ class RLConfig(StepRunConfig):
     judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "LLM judge of the `judge` reward."})
     grounding: GroundingConfig = field(default_factory=GroundingConfig,
                                        metadata={"help": "PathoCLIP checkpoint of the `grounding` reward."})
+    tools: ToolsConfig = field(default_factory=ToolsConfig, metadata={
+        "help": "Multi-turn tools (stages.rl.tools): tools.env=slide_view lets the policy zoom into each record's "
+                "`slide`; the view_cost reward charges its weight per view."})
     # -- speed
     share_vision: bool = _f(True, "Encode each distinct prompt image once per forward (and once per step when the "
                                   "vision tower is frozen) instead of once per completion.")
@@ -239,6 +244,8 @@ class RLConfig(StepRunConfig):
             self.judge = JudgeConfig(**self.judge)
         if isinstance(self.grounding, dict):
             self.grounding = GroundingConfig(**self.grounding)
+        if isinstance(self.tools, dict):
+            self.tools = ToolsConfig(**self.tools)
         self.curriculum = [CurriculumPhase(**p) if isinstance(p, dict) else p for p in self.curriculum]
         if self.curriculum_order not in ORDERS:
             raise ValueError(f"curriculum_order must be one of {'|'.join(ORDERS)}, got {self.curriculum_order!r}")
@@ -266,6 +273,10 @@ class RLConfig(StepRunConfig):
         r = self.resolved_rewards()
         if self.reward_weights is not None and len(self.reward_weights) != len(r):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for {len(r)} rewards {r}")
+        if "view_cost" in r and not self.tools.enabled:
+            raise ValueError("rewards include view_cost but no tool environment is set: add tools.env=slide_view")
+        if self.tools.enabled and self.curriculum:
+            raise ValueError("tools.env reads one slide QA file (data); a curriculum of several is not supported yet")
         if "judge" in r and not self.judge.url:
             raise ValueError("rewards include judge but judge.url is empty: set judge.url=http://HOST:PORT judge.model=NAME")
         negative = {k: v for k, v in self.subset_weights.items() if not v >= 0}

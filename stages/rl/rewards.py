@@ -17,7 +17,8 @@ from corpora.grading import answer_follows_reasoning, extract_answer, format_ok,
 
 logger = logging.getLogger(__name__)
 RewardFn = Callable[..., list]
-BUILTIN = ("format", "accuracy", "consistency", "length_aware_accuracy", "soft_overlong", "judge", "grounding")
+BUILTIN = ("format", "accuracy", "consistency", "length_aware_accuracy", "soft_overlong", "judge", "grounding",
+           "view_cost")
 
 
 def completion_text(completion) -> str:
@@ -27,7 +28,10 @@ def completion_text(completion) -> str:
     if isinstance(completion, str):
         return completion
     if isinstance(completion, dict):
-        return completion_text(completion.get("content"))
+        # TRL's response parser (used whenever tools are on) moves a leading <think> span into reasoning_content
+        reasoning = completion.get("reasoning_content")
+        text = completion_text(completion.get("content"))
+        return f"<think>{reasoning}</think>{text}" if reasoning else text
     if isinstance(completion, (list, tuple)):
         if all(isinstance(m, dict) and "role" in m for m in completion):
             replies = [m for m in completion if m.get("role") == "assistant"] or list(completion)
@@ -240,6 +244,10 @@ def build_rewards(
             from stages.rl.grounding import GroundingReward
 
             made.append(GroundingReward(grounding))
+        elif name == "view_cost":
+            from stages.rl.tools import ViewCountReward
+
+            made.append(ViewCountReward())
         elif ":" in name:
             made.append(load_reward(name))
         else:

@@ -96,6 +96,28 @@ def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] 
     return GRPOConfig(**kwargs)
 
 
+def tool_questions(cfg: RLConfig, path):
+    """The slide QA records of ``path`` for ``tools.env=slide_view`` (corpora.slides.viewer.slide_questions)."""
+    from datasets import Dataset
+
+    from corpora.slides.viewer import slide_questions
+
+    return Dataset.from_list(slide_questions(path, overview_size=cfg.tools.overview_size))
+
+
+def tool_environment(cfg: RLConfig, logs_dir):
+    """TRL's ``environment_factory`` for ``cfg.tools`` (None without tools), logging views per rank."""
+    if not cfg.tools.enabled:
+        return None
+    import os
+
+    from stages.rl import tools
+
+    rank = int(os.environ.get("RANK", "0"))
+    log = tools.view_log_path(logs_dir, rank) if cfg.tools.log_views else None
+    return tools.environment_factory(cfg.tools, log_path=log)
+
+
 def run(cfg: RLConfig) -> Path:
     """Train with RL from `cfg.init`; returns the final registry checkpoint folder (rl/<run>/step-N)."""
     from corpora.readers import load_qa
@@ -107,7 +129,7 @@ def run(cfg: RLConfig) -> Path:
     from stages.runs import plan_run
     from datasets import concatenate_datasets
 
-    from stages.rl import curriculum
+    from stages.rl import curriculum, tools
     from stages.rl.algos import SubsetScaling
     from stages.rl.rewards import build_rewards
     from stages.rl.trainer import PathoGRPOTrainer
@@ -125,9 +147,12 @@ def run(cfg: RLConfig) -> Path:
     # a curriculum's phases are laid one after another in one dataset (stages.rl.curriculum)
     paths = [data_file(d, "rl.jsonl", home()) for d in [p.data for p in cfg.curriculum] or [cfg.data]]
     with distributed.main_process_first():  # every rank checks the data, the main process first
-        slides = cfg.slides.resolved(registry.resolve)
-        bad = [check_data(p, "qa", cfg.validate, cfg.template, slides) for p in paths]  # file:line, before any model
-        qa_sets = [load_qa(p, skip=b, slides=slides) for p, b in zip(paths, bad)]
+        if cfg.tools.enabled:  # slide questions: the overview is the prompt image, the slide the environment's
+            qa_sets = [tool_questions(cfg, paths[0])]
+        else:
+            slides = cfg.slides.resolved(registry.resolve)
+            bad = [check_data(p, "qa", cfg.validate, cfg.template, slides) for p in paths]  # file:line, before any model
+            qa_sets = [load_qa(p, skip=b, slides=slides) for p, b in zip(paths, bad)]
         plan = curriculum.plan(cfg, paths, qa_sets)
         subsets = sorted({s for qa in qa_sets for s in qa["subset"]})
         scaling = None if cfg.subset_scaling == "none" and not cfg.subset_weights else \
@@ -140,6 +165,10 @@ def run(cfg: RLConfig) -> Path:
     full_resume = resume_from is not None and not cfg.model.lora.enabled
     model_cfg.name_or_path = str(resume_from) if full_resume else init
     model_cfg.freeze_vision, model_cfg.freeze_projector, model_cfg.freeze_llm = TRAIN_POLICIES[cfg.train]
+    if cfg.tools.enabled:  # the chat template must render tool calls: checked on the processor, before the model
+        from transformers import AutoProcessor
+
+        tools.check_tool_template(AutoProcessor.from_pretrained(resolve_model_path(init)), f"init={cfg.init}")
     model, processor = load_model(model_cfg)
     pad_prompts_left(processor)
     if cfg.model.max_pixels:  # vLLM's processor and ours then agree on every image's token count
@@ -168,6 +197,7 @@ def run(cfg: RLConfig) -> Path:
         share_vision=cfg.share_vision,
         share_prefix=cfg.share_prefix,
         tensorboard_samples=cfg.log_completions,
+        environment_factory=tool_environment(cfg, output_dir),
         publication=Publication(STAGE, cfg.run, parent=init, base=base, config=cfg, data=paths,
                                 keep_last=cfg.keep_last, extra={"template": cfg.template, "algorithm": cfg.algorithm}),
     )

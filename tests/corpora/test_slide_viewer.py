@@ -147,3 +147,25 @@ def test_trl_sees_exactly_the_two_tools_with_their_schemas(slide):
     png = Image.open(io.BytesIO(view._repr_png_()))  # shows in a notebook
     assert png.size == (32, 32)
     assert isinstance(view, View)
+
+
+def test_slide_questions_give_the_overview_as_the_image_and_name_the_line_of_a_bad_record(slide, tmp_path):
+    from corpora.records import DataError
+    from corpora.slides.viewer import slide_questions
+
+    (tmp_path / ".dataset-root").touch()
+    (tmp_path / "case.tiff").write_bytes(slide.read_bytes())
+    (tmp_path / "broken.tiff").write_bytes(b"II*\x00" + b"\x00" * 64)
+    good = {"id": "q1", "slide": "case.tiff", "question": "Tumour?", "answer": "yes"}
+    (tmp_path / "qa.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "q2"}) + "\n")
+    rows = slide_questions(tmp_path / "qa.jsonl", overview_size=96)
+    assert [(r["id"], r["kind"], r["answer"], r["slide"]) for r in rows] == [
+        ("q1", "yesno", "yes", str((tmp_path / "case.tiff").resolve())), ("q2", "yesno", "yes", rows[0]["slide"])]
+    assert rows[0]["images"][0].size == (96, 48) and rows[1]["images"][0] is rows[0]["images"][0]  # read once
+    for bad, message in [({"id": "q3", "question": "Tumour?", "answer": "yes"},
+                          r"qa2.jsonl:2: missing-field: expected a 'slide'"),
+                         ({**good, "slide": "broken.tiff"}, r"qa2.jsonl:2: unreadable-slide: .*broken.tiff"),
+                         ({**good, "slide": "../outside.tiff"}, r"qa2.jsonl:2: path-escapes-root")]:
+        (tmp_path / "qa2.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+        with pytest.raises(DataError, match=message):
+            slide_questions(tmp_path / "qa2.jsonl")

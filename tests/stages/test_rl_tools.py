@@ -1,0 +1,211 @@
+"""Multi-turn RL with the slide viewer through TRL 1.16's public seam (stages.rl.tools).
+
+The GRPO tests script WHAT the tiny policy writes (a logits processor handed to the real ``generate``: each turn's
+tokens are forced), so the tool call is known; everything after that is TRL's and ours, unmocked: TRL parses the
+call with the response template, runs ``SlideViewer.zoom`` on a real pyramidal TIFF (tifffile, OpenSlide's
+generic-tiff layout, as tests/corpora/test_slides.py), puts the view into the next turn as an image the model
+encodes, masks the tool tokens out of the loss, scores with the reward callables, and steps the optimizer.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from corpora.slides.synthetic import GLASS, write_pyramidal_tiff
+from corpora.slides.viewer import SlideViewer
+from stages.config import ConfigError, load_config
+from stages.rl.config import RLConfig, grpo_settings
+from stages.rl.rewards import AccuracyReward, FormatReward, build_rewards, completion_text
+from stages.rl.tools import ToolsConfig, ViewCountReward, check_tool_template
+
+G = 2
+CALL = '<tool_call>\n{"name": "zoom", "arguments": {"x": 300, "y": 200, "mpp": 1.0}}\n</tool_call>'
+DIRECT = "<think>looks normal</think><answer>B</answer>"  # answers from the overview alone: wrong
+AFTER = "<think>atypical nuclei in the view</think><answer>A</answer>"  # answers after the view: right
+
+
+# ----------------------------------------------------------------------------------------------- config / rewards
+def test_tools_fields_load_from_the_command_line_and_set_trls_turn_limit():
+    cfg = load_config(RLConfig, ["tools.env=slide_view", "tools.budget=2", "rewards=[format,accuracy,view_cost]"])
+    assert cfg.tools == ToolsConfig(env="slide_view", budget=2)
+    resolved = cfg.resolved()
+    assert resolved.reward_weights == [0.1, 0.9, 0.05]  # view_cost's weight is the cost per view
+    assert grpo_settings(resolved)["max_tool_calling_iterations"] == ("tools.max_turns", 3)  # budget + 1
+    assert grpo_settings(RLConfig())["max_tool_calling_iterations"] == ("tools.max_turns", None)  # no tools: TRL's
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tools.env=zoomer"], "tools.env must be one of '', 'slide_view', got 'zoomer'"),
+    (["tools.env=slide_view", "tools.budget=-1"], "expected budget >= 0"),
+    (["rewards=[accuracy,view_cost]"], "rewards include view_cost but no tool environment is set"),
+    (["tools.env=slide_view", "trl.max_tool_calling_iterations=9"], "tools.max_turns"),
+])
+def test_bad_tools_settings_are_refused_with_the_field(argv, message):
+    with pytest.raises((ConfigError, ValueError), match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(RLConfig, argv)
+
+
+class _Env:
+    def __init__(self, n):
+        self.views = [object()] * n
+
+
+def test_view_cost_counts_each_rollouts_views():
+    reward = ViewCountReward()
+    assert reward.__name__ == "view_cost"
+    assert reward([[], [], []], environments=[_Env(0), _Env(1), _Env(3)]) == [0.0, -1.0, -3.0]
+    assert reward([[], []]) == [None, None]  # no environment: not scored (TRL ignores None)
+    assert [type(r).__name__ for r in build_rewards(["accuracy", "view_cost"])] == ["AccuracyReward",
+                                                                                    "ViewCountReward"]
+
+
+def test_rewards_see_the_think_span_trls_tool_parser_moves_aside():
+    # TRL's response parser puts <think>...</think> into reasoning_content; format and accuracy must still see it
+    turns = [{"role": "assistant", "content": "", "tool_calls": [{"type": "function"}]},
+             {"role": "tool", "name": "zoom", "content": [{"type": "text", "text": "view 1/4"}]},
+             {"role": "assistant", "reasoning_content": "atypical nuclei", "content": "<answer>A</answer>"}]
+    assert completion_text(turns) == "<think>atypical nuclei</think><answer>A</answer>"
+    assert FormatReward()([turns]) == [1.0]
+    assert AccuracyReward()([turns], answer=["A"], kind=["mcq"], options=[["tumour", "normal"]]) == [1.0]
+
+
+# ----------------------------------------------------------------------------------------------- the GRPO step
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from stages.model import ModelConfig, build_tiny, load_model
+
+    folder = build_tiny("qwen3_vl", tmp_path_factory.mktemp("tiny"))
+    return folder, load_model(ModelConfig(name_or_path=str(folder)))
+
+
+def test_a_template_without_tools_is_refused_in_one_line(tmp_path):
+    from transformers import AutoProcessor
+
+    from stages.model import build_tiny
+
+    processor = AutoProcessor.from_pretrained(build_tiny("qwen2_5_vl", tmp_path / "q25"))
+    with pytest.raises(ValueError, match=r"^init=x: expected a chat template that renders tool calls .* Qwen3-VL"):
+        check_tool_template(processor, "init=x")
+
+
+def test_qwen3_vl_tool_calls_parse(tiny):
+    from trl.chat_template_utils import add_response_schema, parse_response
+
+    _, (_, processor) = tiny
+    check_tool_template(processor)
+    tok = add_response_schema(processor).tokenizer  # what GRPOTrainer does when tools are on
+    # as TRL calls it: the completion's ids after the prompt, which ends with the assistant header
+    parsed = parse_response(tok, tok.encode(CALL + "<|im_end|>"), prefix=tok.encode("<|im_start|>assistant\n"))
+    assert parsed["tool_calls"] == [{"type": "function",
+                                     "function": {"name": "zoom", "arguments": {"x": 300, "y": 200, "mpp": 1.0}}}]
+
+
+@pytest.fixture()
+def slide_data(tmp_path):
+    img = np.empty((512, 768, 3), np.uint8)
+    img[:] = GLASS
+    img[100:400, 150:650] = (222, 140, 180)
+    (tmp_path / ".dataset-root").touch()
+    slide = write_pyramidal_tiff(tmp_path / "case.tiff", img, mpp=0.5, compression="zlib")
+    record = {"id": "s1", "slide": slide.name, "question": "What is in the tissue?", "options": ["tumour", "normal"],
+              "answer": "A"}
+    (tmp_path / "rl.jsonl").write_text(json.dumps(record) + "\n")
+    return tmp_path / "rl.jsonl"
+
+
+class Script(LogitsProcessor):
+    """Forces each row's tokens: on the first turn even rows call zoom, odd rows answer at once; after a tool
+    result (two more <|im_start|> than the first turn's prompt had) the row answers from the view."""
+
+    def __init__(self, tok, first_turn_starts):
+        end = [tok.convert_tokens_to_ids("<|im_end|>")]
+        self.call, self.direct, self.after = (tok.encode(t) + end for t in (CALL, DIRECT, AFTER))
+        self.im_start, self.first, self.start = tok.convert_tokens_to_ids("<|im_start|>"), first_turn_starts, None
+
+    def __call__(self, input_ids, scores):
+        self.start = self.start or input_ids.size(1)
+        k = input_ids.size(1) - self.start
+        forced = torch.full_like(scores, float("-inf"))
+        for i, row in enumerate(input_ids):
+            first = int((row == self.im_start).sum()) <= self.first
+            seq = (self.call if i % 2 == 0 else self.direct) if first else self.after
+            forced[i, seq[min(k, len(seq) - 1)]] = 0.0
+        return forced
+
+
+def scripted(model, tok):
+    """The model's generate (the shared prefill's when installed) with a Script per call, as an instance attribute."""
+    plain, state = model.generate, {}
+
+    def generate(*args, **kwargs):
+        starts = int((kwargs["input_ids"] == tok.convert_tokens_to_ids("<|im_start|>")).sum(1).min())
+        state.setdefault("first", starts)
+        return plain(*args, logits_processor=LogitsProcessorList([Script(tok, state["first"])]), **kwargs)
+
+    model.generate = generate
+
+
+def make_trainer(tiny, slide_data, tmp_path, *, share_prefix):
+    from stages.model import ModelConfig, load_model
+    from stages.rl.trainer import PathoGRPOTrainer
+    from stages.rl.training import grpo_args, pad_prompts_left, prompt_dataset, tool_environment, tool_questions
+
+    folder, _ = tiny
+    model, processor = load_model(ModelConfig(name_or_path=str(folder)))  # a fresh policy per test
+    pad_prompts_left(processor)
+    check_tool_template(processor)
+    cfg = RLConfig(algorithm="grpo", init="unused", data=str(slide_data), num_generations=G, batch_size=1,
+                   max_completion_length=256, max_steps=1, lr=1e-2, seed=0, beta=0.0,
+                   rewards=["accuracy", "view_cost"], tools=ToolsConfig(env="slide_view", budget=2, view_size=56,
+                                                                        overview_size=112)).resolved()
+    dataset = prompt_dataset(tool_questions(cfg, slide_data), cfg.template)
+    trainer = PathoGRPOTrainer(model=model, reward_funcs=build_rewards(cfg.resolved_rewards()),
+                               args=grpo_args(cfg, tmp_path / "logs"), train_dataset=dataset,
+                               processing_class=processor, environment_factory=tool_environment(cfg, tmp_path / "logs"),
+                               share_prefix=share_prefix)
+    scripted(trainer.model, processor.tokenizer)  # over the shared prefill's generate (it calls the class's)
+    return trainer, dataset
+
+
+@pytest.mark.slow
+def test_a_rollout_that_zooms_gets_the_view_as_an_image_and_one_grpo_step_trains_on_it(tiny, slide_data, tmp_path):
+    trainer, dataset = make_trainer(tiny, slide_data, tmp_path, share_prefix=True)
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([dataset[0]] * G)
+    # row 0 zoomed once (logged with its coordinates and µm/px), row 1 answered from the overview
+    assert [[(v.x, v.y, v.mpp) for v in env.views] for env in trainer.environments] == [[(300, 200, 1.0)], []]
+    log = [json.loads(line) for line in (tmp_path / "logs" / "views-rank0.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["x"], e["y"], e["mpp"], e["question"]) for e in log] == [("view", 300, 200, 1.0, "s1")]
+    # the forward sees 2 overviews + 1 view; the view's image tokens sit in row 0's completion
+    processor = trainer.processing_class
+    view = SlideViewer(trainer.environments[0].record["slide"], size=56).zoom(300, 200, 1.0).image
+    view_grid = processor.image_processor(images=[view], return_tensors="pt")["image_grid_thw"][0]
+    overview_grid = out["image_grid_thw"][0]
+    assert out["image_grid_thw"].tolist() == [overview_grid.tolist(), view_grid.tolist(), overview_grid.tolist()]
+    assert out["num_images"] == [2, 1]
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    completion = out["completion_ids"][0][out["completion_mask"][0].bool()]
+    assert int((completion == image_pad).sum()) == int(view_grid.prod()) // 4  # merge 2x2
+    assert int((out["completion_ids"][1] == image_pad).sum()) == 0
+    # the tool result (its image tokens included) is masked out of the loss; the model's own turns are not
+    tool_mask = out["tool_mask"][0][out["completion_mask"][0].bool()]
+    assert not tool_mask[completion == image_pad].any() and tool_mask.sum() < tool_mask.numel()
+    text = trainer.processing_class.tokenizer.decode(completion)
+    assert CALL in text and "view 1/2: centre (300, 200) at 1 µm/px, 56 µm wide" in text and AFTER in text
+    rewards = {name: list(v) for name, v in trainer._logs["rewards"].items()}
+    assert rewards["accuracy_reward"][-G:] == [1.0, 0.0] and rewards["view_cost"][-G:] == [-1.0, 0.0]
+    assert out["advantages"][0] > 0 > out["advantages"][1]
+    # one optimizer step through Trainer.train (a fresh rollout, the same script): every trainable parameter moves
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(before[n], p)]
+    assert len(changed) == len(before)
+    assert trainer.state.log_history[0]["tools/call_frequency"] == 0.5
+    # the rollouts' first turn (G copies of one prompt) was prefilled once; the log-prob forwards, whose
+    # completions hold a view, fell back to TRL's own forward (the documented fallback of the shared prefix)
+    from stages.rl.prefill_share import prefill_stats
+
+    assert prefill_stats(trainer.model).shared_forwards >= 2  # one per rollout round
+    assert trainer.prefix_stats.forwards >= 1 and trainer.prefix_stats.shared_forwards == 0
