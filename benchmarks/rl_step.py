@@ -6,6 +6,7 @@ forwards and the backward: stages.rl.prefix_share, stages.rl.prefill_share), enc
 
     OMP_NUM_THREADS=1 python benchmarks/rl_step.py                                  # 256 image tokens, 8-token completions
     OMP_NUM_THREADS=1 python benchmarks/rl_step.py --image-size 896 --completion 256  # 1,024 image tokens
+    OMP_NUM_THREADS=1 python benchmarks/rl_step.py --gradient-checkpointing          # both trainers checkpoint
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=3, help="timed steps per trainer (after one warm-up step)")
     p.add_argument("--train", default="projector_llm", choices=["llm", "projector_llm", "all"],
                    help="which towers train (all: gradients flow into the vision tower)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="gradient checkpointing on in both trainers (the GPU configs' setting)")
     return p.parse_args(argv)
 
 
@@ -110,7 +113,8 @@ def main(argv=None) -> int:
     n_prompts = a.batch * (a.steps + 1)
     dataset = prompt_dataset(make_data(work, a.image_size, n_prompts), "cot")
     cfg = RLConfig(algorithm="grpo", beta=0.0, init=str(folder), num_generations=a.generations, batch_size=a.batch,
-                   max_completion_length=a.completion, max_steps=a.steps + 1, lr=1e-5, train=a.train).resolved()
+                   max_completion_length=a.completion, max_steps=a.steps + 1, lr=1e-5, train=a.train,
+                   gradient_checkpointing=a.gradient_checkpointing).resolved()
     rewards = build_rewards(cfg.rewards, template="cot")
     args_fn = lambda: grpo_args(cfg, work / "out")  # noqa: E731  (fresh args: TRL mutates them)
     processor_tokens = a.image_size // 28 * (a.image_size // 28)
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
     print(json.dumps({
         "benchmark": "rl_step", "device": "cuda" if torch.cuda.is_available() else "cpu",
         "image_tokens_per_prompt": processor_tokens, "num_generations": a.generations, "batch": a.batch,
-        "max_completion_length": a.completion, "train": a.train,
+        "max_completion_length": a.completion, "train": a.train, "gradient_checkpointing": a.gradient_checkpointing,
         "trl_step_s": round(trl_s, 4), "pathor1_step_s": round(ours_s, 4),
         "trl_steps_s": [round(t, 4) for t in trl_times], "pathor1_steps_s": [round(t, 4) for t in ours_times],
         "images_seen": stats.get("images_seen"), "images_encoded": stats.get("images_encoded"),

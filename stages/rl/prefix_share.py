@@ -20,8 +20,9 @@ What it needs from the attention implementation: a query block attending to a lo
 bottom-right causal alignment and a 2-D padding mask over prompt + completion. transformers builds that mask
 for eager and SDPA (any SDPA kernel that takes an explicit mask: math or memory-efficient on GPUs), and its
 flash-attention-2 path takes the same shape (q_len < kv_len, causal from the bottom right, padding unpadded).
-Not exact, so not used (TRL's own forward runs instead): gradient checkpointing while training (transformers
-drops the cache inside checkpointed layers), active dropout while training (one mask for the shared prompt
+Gradient checkpointing: both passes run under it, with caches that give a recomputed layer the keys and values
+it first saw (`stages.rl.prefix_cache`; non-reentrant checkpointing only). Not exact, so not used (TRL's own
+forward runs instead): reentrant gradient checkpointing, active dropout while training (one mask for the shared prompt
 instead of G: e.g. LoRA dropout > 0), sliding-window layers, MoE aux loss, model inputs other than
 Qwen-VL's pixel_values / image_grid_thw / mm_token_type_ids, and image tokens inside completions.
 
@@ -33,6 +34,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
+
+from stages.rl import prefix_cache
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +117,12 @@ def unshareable_reason(model: torch.nn.Module, logits_to_keep: int, extra_inputs
         return f"model inputs {unsupported} are not supported"
     text_config = unwrapped.config.get_text_config()
     if unwrapped.training:
-        if getattr(unwrapped, "is_gradient_checkpointing", False):
-            return "gradient checkpointing drops the KV cache inside checkpointed layers"
+        if getattr(unwrapped, "is_gradient_checkpointing", False) and torch.is_grad_enabled():
+            if not prefix_cache.hooks_supported():
+                return (f"gradient checkpointing with sharing uses transformers internals checked against "
+                        f"{'-'.join(prefix_cache.TRANSFORMERS_TESTED)} only")
+            if prefix_cache.reentrant_checkpointing(unwrapped):
+                return "reentrant gradient checkpointing (use_reentrant=True) keeps no gradient path to the cache"
         # One dropout mask for the shared prompt instead of G independent ones: not the same computation.
         if getattr(text_config, "attention_dropout", 0.0) or any(
                 isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in unwrapped.modules()):
@@ -236,15 +243,16 @@ def shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep: int, g
         if images is not None:
             prefix_inputs["pixel_values"] = torch.cat([images[r][0] for r in reps])
             prefix_inputs["image_grid_thw"] = torch.cat([images[r][1] for r in reps])
-        prefix = model(**prefix_inputs, use_cache=True, logits_to_keep=1)
-        cache = prefix.past_key_values
-        cache.batch_select_indices(owner)  # every row gets its group's prompt keys/values (gradients sum back)
         suffix_ids = input_ids[row_index, cut:]
         labels = suffix_ids.masked_fill(attention_mask[row_index, cut:] == 0, -100)
         labels[:, 0] = -100  # the last prompt token is context, not a completion token
-        out = model(input_ids=suffix_ids, attention_mask=attention_mask[row_index],
-                    position_ids=_take_rows(positions, row_index, slice(cut, length)),
-                    past_key_values=cache, labels=labels, fused_lm_head=True)
+        cache = prefix_cache.PromptCache()  # both caches give a recomputed (checkpointed) layer what it first saw
+        with prefix_cache.keep_cache_when_checkpointing(unwrapped):
+            model(**prefix_inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            # every row reads its group's prompt keys/values (their gradients sum back into the one prompt pass)
+            out = model(input_ids=suffix_ids, attention_mask=attention_mask[row_index],
+                        position_ids=_take_rows(positions, row_index, slice(cut, length)),
+                        past_key_values=cache.for_rows(owner), labels=labels, fused_lm_head=True)
         out_rows.append(row_index)
         out_logps.append(out.log_probs[:, -logits_to_keep:])
         if compute_entropy:

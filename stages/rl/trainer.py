@@ -23,7 +23,7 @@ import torch
 from trl import GRPOTrainer
 
 from stages.checkpointing import TRAINER_STATE_DIR, PublishingTrainer  # noqa: F401 (re-exported)
-from stages.rl import prefill_share, prefix_share, trl_batch
+from stages.rl import prefill_share, prefix_share, skipped_step, trl_batch, vllm_sync
 from stages.rl.image_dedup import dedup_images
 from stages.rl.sampling import collect_informative, refill_prompt_indices
 from stages.rl.vision_share import share_vision_encoding, sharing_stats
@@ -155,13 +155,16 @@ class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
 
         def generate(round_index: int):
             batch = inputs if round_index == 0 else self._refill(len(inputs), (*key, round_index))
+            if round_index:
+                before_round()
             out, rewards = base(batch), self._gating_rewards()
             self.last_rounds.append(([row.get("id") for row in batch], rewards.detach().cpu()))
             return out, rewards
 
         self.last_rounds = []
-        collected = collect_informative(generate, self.num_generations, len(inputs), self.max_num_gen_batches,
-                                        rank=self.accelerator.process_index, all_gather=self._gather_counts)
+        with vllm_sync.one_sync_per_step(self) as before_round:  # vLLM keeps this step's weights between rounds
+            collected = collect_informative(generate, self.num_generations, len(inputs), self.max_num_gen_batches,
+                                            rank=self.accelerator.process_index, all_gather=self._gather_counts)
         self.last_sampling = collected.summary()  # no batches: they are freed once merged
         stats = collected.stats
         for name, value in stats.as_metrics().items():
@@ -177,10 +180,17 @@ class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
         merged["num_items_in_batch"] = self.accelerator.gather(trl_batch.loss_token_count(merged)[None]).sum()
         return merged
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # A skipped step (compute_loss saw the empty batch) never reaches the engine's backward / step: every
+        # weight, moment and step count stays as it was under DDP, ZeRO-2/3 and FSDP2 (stages.rl.skipped_step).
+        self._nothing_to_train = False
+        with skipped_step.backward_unless(self.accelerator, model, lambda: self._nothing_to_train):
+            return super().training_step(model, inputs, num_items_in_batch)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if inputs["completion_ids"].size(0) == 0:
-            # Nothing informative: a leaf loss leaves every .grad at None, so the optimizer skips all parameters
-            # (a zero-valued loss through the model would still move them via Adam's momentum).
+            # Nothing informative on any rank: a zero loss outside the model; training_step skips its backward.
+            self._nothing_to_train = True
             return torch.zeros((), device=self.accelerator.device, requires_grad=True)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 

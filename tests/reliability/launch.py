@@ -18,6 +18,14 @@ The entry point runs unchanged; the probes only observe or slow it, each switche
   (accelerate's ``get_state_dict``: ZeRO-3 / FSDP all-gather) and rank 0 writes them, under the names of the
   live (unwrapped) model, to ``DIR/gathered.safetensors``, with ``DIR/engine.json`` (the engine that ran, and
   whether rank 0 held only shards of the parameters).
+- ``PATHOR1_PROBE_OPTIMIZER=DIR``: every rank appends one JSON line to ``DIR/optimizer-<R>.jsonl`` when training
+  begins and after every optimizer step: the global step, a digest of this rank's part of the weights (ZeRO-3
+  partitions, FSDP2 shards), a digest of its optimizer state (the innermost torch optimizer's moments, step
+  counts and the tensors they belong to, e.g. ZeRO's fp32 master partitions), the Adam step counts, the learning
+  rate and DeepSpeed's own step counter.
+- ``PATHOR1_PROBE_MEMORY=DIR``: every rank appends JSON lines to ``DIR/memory-<R>.jsonl``: right after the stage
+  loaded its model (whether every parameter was already a ZeRO-3 partition, the elements this rank holds, its
+  resident memory now and its peak so far) and after ``train()`` (its peak resident memory).
 - ``PATHOR1_PROBE_COMMIT_DELAY=SECONDS``: a registry checkpoint of step >= 2 waits this long after its payload
   is written and before its manifest is -- a window in which a test can SIGKILL the process mid-write.
 """
@@ -176,6 +184,116 @@ def probe_gathered(folder: Path) -> None:
     Trainer.train = train_and_gather
 
 
+def local_tensor(t):
+    """This rank's part of a tensor: the local shard of an FSDP2 DTensor, the partition of a ZeRO-3 parameter."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(t, DTensor):
+        return t.to_local()
+    return t.ds_tensor if getattr(t, "ds_tensor", None) is not None else t
+
+
+def optimizer_state(trainer) -> dict:
+    import torch
+
+    opt = trainer.optimizer
+    while hasattr(opt, "optimizer"):  # accelerate's wrapper -> DeepSpeed's ZeRO optimizer -> the torch optimizer
+        opt = opt.optimizer
+    def data(t) -> bytes:  # a copy: numpy() of the tensor itself would make FSDP2's unsharded storage unresizable
+        return local_tensor(t).detach().float().cpu().clone().reshape(-1).numpy().tobytes()
+
+    weights, state = hashlib.sha256(), hashlib.sha256()
+    for name, p in sorted(trainer.model.named_parameters()):
+        weights.update(name.encode() + data(p))
+    steps = set()
+    # Keyed by the tensors the optimizer updates: the parameters (DDP, FSDP2), ZeRO's fp32 master partitions
+    # (ZeRO-3 empties its param_groups between steps, its state stays).
+    for i, (p, values) in enumerate(opt.state.items()):
+        state.update(f"{i}".encode() + data(p))
+        for key, value in sorted(values.items()):
+            if key == "step":
+                steps.add(float(value))
+            if isinstance(value, torch.Tensor):
+                state.update(key.encode() + data(value))
+    engine = trainer.model_wrapped if trainer.is_deepspeed_enabled else None
+    return {"weights": weights.hexdigest(), "optimizer": state.hexdigest(), "adam_steps": sorted(steps),
+            "lr": trainer.lr_scheduler.get_last_lr()[0] if trainer.lr_scheduler is not None else None,
+            "engine_steps": getattr(engine, "global_steps", None)}
+
+
+def probe_optimizer(folder: Path) -> None:
+    import json
+
+    from transformers import Trainer, TrainerCallback
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train = Trainer.train
+
+    class RecordState(TrainerCallback):
+        def __init__(self, trainer):
+            self.trainer = trainer
+
+        def write(self, state):
+            rank, world = rank_and_world()
+            line = {"rank": rank, "world": world, "step": state.global_step, **optimizer_state(self.trainer)}
+            with open(folder / f"optimizer-{os.environ.get('RANK', 0)}.jsonl", "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.write(state)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.write(state)
+
+    def train_and_record(self, *args, **kwargs):
+        self.add_callback(RecordState(self))
+        return train(self, *args, **kwargs)
+
+    Trainer.train = train_and_record
+
+
+def rss_mib() -> tuple[float, float]:
+    """(resident memory now, peak resident memory so far) of this process, MiB."""
+    import resource
+
+    with open("/proc/self/statm") as fh:
+        resident_pages = int(fh.read().split()[1])
+    return (resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20,
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def probe_memory(folder: Path) -> None:
+    import json
+
+    import stages.model
+    from transformers import Trainer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    load_model, train = stages.model.load_model, Trainer.train
+
+    def write(line: dict) -> None:
+        with open(folder / f"memory-{os.environ.get('RANK', 0)}.jsonl", "a") as fh:
+            fh.write(json.dumps({"rank": int(os.environ.get("RANK", 0)), **line}) + "\n")
+
+    def load_and_record(cfg):
+        model, processor = load_model(cfg)
+        params = list(model.parameters())
+        now, peak = rss_mib()
+        write({"event": "loaded", "partitioned": all(getattr(p, "ds_tensor", None) is not None for p in params),
+               "local_numel": sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params),
+               "numel": sum(getattr(p, "ds_numel", p.numel()) for p in params), "rss_mib": now, "peak_rss_mib": peak})
+        return model, processor
+
+    def train_and_record(self, *args, **kwargs):
+        out = train(self, *args, **kwargs)
+        write({"event": "trained", "peak_rss_mib": rss_mib()[1]})
+        return out
+
+    stages.model.load_model, Trainer.train = load_and_record, train_and_record
+    if "stages.engine" in sys.modules:  # bound by name at its import
+        sys.modules["stages.engine"].load_model = load_and_record
+
+
 def delay_commits(seconds: float) -> None:
     from stages.registry import CheckpointWriter
 
@@ -218,6 +336,10 @@ def main() -> None:
         probe_dynamic(Path(os.environ["PATHOR1_PROBE_DYNAMIC"]))
     if os.environ.get("PATHOR1_PROBE_GATHERED"):
         probe_gathered(Path(os.environ["PATHOR1_PROBE_GATHERED"]))
+    if os.environ.get("PATHOR1_PROBE_OPTIMIZER"):
+        probe_optimizer(Path(os.environ["PATHOR1_PROBE_OPTIMIZER"]))
+    if os.environ.get("PATHOR1_PROBE_MEMORY"):
+        probe_memory(Path(os.environ["PATHOR1_PROBE_MEMORY"]))
     if os.environ.get("PATHOR1_PROBE_COMMIT_DELAY"):
         delay_commits(float(os.environ["PATHOR1_PROBE_COMMIT_DELAY"]))
     if os.environ.get("PATHOR1_PROBE_EPOCH_DELAY"):

@@ -13,7 +13,7 @@ from PIL import Image
 from trl.trainer.utils import shuffle_sequence_dict, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from stages.model import LoraConfig, ModelConfig, build_tiny, load_model
-from stages.rl import prefill_share, prefix_share
+from stages.rl import prefill_share, prefix_cache, prefix_share
 from stages.rl.config import RLConfig
 from stages.rl.prefix_share import plan_groups, trl_supported
 from stages.checkpointing import TRAIN_POLICIES
@@ -148,6 +148,33 @@ def test_shared_forward_matches_trl(folder, dataset, tmp_path, algorithm, setup)
         assert grads and all("lora_" in n or "modules_to_save" in n for n in grads)
 
 
+@pytest.mark.parametrize("setup", ["trainable_tower", "lora"])
+def test_shared_forward_under_gradient_checkpointing_matches_trl(folder, dataset, tmp_path, setup):
+    """Gradient checkpointing on in both (the GPU configs): the shared forward still runs, through checkpointed
+    layers that recompute in the backward, and gives TRL's checkpointed unshared loss and gradients."""
+    t = make_trainer(folder, dataset, tmp_path, "dapo", train="all" if setup == "trainable_tower" else "llm",
+                     lora=setup == "lora")
+    batch = trl_batch(t)
+    batch["old_per_token_logps"] = logps(t, t.model, batch, share=False)[0] + 0.1
+    t.model.gradient_checkpointing_enable()
+    layers = prefix_cache.checkpointed_layers(t.accelerator.unwrap_model(t.model))
+    assert layers and not prefix_cache.reentrant_checkpointing(t.model)
+    calls = []  # the recompute really runs: a checkpointed decoder layer's forward is called again in the backward
+    decoder = prefix_share.unwrap_model(t.model).model.language_model.layers[0]
+    assert decoder in layers
+    decoder.register_forward_pre_hook(lambda m, a: calls.append(1))
+    before = t.prefix_stats.shared_forwards
+    loss, grads = loss_and_grads(t, batch, share=True)
+    assert_shared(t, before)
+    assert len(calls) == 4  # pass 1 and pass 2, each run once forward and once recomputed in the backward
+    ref_loss, ref_grads = loss_and_grads(t, batch, share=False)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert_grads_match(grads, ref_grads)
+    if setup == "trainable_tower":
+        assert any(".visual." in n for n in grads)
+    assert all("_can_checkpoint_with_cache" not in vars(m) for m in layers)  # transformers' setting restored
+
+
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
 def test_other_qwen_vl_families(dataset, tmp_path, family):
     """Qwen2-VL's rope and Qwen3-VL's (interleaved rope, deepstack visual features) share exactly too."""
@@ -192,9 +219,10 @@ def test_falls_back_where_not_exact(folder, dataset, tmp_path):
     ids, mask, keep, extra = forward_args(batch)
     t.model.train()
     assert prefix_share.unshareable_reason(t.model, keep, extra) is None
-    t.model.gradient_checkpointing_enable()
-    assert "gradient checkpointing" in prefix_share.unshareable_reason(t.model, keep, extra)
-    t.model.gradient_checkpointing_disable()
+    t.model.gradient_checkpointing_enable()  # transformers' default: non-reentrant, shareable
+    assert prefix_share.unshareable_reason(t.model, keep, extra) is None
+    t.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    assert "reentrant gradient checkpointing" in prefix_share.unshareable_reason(t.model, keep, extra)
     dropout_lora = load_model(ModelConfig(name_or_path=str(folder), lora=LoraConfig(enabled=True, dropout=0.05)))[0]
     assert prefix_share.unshareable_reason(dropout_lora.train(), keep, extra) == \
         "dropout is active (e.g. LoRA dropout > 0)"
@@ -208,7 +236,6 @@ def test_falls_back_where_not_exact(folder, dataset, tmp_path):
         "image or video tokens inside the completions"
     # what falls back is TRL's own forward: still the same numbers, nothing shared
     t.model.train()
-    t.model.gradient_checkpointing_enable()
     before = t.prefix_stats.shared_forwards
     loss, grads = loss_and_grads(t, batch, share=True)
     assert t.prefix_stats.shared_forwards == before
@@ -309,3 +336,23 @@ def test_config_switch_turns_sharing_off(folder, dataset, tmp_path, monkeypatch)
         t = made["trainer"]
         assert t.share_prefix is share
         assert ("generate" in vars(t.model)) is share
+
+
+GPU_RL_CONFIGS = {"stages/configs/rl_dapo_qwen2_5_vl_7b.yaml": None, "recipes/configs/patho_r1_qwen2_5_vl_7b.yaml": "rl",
+                  "recipes/configs/patho_r1_qwen2_5_vl_3b.yaml": "rl", "recipes/configs/medvlm_r1_qwen2_vl_2b.yaml": "rl",
+                  "recipes/configs/med_r1_qwen2_vl_2b.yaml": "rl"}
+
+
+@pytest.mark.parametrize("path", GPU_RL_CONFIGS)
+def test_gpu_rl_configs_keep_gradient_checkpointing_and_prefix_sharing(path):
+    """The shipped GPU RL configs train with gradient checkpointing, and sharing stays on under it (the
+    non-reentrant recompute the shared forward needs: no use_reentrant=True of their own)."""
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / path).read_text())
+    rl = doc[GPU_RL_CONFIGS[path]] if GPU_RL_CONFIGS[path] else doc
+    assert rl["gradient_checkpointing"] is True
+    assert rl.get("share_prefix", RLConfig.share_prefix) is True
+    assert (rl.get("trl", {}).get("gradient_checkpointing_kwargs") or {}).get("use_reentrant") is not True

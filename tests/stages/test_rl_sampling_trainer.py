@@ -163,3 +163,76 @@ def test_subset_scaling_multiplies_each_rows_advantage(tiny, tmp_path):
     scaled = advantages(SubsetScaling(["ct", "mri"], {"mri": 3.0}, balance=True))
     assert (plain != 0).all()
     torch.testing.assert_close(scaled, plain * torch.tensor([1.0] * G + [3.0] * G))
+
+
+def test_a_skipped_step_inside_train_leaves_weights_and_optimizer_state_alone(tiny, tmp_path):
+    """One process, through `train()`: step 0 trains, step 1 finds nothing informative. After step 1 every
+    parameter, Adam moment and Adam step count equals its value after step 0 (the slow tier checks the same
+    under DDP, ZeRO-2, ZeRO-3 and FSDP2: tests/reliability/test_skipped_step.py)."""
+    from transformers import TrainerCallback
+
+    t = make_trainer(tiny, tmp_path, [INFORMATIVE * BATCH, DULL + DULL, DULL + DULL])
+    t.args.max_steps, t.max_num_gen_batches = 2, 2
+    snapshots = []
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            opt = t.optimizer.optimizer
+            snapshots.append({"params": {n: p.detach().clone() for n, p in t.model.named_parameters()},
+                              "state": {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}})
+
+    t.add_callback(Snapshot())
+    t.train()
+    trained, skipped = snapshots
+    assert t.last_sampling.stats.skipped
+    assert trained["state"] and all(s["step"].item() == 1 for s in trained["state"].values())
+    for name, value in trained["params"].items():
+        assert torch.equal(skipped["params"][name], value), name
+    assert skipped["state"].keys() == trained["state"].keys()
+    for key, state in trained["state"].items():
+        for k, v in state.items():
+            assert torch.equal(skipped["state"][key][k], v), k
+
+
+def test_vllm_sleep_mode_gets_the_weights_once_per_step_not_once_per_round(tiny, tmp_path, monkeypatch):
+    """Colocated vLLM with sleep mode (the 7B config): TRL's own VLLMGeneration.generate runs against a stand-in
+    engine. TRL sleeps vLLM at level 2 after every generate and re-sends the weights at the next one; over one
+    step's three dynamic-sampling rounds the weights are sent once and vLLM sleeps once, after the last round."""
+    import types
+
+    from trl.generation import vllm_generation
+
+    calls = []
+    t = make_trainer(tiny, tmp_path, [DULL + DULL, DULL + DULL, INFORMATIVE * BATCH, INFORMATIVE * BATCH])
+
+    def fake_vllm_generate(prompts, sampling_params, use_tqdm):
+        calls.append("generate")
+        token = types.SimpleNamespace(logprob=-1.0, rank=1)
+        return [types.SimpleNamespace(prompt_token_ids=p["prompt_token_ids"],
+                                      outputs=[types.SimpleNamespace(token_ids=[5, 6, 7], logprobs=[{5: token}] * 3)])
+                for p in prompts]
+
+    llm = types.SimpleNamespace(generate=fake_vllm_generate, sleep=lambda level: calls.append(f"sleep{level}"),
+                                wake_up=lambda tags: calls.append(f"wake:{','.join(tags)}"))
+    monkeypatch.setattr(vllm_generation, "SamplingParams", lambda **kw: kw, raising=False)
+    engine = object.__new__(vllm_generation.VLLMGeneration)
+    engine.__dict__.update(
+        mode="colocate", enable_sleep_mode=True, tensor_parallel_size=1, structured_outputs_regex=None,
+        accelerator=types.SimpleNamespace(), model=torch.nn.Linear(1, 1), temperature=1.0, top_p=1.0, top_k=0,
+        min_p=0.0, repetition_penalty=1.0, max_completion_length=4, logprobs=0, generation_kwargs={}, llm=llm, _llm_weights_sleeping=True)
+
+    def sync_weights():  # TRL's sync wakes the weights up, marks them awake and sends every parameter
+        calls.append("sync")
+        engine._llm_weights_sleeping = False
+
+    engine.sync_weights = sync_weights
+    t.use_vllm, t._last_loaded_step, t.vllm_generation = True, -1, engine
+    t._generate_and_score_completions(first_batch(t))
+    assert t.last_sampling.stats.gen_batches == 3
+    assert calls == ["sync", "wake:kv_cache", "generate", "wake:kv_cache", "generate", "wake:kv_cache", "generate",
+                     "sleep2"]
+    assert engine._llm_weights_sleeping and llm.sleep.__name__ == "<lambda>"  # vLLM's own sleep is back
+    calls.clear()
+    t.state.global_step = 1  # the next optimizer step: new weights, sent once
+    t._generate_and_score_completions(first_batch(t))
+    assert calls == ["sync", "wake:kv_cache", "generate", "sleep2"]
