@@ -18,7 +18,8 @@ model: the library's save already gathered the adapter, and the main process mer
 the input model (peft ``merge_and_unload``). Full weights are hard links to the library's gathered file.
 
 Resuming: ``train(resume_from_checkpoint=<entry>/trainer_state)``, the library's own resume (DeepSpeed loads
-its ``global_stepN``, FSDP its ``pytorch_model_fsdp.bin``, peft the adapter, every rank its RNG state). For
+its ``global_stepN``, FSDP its ``pytorch_model_fsdp.bin`` or, under FSDP2 with ``SHARDED_STATE_DICT``, the
+per-rank ``torch.distributed.checkpoint`` shards ``pytorch_model_fsdp_0/`` and ``optimizer_0/``, peft the adapter, every rank its RNG state). For
 plain full fine-tuning the weights come with the model: the stage loads them from the entry itself.
 
 Policies shared by every stage live here too: which towers train, ``stop_after``; what ``resume`` means and when a
@@ -246,6 +247,17 @@ class PublishingTrainer:
         """Metrics recorded in each entry's manifest (override; may use collectives)."""
         return {}
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        if not distributed.fsdp2_sharded_checkpoints(self.accelerator):
+            return super().save_model(output_dir, _internal_call)
+        # FSDP2 with SHARDED_STATE_DICT: the Trainer's save_model writes no weights; its checkpoint's resume state
+        # is torch.distributed.checkpoint shards of the model and optimizer (every rank writes its own). An entry
+        # still needs full weights: gather the model alone (a collective; rank 0 receives it on CPU), never the
+        # optimizer, which FULL_STATE_DICT would gather whole on rank 0 at every save.
+        state_dict = self.accelerator.get_state_dict(self.model)
+        if self.args.should_save:
+            self._save(output_dir or self.args.output_dir, state_dict=state_dict)
+
 
 def _check_full_weights_saved(accelerator) -> None:
     """Refuse at start, not at the first checkpoint, an engine setting under which save_model writes no weights."""
@@ -257,6 +269,8 @@ def _check_full_weights_saved(accelerator) -> None:
             raise ValueError("DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save saves no full "
                              "weights: set zero3_save_16bit_model: true in the accelerate config")
     fsdp = getattr(state, "fsdp_plugin", None)
-    if fsdp is not None and "FULL_STATE_DICT" not in str(fsdp.state_dict_type):
-        raise ValueError(f"FSDP with {fsdp.state_dict_type} saves no full weights: set fsdp_state_dict_type: "
-                         "FULL_STATE_DICT in the accelerate config")
+    if fsdp is not None and not distributed.fsdp2_sharded_checkpoints(accelerator) \
+            and "FULL_STATE_DICT" not in str(fsdp.state_dict_type):
+        raise ValueError(f"FSDP{fsdp.fsdp_version} with {fsdp.state_dict_type} saves no full weights: set "
+                         "fsdp_state_dict_type: FULL_STATE_DICT, or use fsdp_version: 2 (SHARDED_STATE_DICT works "
+                         "there), in the accelerate config")

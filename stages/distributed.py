@@ -152,6 +152,42 @@ def without_zero3_init():
         hf_deepspeed.set_hf_deepspeed_config(config)
 
 
+def zero3_init_requested() -> bool:
+    """ZeRO-3 with accelerate's ``zero3_init_flag`` (its default under ZeRO-3): build the model partitioned."""
+    return requested_engine() == "deepspeed-zero3" and \
+        os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "true").lower() in ("1", "true", "yes")
+
+
+@contextlib.contextmanager
+def model_loading(bf16: bool):
+    """Around a stage's ``from_pretrained``. Under ZeRO-3 with ``zero3_init_flag`` the DeepSpeed config the
+    Trainer will use is registered with transformers first (``HfDeepSpeedConfig``, through accelerate's own
+    ``DeepSpeedPlugin`` read from the launcher's environment), so ``from_pretrained`` builds every parameter
+    inside ``deepspeed.zero.Init``: each rank only ever holds its partition, never the whole model in host RAM.
+    (SFT / pretraining build their TrainingArguments first, which registers it; RL's need the processor, so the
+    model loads before them.) Before this the model always loaded before the arguments: the flag had no effect.
+    Without the flag, and under DDP, ZeRO-2 and FSDP, every rank loads the whole model (FSDP shards it in the
+    Trainer)."""
+    if not zero3_init_requested():
+        with without_zero3_init():  # TrainingArguments built first registered DeepSpeed's config: load whole
+            yield
+        return
+    from accelerate.utils import DeepSpeedPlugin
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    if hf_deepspeed.is_deepspeed_zero3_enabled():  # the stage's TrainingArguments already registered it
+        yield
+        return
+    plugin = DeepSpeedPlugin()
+    plugin.set_mixed_precision("bf16" if bf16 else "no")  # zero.Init casts to the config's dtype: no "auto" left
+    plugin.set_deepspeed_weakref()
+    try:
+        yield
+    finally:
+        hf_deepspeed.unset_hf_deepspeed_config()  # the Trainer's arguments register their own
+        del plugin
+
+
 def engine_of(accelerator) -> str:
     """The engine an accelerator actually runs."""
     from accelerate.utils import DistributedType
@@ -200,3 +236,13 @@ def describe(trainer) -> dict:
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
     return {"engine": engine_of(trainer.accelerator), "world_size": trainer.accelerator.num_processes,
             "mixed_precision": precision}
+
+
+def fsdp2_sharded_checkpoints(accelerator) -> bool:
+    """FSDP2 with ``SHARDED_STATE_DICT``: checkpoints hold per-rank shards (torch.distributed.checkpoint) and the
+    full weights of a published entry are gathered separately (``PublishingTrainer.save_model``)."""
+    from accelerate.utils import DistributedType
+
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    return (plugin is not None and accelerator.distributed_type == DistributedType.FSDP
+            and plugin.fsdp_version == 2 and "SHARDED_STATE_DICT" in str(plugin.state_dict_type))

@@ -320,14 +320,15 @@ def prepare_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files,
     base = resolve_model_path(str(init))  # may build the tiny preset, which seeds torch itself
     weights = resolve_model_path(str(resume_from)) if resume_from is not None and not cfg.model.lora.enabled else base
     set_seed(cfg.seed)  # LoRA initialises its A matrices when the model loads, before the Trainer seeds anything
-    model, processor = load_model(cfg.model_config(weights))
+    args = training_arguments(cfg, logs_dir(stage, cfg.run))
+    with distributed.model_loading(bf16=args.bf16):  # ZeRO-3 init: partitioned from the start
+        model, processor = load_model(cfg.model_config(weights))
     if cfg.group_by_length:
         with distributed.main_process_first():  # datasets' map cache: one rank computes, the others read it
             rows = add_lengths(rows, processor)
     train_rows, eval_rows = split_by_image(rows, cfg.eval_fraction, cfg.seed)
-    log_dir = logs_dir(stage, cfg.run)
     trainer = StageTrainer(
-        model=model, args=training_arguments(cfg, log_dir), train_dataset=train_rows, eval_dataset=eval_rows,
+        model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
         processing_class=processor, data_collator=ChatCollator(processor, max_length=cfg.max_length),
         callbacks=stage_callbacks(cfg, model),
         publication=Publication(stage, cfg.run, parent=init, base=base, config=dataclasses.replace(cfg, init=init),

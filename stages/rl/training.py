@@ -74,6 +74,15 @@ def _merge_generation_kwargs(user: dict | None, ban: dict) -> dict | None:
     return out or None
 
 
+def model_bf16(cfg: RLConfig) -> bool:
+    """Whether the run trains in bf16 (GRPOConfig's ``bf16``), known before the model and its arguments exist."""
+    import torch
+
+    from stages.rl.config import grpo_settings
+
+    return grpo_settings(cfg, cuda=torch.cuda.is_available())["bf16"][1]
+
+
 def grpo_args(cfg: RLConfig, output_dir: Path, *, suppress_token_ids: list[int] = (),
               suppress_tokens: list[str] = ()):
     """TRL's GRPOConfig from a resolved RLConfig (every preset value filled in), then `cfg.trl` on top.
@@ -169,7 +178,9 @@ def run(cfg: RLConfig) -> Path:
         from transformers import AutoProcessor
 
         tools.check_tool_template(AutoProcessor.from_pretrained(resolve_model_path(init)), f"init={cfg.init}")
-    model, processor = load_model(model_cfg)
+    model_cfg.name_or_path = resolve_model_path(model_cfg.name_or_path)  # a tiny preset is built outside ZeRO-3 init
+    with distributed.model_loading(bf16=model_bf16(cfg)):  # ZeRO-3 init: partitioned from the start
+        model, processor = load_model(model_cfg)
     pad_prompts_left(processor)
     if cfg.model.max_pixels:  # vLLM's processor and ours then agree on every image's token count
         dataset = cap_image_pixels(dataset, processor, cfg.model.max_pixels)

@@ -31,9 +31,11 @@ ENGINES = {
 TIMEOUT = 900
 
 
-def launch(engine: str, module: str, args: list[str], *, timeout: int = TIMEOUT, **probes) -> str:
-    """Run ``module`` under ``engine`` on 2 ranks; fail the test on a hang (timeout) or a non-zero exit."""
-    argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ENGINES[engine]),
+def launch(engine: str, module: str, args: list[str], *, timeout: int = TIMEOUT, config: Path | None = None,
+           **probes) -> str:
+    """Run ``module`` under ``engine`` (or the accelerate ``config`` given) on 2 ranks; fail the test on a hang
+    (timeout) or a non-zero exit."""
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config or ENGINES[engine]),
             "--num_processes", str(RANKS), "--main_process_port", str(free_port()),
             "-m", "tests.reliability.launch", module, *args]
     try:

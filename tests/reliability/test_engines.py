@@ -9,6 +9,7 @@ weights of the uninterrupted run (tolerance 1e-6, absolute). LoRA under ZeRO-3 p
 (checked against W + scale * B @ A computed by hand from the gathered adapter). The default tier runs one
 ZeRO-3 SFT save + load.
 """
+import json
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,73 @@ def test_image_feature_centering_folds_into_the_saved_bias_under_every_engine(de
     assert changed == {bias}  # the folds, and nothing else (a zero bias moves by ~lr, not by more)
     for engine, weights in published.items():
         assert_same_weights(weights, reference, atol=1e-5)
+
+
+def dcp_chunks(folder: Path) -> dict[str, int]:
+    """{tensor name: number of rank chunks} of a torch.distributed.checkpoint folder."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    metadata = FileSystemReader(str(folder)).read_metadata()
+    return {k: len(v.chunks) for k, v in metadata.state_dict_metadata.items() if hasattr(v, "chunks")}
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_state_dict_checkpoints_shards_and_publishes_full_weights(demo, tiny, tmp_path):
+    """A user's own FSDP2 config with ``fsdp_state_dict_type: SHARDED_STATE_DICT`` (the usual 7B setting) trains:
+    every checkpoint's resume state is torch.distributed.checkpoint shards written by each rank (model and
+    optimizer: no ``optimizer.bin`` gathered on rank 0), each published entry holds the gathered full weights,
+    and a run stopped after step 1 resumes from the shards to the uninterrupted run's weights."""
+    config = tmp_path / "fsdp2_sharded.yaml"
+    shipped = ENGINES["fsdp2"].read_text()
+    assert "fsdp_state_dict_type: FULL_STATE_DICT" in shipped
+    config.write_text(shipped.replace("FULL_STATE_DICT", "SHARDED_STATE_DICT"))
+    module, args, steps = sft_job(demo, tiny, steps=2)
+    launch("fsdp2", module, [*args, "run=sharded"], config=config, gathered=tmp_path / "probe")
+    assert published_steps("sft", "sharded") == [1, 2]
+    no_unpublished_checkpoints("sft", "sharded")
+    final = Registry().latest("sft", "sharded")
+    weights = check_published(final, tmp_path / "probe", "fsdp2")
+    assert moved(plain_weights(tiny), weights)
+    state = final / "trainer_state"
+    assert not list(state.glob("optimizer*.bin")) and not list(state.glob("pytorch_model_fsdp*.bin"))
+    for name in ("pytorch_model_fsdp_0", "optimizer_0"):
+        assert sorted(p.name for p in (state / name).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+        chunks = dcp_chunks(state / name)
+        split = [k for k, n in chunks.items() if n == 2]  # written half by each rank
+        assert split and all(n in (1, 2) for n in chunks.values()), chunks
+    assert any("exp_avg" in k for k in dcp_chunks(state / "optimizer_0"))  # Adam's moments, in shards
+
+    launch("fsdp2", module, [*args, "run=sharded-part", "stop_after=1"], config=config)
+    assert published_steps("sft", "sharded-part") == [1]
+    launch("fsdp2", module, [*args, "run=sharded-part"], config=config)
+    resumed = Registry().latest("sft", "sharded-part")
+    assert resumed.name == final.name
+    assert_same_weights(weights, plain_weights(resumed), atol=RESUME_ATOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", JOBS)
+def test_zero3_init_loads_the_model_partitioned_from_the_start(stage, demo, tiny, tmp_path):
+    """``zero3_init_flag: true`` in the user's ZeRO-3 accelerate config: the stage's ``from_pretrained`` already
+    builds every parameter as a ZeRO-3 partition (each rank holds half the elements), the weights it loaded are
+    the checkpoint's (a vanishing learning rate publishes them unchanged), and the run publishes the gathered
+    weights. The shipped CPU config (flag false) still loads whole."""
+    config = tmp_path / "zero3_init.yaml"
+    shipped = ENGINES["deepspeed-zero3"].read_text()
+    assert "zero3_init_flag: false" in shipped
+    config.write_text(shipped.replace("zero3_init_flag: false", "zero3_init_flag: true"))
+    module, args, _ = JOBS[stage](demo, tiny, 1)
+    args = [a for a in args if not a.startswith(("lr=", "save_every="))] + ["lr=1e-30", "save_every=0"]
+    launch("deepspeed-zero3", module, [*args, "run=z3init"], config=config, gathered=tmp_path / "probe",
+           memory=tmp_path / "memory")
+    for rank in (0, 1):
+        loaded = json.loads((tmp_path / "memory" / f"memory-{rank}.jsonl").read_text().splitlines()[0])
+        assert loaded["event"] == "loaded" and loaded["partitioned"], loaded
+        assert loaded["local_numel"] <= loaded["numel"] // 2 + 64, loaded  # half (+ padding) on each rank
+    entry = Registry().latest(stage, "z3init")
+    weights = check_published(entry, tmp_path / "probe", "deepspeed-zero3")
+    assert_same_weights(plain_weights(tiny), weights, atol=1e-6)  # what from_pretrained loaded, not a fresh init
+
+    launch("deepspeed-zero3", module, [*args, "run=z3whole"], memory=tmp_path / "whole")
+    loaded = json.loads((tmp_path / "whole" / "memory-0.jsonl").read_text().splitlines()[0])
+    assert not loaded["partitioned"] and loaded["local_numel"] == loaded["numel"]
