@@ -53,3 +53,38 @@ def test_vision_sharing_leaves_an_unchecked_tower_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(vs, "TRANSFORMERS_CHECKED", ("9.0", "9.1"))
     assert not vs.share_vision_encoding(model)
     assert "forward" not in vars(visual)  # no instance override installed: the library's own forward runs
+
+
+def test_transformers_checkpointed_layers_keep_the_cache_only_when_told():
+    """stages.rl.prefix_cache relies on transformers' GradientCheckpointingLayer dropping `past_key_values` inside a
+    checkpointed layer unless `_can_checkpoint_with_cache` is True (what keep_cache_when_checkpointing sets, then
+    removes), and on gradient_checkpointing_enable storing its kwargs in a functools.partial."""
+    from functools import partial
+
+    import torch
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from stages.rl import prefix_cache
+
+    assert prefix_cache.hooks_supported()
+    seen = []
+
+    class Layer(GradientCheckpointingLayer):
+        def forward(self, x, past_key_values=None):
+            seen.append(past_key_values)
+            return x * 2
+
+    layer = Layer().train()
+    layer.gradient_checkpointing = True
+    layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+    model = torch.nn.Sequential(layer)
+    x = torch.ones(2, requires_grad=True)
+    layer(x, past_key_values="cache")
+    with prefix_cache.keep_cache_when_checkpointing(model):
+        layer(x, past_key_values="cache")
+    layer(x, past_key_values="cache")
+    assert seen == [None, "cache", None]
+    assert not prefix_cache.reentrant_checkpointing(model)
+    layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=True)
+    assert prefix_cache.reentrant_checkpointing(model)

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 def rl_dapo_args(demo, tiny) -> list[str]:
-    return [f"data={demo.root}", f"init={tiny}", "algorithm=dapo", "steps=2", "save_every=0",
-            "num_generations=4", "batch=1", "max_completion_length=6", "lr=1e-3", "log_completions=0",
+    return [f"data={demo.root}", f"init={tiny}", "algorithm=dapo", "max_steps=2", "save_every=0",
+            "num_generations=4", "batch_size=1", "max_completion_length=6", "lr=1e-3", "log_completions=0",
             "max_num_gen_batches=2", "mask_truncated_completions=false", "scheduler=linear", "warmup_ratio=0",
             "rewards=['tests.reliability.launch:refill_forcing_reward']", "reward_weights=[1.0]", "run=skip"]
 

@@ -109,8 +109,11 @@ def test_resume_policy_is_one_for_every_stage(tmp_path):
 def test_engine_settings_that_save_no_full_weights_are_refused_at_start():
     from stages.checkpointing import _check_full_weights_saved
 
+    from accelerate.utils import DistributedType
+
     def accelerator(**state):
-        return SimpleNamespace(state=SimpleNamespace(**state))
+        kind = DistributedType.FSDP if "fsdp_plugin" in state else DistributedType.DEEPSPEED
+        return SimpleNamespace(state=SimpleNamespace(**state), distributed_type=kind)
 
     zero3 = SimpleNamespace(zero_stage=3, deepspeed_config={"zero_optimization": {"stage": 3}})
     with pytest.raises(ValueError, match="ZeRO-3 without stage3_gather_16bit_weights_on_model_save saves no full "
@@ -118,6 +121,12 @@ def test_engine_settings_that_save_no_full_weights_are_refused_at_start():
         _check_full_weights_saved(accelerator(deepspeed_plugin=zero3))
     zero3.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
     _check_full_weights_saved(accelerator(deepspeed_plugin=zero3))
-    with pytest.raises(ValueError, match="FSDP with SHARDED_STATE_DICT saves no full weights"):
-        _check_full_weights_saved(accelerator(fsdp_plugin=SimpleNamespace(state_dict_type="SHARDED_STATE_DICT")))
-    _check_full_weights_saved(accelerator(fsdp_plugin=SimpleNamespace(state_dict_type="FULL_STATE_DICT")))
+    with pytest.raises(ValueError, match="FSDP1 with SHARDED_STATE_DICT saves no full weights: set "
+                                         "fsdp_state_dict_type: FULL_STATE_DICT, or use fsdp_version: 2"):
+        _check_full_weights_saved(accelerator(fsdp_plugin=SimpleNamespace(state_dict_type="SHARDED_STATE_DICT",
+                                                                          fsdp_version=1)))
+    _check_full_weights_saved(accelerator(fsdp_plugin=SimpleNamespace(state_dict_type="FULL_STATE_DICT",
+                                                                      fsdp_version=1)))
+    # FSDP2: sharded checkpoints for resume, the model gathered for each published entry (PublishingTrainer)
+    _check_full_weights_saved(accelerator(fsdp_plugin=SimpleNamespace(state_dict_type="SHARDED_STATE_DICT",
+                                                                      fsdp_version=2)))
