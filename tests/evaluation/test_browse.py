@@ -140,6 +140,10 @@ def test_slide_rows_show_the_slide_and_the_tiles_the_model_viewed(tmp_path):
     slide = _slide(row)
     assert (slide["width"], slide["height"]) == (768, 512)
     assert slide["regions"] == [[t["x"], t["y"], 128.0, 128.0] for t in shown]  # 64 px at 0.5 um/px = 128 at 0.25
+    assert slide["thumbnail"] == str(tiles.root / "thumbnail.png")  # the cache's own thumbnail
+    (tiles.root / "thumbnail.png").unlink()  # a cache without one: the browser reads it from the slide
+    slide = _slide(row)
+    assert slide["thumbnail"] is None and slide["source"] == str(svs.resolve())
     out = tmp_path / "browser"
     write_browser({"questions": [{**row, "suite": "qa", "subset": "", "answers": {}, "slide": slide}]}, out)
     drawn = load_data(out)["questions"][0]["slide"]["image"]
