@@ -431,7 +431,12 @@
   document.addEventListener("keydown", (e) => { if (e.key === "Escape") box.hidden = true; });
 
   // Scripts and tests learn that a new hash was rendered from data-rendered.
-  window.addEventListener("hashchange", () => { readHash(); render(); document.body.dataset.rendered = location.hash; });
+  // A hash change comes from a link (a fixed / broken count in the summary) or the address bar, never from the
+  // form (replaceState): show the list it selected.
+  window.addEventListener("hashchange", () => {
+    readHash(); render(); document.body.dataset.rendered = location.hash;
+    document.getElementById("browser").scrollIntoView();
+  });
   readHash();
   summary();
   buildForm();
