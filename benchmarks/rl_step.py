@@ -7,6 +7,7 @@ forwards and the backward: stages.rl.prefix_share, stages.rl.prefill_share), enc
     OMP_NUM_THREADS=1 python benchmarks/rl_step.py                                  # 256 image tokens, 8-token completions
     OMP_NUM_THREADS=1 python benchmarks/rl_step.py --image-size 896 --completion 256  # 1,024 image tokens
     OMP_NUM_THREADS=1 python benchmarks/rl_step.py --gradient-checkpointing          # both trainers checkpoint
+    OMP_NUM_THREADS=1 python benchmarks/rl_step.py --tiles 8 --image-size 224          # 8 slide tiles per prompt
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ def parse(argv=None):
     p.add_argument("--batch", type=int, default=2, help="prompts per step")
     p.add_argument("--completion", type=int, default=8, help="max completion tokens")
     p.add_argument("--steps", type=int, default=3, help="timed steps per trainer (after one warm-up step)")
+    p.add_argument("--tiles", type=int, default=1,
+                   help="images per prompt; > 1: that many tiles of a whole-slide image (corpora.slides), a new "
+                        "random choice per prompt, each --image-size px")
     p.add_argument("--train", default="projector_llm", choices=["llm", "projector_llm", "all"],
                    help="which towers train (all: gradients flow into the vision tower)")
     p.add_argument("--gradient-checkpointing", action="store_true",
@@ -38,8 +42,9 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def make_data(folder: Path, size: int, n: int):
-    """n prompts, each with its own image (a real IHC tissue crop from scikit-image, shifted per prompt)."""
+def make_data(folder: Path, size: int, n: int, tiles: int = 1):
+    """n prompts, each with its own image (a real IHC tissue crop from scikit-image, shifted per prompt), or with
+    ``tiles`` tiles of one slide (an Aperio SVS of the same tissue, read by corpora.slides)."""
     import numpy as np
     from datasets import Dataset
     from PIL import Image
@@ -51,12 +56,32 @@ def make_data(folder: Path, size: int, n: int):
         tissue = np.asarray(Image.fromarray(tissue).resize((side, side), Image.BICUBIC))
     rows = []
     for i in range(n):
-        y, x = (37 * i) % (tissue.shape[0] - size + 1), (53 * i) % (tissue.shape[1] - size + 1)
-        path = folder / f"img{i}.png"
-        Image.fromarray(tissue[y:y + size, x:x + size]).save(path)
+        if tiles > 1:
+            images = slide_tiles(folder, tissue, size, tiles, seed=i)
+        else:
+            y, x = (37 * i) % (tissue.shape[0] - size + 1), (53 * i) % (tissue.shape[1] - size + 1)
+            images = [str(folder / f"img{i}.png")]
+            Image.fromarray(tissue[y:y + size, x:x + size]).save(images[0])
         rows.append({"question": "Which stain pattern is present?", "options": ["nuclear", "membranous", "none"],
-                     "answer": "A", "kind": "mcq", "solution": "<answer> A </answer>", "images": [str(path)]})
+                     "answer": "A", "kind": "mcq", "solution": "<answer> A </answer>", "images": images})
     return Dataset.from_list(rows)
+
+
+def slide_tiles(folder: Path, tissue, size: int, k: int, seed: int) -> list[str]:
+    """``k`` tiles of ``size`` px from a slide of 4x4 tiles of ``tissue`` (written once), chosen at random."""
+    from PIL import Image
+
+    from corpora.slides.sampling import SlideSampling, slide_images
+    from corpora.slides.synthetic import write_svs
+
+    slide = folder / "slide.svs"
+    if not slide.exists():
+        import numpy as np
+
+        write_svs(slide, np.asarray(Image.fromarray(tissue).resize((4 * size, 4 * size))), mpp=0.5, n_levels=2)
+    sampling = SlideSampling(k=k, select="random", seed=seed, mpp=0.5, size=size, min_tissue=0.0,
+                             cache_dir=str(folder / "tile_cache"))
+    return slide_images(slide, sampling)
 
 
 class StepTimer:
@@ -111,7 +136,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="rl_step_"))
     folder = build_tiny("qwen2_5_vl", work / "tiny", image_size=a.image_size)
     n_prompts = a.batch * (a.steps + 1)
-    dataset = prompt_dataset(make_data(work, a.image_size, n_prompts), "cot")
+    dataset = prompt_dataset(make_data(work, a.image_size, n_prompts, a.tiles), "cot")
     cfg = RLConfig(algorithm="grpo", beta=0.0, init=str(folder), num_generations=a.generations, batch_size=a.batch,
                    max_completion_length=a.completion, max_steps=a.steps + 1, lr=1e-5, train=a.train,
                    gradient_checkpointing=a.gradient_checkpointing).resolved()
@@ -132,8 +157,9 @@ def main(argv=None) -> int:
     print(f"language model tokens not run: {forward_saving:.1%} of the log-prob forwards, {prefill_saving:.1%} of prefill")
     print(json.dumps({
         "benchmark": "rl_step", "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "image_tokens_per_prompt": processor_tokens, "num_generations": a.generations, "batch": a.batch,
-        "max_completion_length": a.completion, "train": a.train, "gradient_checkpointing": a.gradient_checkpointing,
+        "image_tokens_per_prompt": processor_tokens * a.tiles, "tiles": a.tiles, "num_generations": a.generations,
+        "batch": a.batch, "max_completion_length": a.completion, "train": a.train,
+        "gradient_checkpointing": a.gradient_checkpointing,
         "trl_step_s": round(trl_s, 4), "pathor1_step_s": round(ours_s, 4),
         "trl_steps_s": [round(t, 4) for t in trl_times], "pathor1_steps_s": [round(t, 4) for t in ours_times],
         "images_seen": stats.get("images_seen"), "images_encoded": stats.get("images_encoded"),

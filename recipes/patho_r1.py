@@ -110,7 +110,7 @@ def run(cfg: PathoR1Config) -> Path | None:
     plan = plan_launch(cfg.launch)
     t = timer.t0
     corpus = corpus_dir(cfg.data, cfg.demo)
-    validate_corpus(corpus)
+    validate_corpus(corpus, cfg.sft.slides)
     base = resolve_model_path(cfg.base)
     t = timer.mark("corpus_and_base", t)
 
