@@ -1,5 +1,4 @@
 """Grading table tests: one case per line, one comment per case (the RL reward and evaluation share these)."""
-import time
 
 import pytest
 
@@ -151,13 +150,26 @@ def test_unknown_kind_and_template_fail_loudly():
         format_ok("<answer>x</answer>", "poem")
 
 
-def test_grade_is_fast_enough_for_rl():
-    # RL grades every sampled completion; 10k gradings (incl. worst-case huge ones) in well under a second.
-    completions = [f"{THINK}<answer>B</answer>", "x" * (MAX_COMPLETION_CHARS + 1), f"{THINK}<answer>lymphoma</answer>"]
-    start = time.perf_counter()
-    for i in range(10_000):
-        grade(completions[i % 3], "B", "mcq", OPTS)
-    assert time.perf_counter() - start < 2.0
+def test_oversized_completion_is_refused_before_any_pattern_runs(monkeypatch):
+    # RL grades every sampled completion: an over-long one (a runaway generation) must be scored 0 without a
+    # regex scan over it. Asserted by behaviour (no pattern is touched), not by a wall-clock bound, which
+    # failed on a loaded machine.
+    import re
+
+    import corpora.grading as grading
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"a pattern ({name}) ran over an oversized completion")
+
+    for name, value in list(vars(grading).items()):
+        if isinstance(value, re.Pattern):
+            monkeypatch.setattr(grading, name, Untouchable())
+    monkeypatch.setattr(grading, "re", Untouchable())
+    huge = "x" * (MAX_COMPLETION_CHARS + 1)
+    for kind, answer, options in (("mcq", "B", OPTS), ("yesno", "yes", ()), ("open", "lymphoma", ())):
+        result = grade(huge, answer, kind, options)
+        assert result.correct is False and result.score == 0.0 and result.format_ok is False
 
 
 @pytest.mark.parametrize(

@@ -85,11 +85,13 @@ def test_a_batch_mixing_hostile_and_good_completions_keeps_order():
 @pytest.mark.parametrize("filler", ["a", "ab "])  # one giant word; millions of words (a naive split() allocates each)
 def test_huge_completions_are_graded_fast(size, filler):
     completion = "<think>" + filler * (size // len(filler)) + "</think><answer>B</answer>"
-    start = time.perf_counter()
+    # CPU time of this process, not wall time: a scan over 10 MB costs seconds of CPU, while other work on a
+    # loaded machine inflates only the wall clock (the wall-clock form failed under load).
+    start = time.process_time()
     for reward in _rewards():
         reward([completion], **MCQ)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.2, f"{len(_rewards())} rewards over a {size}-character completion took {elapsed:.2f} s"
+    elapsed = time.process_time() - start
+    assert elapsed < 0.5, f"{len(_rewards())} rewards over a {size}-character completion took {elapsed:.2f} s"
 
 
 def test_soft_overlong_punishment_on_huge_token_counts():
