@@ -245,6 +245,9 @@ def test_click_filters_offline_and_screenshot(run, chromium):
         assert page.evaluate("document.querySelector('#lightbox-body img').naturalWidth") > 0
         page.click("#lightbox-close")
         page.evaluate("window.scrollTo(0, 0)")
+        page.click('[data-jump="browser"]')  # the header's jump to the questions, below the summary
+        page.wait_for("window.scrollY > 0 && location.hash === ''", 10)
+        page.evaluate("window.scrollTo(0, 0)")
         ARTIFACTS.joinpath("browse").mkdir(parents=True, exist_ok=True)
         shot = page.screenshot(ARTIFACTS / "browse" / "browse-summary.png", full_page=True)
         urls = page.requested_urls()

@@ -427,6 +427,9 @@
       if (q && q.slide) openLightbox(slideFigure(q.slide, Math.min(1000, window.innerWidth - 80), false));
     }
   });
+  document.getElementById("jump").addEventListener("click", (e) => {
+    if (e.target.dataset.jump) document.getElementById(e.target.dataset.jump).scrollIntoView();
+  });
   box.addEventListener("click", (e) => { if (e.target === box || e.target.id === "lightbox-close") box.hidden = true; });
   document.addEventListener("keydown", (e) => { if (e.key === "Escape") box.hidden = true; });
 
