@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from evaluation import distributed
+from evaluation import distributed, navigate
 from evaluation.generate import Completion, Decoding
 from evaluation.metrics import markdown_summary, paired_comparison, summarize
 from evaluation.sampling import majority_index, sampling_summary
@@ -194,7 +194,7 @@ class Evaluation:
     def __init__(self, model_ref, suite: str, data=None, limit=None, batch_size: int = 8, *, max_new_tokens=256,
                  judge=None, judge_model=None, device=None, dtype="auto", progress=True, samples=1,
                  temperature=1.0, top_p=1.0, top_k=0, seed=0, backend="hf", manifest=None, data_root=None,
-                 **suite_options):
+                 tools=None, view_budget=4, **suite_options):
         from evaluation.provenance import apply_manifest
 
         if backend not in BACKENDS:
@@ -202,8 +202,13 @@ class Evaluation:
         self.suite, self.model_ref = suite, str(model_ref)
         self.model_path, self.checkpoint = resolve_model(model_ref)  # first: a demo suite reads its corpus from it
         self.data = suite_data(suite, data, data_root, self.checkpoint)
-        records, skips = load_suite_report(suite, self.data, checkpoint=self.checkpoint, **suite_options)  # qa: its slide settings
-        self.split, self.skipped = suite_options.get("split"), skips.as_dict()
+        self.tools = navigate.tool_limits(tools, view_budget)  # --tools slide_view: the slide viewer's loop
+        if self.tools is not None:
+            records, self.skipped = navigate.tool_records(suite, self.data, self.tools), {}
+        else:
+            records, skips = load_suite_report(suite, self.data, checkpoint=self.checkpoint, **suite_options)  # qa: its slide settings
+            self.skipped = skips.as_dict()
+        self.split = suite_options.get("split")
         if manifest:  # the manifest picks the questions; --limit then cuts its list
             records = apply_manifest(records, manifest)
         self.records = records[:limit] if limit else records
@@ -214,11 +219,17 @@ class Evaluation:
         self.judge_spec = judge if isinstance(judge, str) else getattr(judge, "__name__", None)
         self.batch_size, self.backend, self.manifest_file = batch_size, backend, manifest
         self.rank, self.world = distributed.world()
+        if backend == "vllm" and self.tools is not None:
+            raise ValueError("--tools runs its multi-turn loop on the transformers backend; drop --backend vllm")
         if backend == "vllm":
             if self.world > 1:
                 raise ValueError("--backend vllm runs in one process (vLLM spreads a model over GPUs itself); "
                                  "do not start it under torchrun / accelerate launch")
             self.generator = _VLLMGenerator(self.model_path, dtype, batch_size)
+        elif self.tools is not None:
+            device = distributed.device_for_rank(device, self.world)
+            self.generator = navigate.ToolGenerator(self.model_path, device, dtype, batch_size,
+                                                    progress and self.rank == 0, self.tools)
         else:
             device = distributed.device_for_rank(device, self.world)
             self.generator = _HFGenerator(self.model_path, device, dtype, batch_size, progress and self.rank == 0)
@@ -242,6 +253,7 @@ class Evaluation:
             "decoding": {"greedy": self.greedy.record(), "sampling": self.sampling and self.sampling.record()},
             "dtype": self.generator.dtype, "batch_size": self.batch_size, "backend": self.backend,
             "world_size": self.world, "judge": self.judge_record(), "libraries": library_versions(self.backend),
+            **({"tools": self.generator.record()} if self.tools is not None else {}),
         }
 
     def run(self, template: str, out: Path | None = None, export: str | None = None) -> dict:
@@ -251,6 +263,8 @@ class Evaluation:
         t0 = time.perf_counter()
         greedy = [c[0] for c in self._generate(self.greedy, template)]
         rows = grade_rows(self.records, greedy, template, self.judge)
+        if self.tools is not None:
+            navigate.add_navigation(rows, greedy)
         if self.sampling:
             add_sample_columns(rows, self.records, self._generate(self.sampling, template), template, self.judge)
         seconds = time.perf_counter() - t0
@@ -262,6 +276,7 @@ class Evaluation:
             "judge": self.judge_record(), "settings": self.settings(template),
             "checkpoint": {k: self.checkpoint.get(k) for k in ("stage", "run", "step", "parent", "created")},
             **summarize(rows), "sampling": sampling_summary(rows),
+            **(navigate.views_summary(rows) if self.tools is not None else {}),
             "seconds": seconds, "samples_per_s": len(rows) / seconds if seconds else None,
             "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "out_dir": str(out_dir),
         }
@@ -364,6 +379,9 @@ def add_eval_options(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--split", help="PathMMU split (default test); VQA-RAD test | train | all")
     p.add_argument("--subset-by", choices=["modality", "question_type"], help="OmniMedVQA subset field")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--tools", choices=navigate.TOOLS, help="answer slide questions (--suite qa, records naming a "
+                   "slide) by navigating each slide with the slide viewer: zoom(x, y, mpp), tissue_regions()")
+    p.add_argument("--view-budget", type=int, default=4, help="views per question with --tools (0: thumbnail only)")
 
 
 def eval_kwargs(args: argparse.Namespace) -> dict:
@@ -373,7 +391,7 @@ def eval_kwargs(args: argparse.Namespace) -> dict:
                 progress=not args.no_progress, image_root=args.image_root, split=args.split,
                 subset_by=args.subset_by, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                 top_k=args.top_k, seed=args.seed, backend=args.backend, manifest=args.manifest,
-                data_root=args.data_root)
+                data_root=args.data_root, tools=args.tools, view_budget=args.view_budget)
 
 
 def run_cli(call: Callable[[], dict], render: Callable[[dict], str]) -> int:

@@ -8,22 +8,17 @@ encodes, masks the tool tokens out of the loss, scores with the reward callables
 """
 import json
 
-import numpy as np
 import pytest
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
 
-from corpora.slides.synthetic import GLASS, write_pyramidal_tiff
 from corpora.slides.viewer import SlideViewer
 from stages.config import ConfigError, load_config
 from stages.rl.config import RLConfig, grpo_settings
 from stages.rl.rewards import AccuracyReward, FormatReward, build_rewards, completion_text
 from stages.rl.tools import ToolsConfig, ViewCountReward, check_tool_template
+from tests.slide_tools import AFTER, CALL, scripted, slide_qa_file
 
 G = 2
-CALL = '<tool_call>\n{"name": "zoom", "arguments": {"x": 300, "y": 200, "mpp": 1.0}}\n</tool_call>'
-DIRECT = "<think>looks normal</think><answer>B</answer>"  # answers from the overview alone: wrong
-AFTER = "<think>atypical nuclei in the view</think><answer>A</answer>"  # answers after the view: right
 
 
 # ----------------------------------------------------------------------------------------------- config / rewards
@@ -104,47 +99,7 @@ def test_qwen3_vl_tool_calls_parse(tiny):
 
 @pytest.fixture()
 def slide_data(tmp_path):
-    img = np.empty((512, 768, 3), np.uint8)
-    img[:] = GLASS
-    img[100:400, 150:650] = (222, 140, 180)
-    (tmp_path / ".dataset-root").touch()
-    slide = write_pyramidal_tiff(tmp_path / "case.tiff", img, mpp=0.5, compression="zlib")
-    record = {"id": "s1", "slide": slide.name, "question": "What is in the tissue?", "options": ["tumour", "normal"],
-              "answer": "A"}
-    (tmp_path / "rl.jsonl").write_text(json.dumps(record) + "\n")
-    return tmp_path / "rl.jsonl"
-
-
-class Script(LogitsProcessor):
-    """Forces each row's tokens: on the first turn even rows call zoom, odd rows answer at once; after a tool
-    result (two more <|im_start|> than the first turn's prompt had) the row answers from the view."""
-
-    def __init__(self, tok, first_turn_starts):
-        end = [tok.convert_tokens_to_ids("<|im_end|>")]
-        self.call, self.direct, self.after = (tok.encode(t) + end for t in (CALL, DIRECT, AFTER))
-        self.im_start, self.first, self.start = tok.convert_tokens_to_ids("<|im_start|>"), first_turn_starts, None
-
-    def __call__(self, input_ids, scores):
-        self.start = self.start or input_ids.size(1)
-        k = input_ids.size(1) - self.start
-        forced = torch.full_like(scores, float("-inf"))
-        for i, row in enumerate(input_ids):
-            first = int((row == self.im_start).sum()) <= self.first
-            seq = (self.call if i % 2 == 0 else self.direct) if first else self.after
-            forced[i, seq[min(k, len(seq) - 1)]] = 0.0
-        return forced
-
-
-def scripted(model, tok):
-    """The model's generate (the shared prefill's when installed) with a Script per call, as an instance attribute."""
-    plain, state = model.generate, {}
-
-    def generate(*args, **kwargs):
-        starts = int((kwargs["input_ids"] == tok.convert_tokens_to_ids("<|im_start|>")).sum(1).min())
-        state.setdefault("first", starts)
-        return plain(*args, logits_processor=LogitsProcessorList([Script(tok, state["first"])]), **kwargs)
-
-    model.generate = generate
+    return slide_qa_file(tmp_path)
 
 
 def make_trainer(tiny, slide_data, tmp_path, *, share_prefix):
