@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
+from corpora.slides.viewer import ViewerSettings
 from evaluation.generate import Completion, _eos_ids
 
 
@@ -25,16 +26,8 @@ class NavCompletion(Completion):
     navigation: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class ViewerLimits:
-    budget: int = 4
-    view_size: int = 224
-    max_mpp: float = 16.0
-    overview_size: int = 448
-    max_turns: int | None = None  # tool-calling turns; None = budget + 1
-
-    def turns(self) -> int:
-        return 0 if self.budget == 0 else (self.max_turns if self.max_turns is not None else self.budget + 1)
+def _turns(limits: ViewerSettings) -> int:
+    return 0 if limits.budget == 0 else limits.turns()  # budget 0: the thumbnail-only baseline, no tools offered
 
 
 def _tool_result_content(result):
@@ -54,7 +47,7 @@ def _call(env, call: dict):
         return name, {"error": str(e)}
 
 
-def navigate_many(model, processor, samples: list[dict], limits: ViewerLimits, *, template: str = "cot",
+def navigate_many(model, processor, samples: list[dict], limits: ViewerSettings, *, template: str = "cot",
                   max_new_tokens: int = 256, batch_size: int = 8, progress: bool = True) -> list[list[NavCompletion]]:
     """Greedy answers to slide questions (rows of ``corpora.slides.viewer.slide_questions``), each navigating its
     slide with a fresh ``SlideViewer``; ``max_new_tokens`` bounds the tokens the model writes over all its turns."""
@@ -62,7 +55,6 @@ def navigate_many(model, processor, samples: list[dict], limits: ViewerLimits, *
     from trl.chat_template_utils import add_response_schema, parse_response
 
     from corpora.prompts import render_prompt
-    from corpora.slides.viewer import SlideViewer
 
     tokenizer = processor.tokenizer
     if limits.budget and getattr(tokenizer, "response_template", None) is None \
@@ -71,8 +63,7 @@ def navigate_many(model, processor, samples: list[dict], limits: ViewerLimits, *
     eos, pad_id = _eos_ids(model, processor), tokenizer.pad_token_id
     envs, conversations = [], []
     for s in samples:
-        env = SlideViewer(budget=limits.budget, size=limits.view_size, max_mpp=limits.max_mpp,
-                          overview_size=limits.overview_size)
+        env = limits.viewer()
         observation = env.reset(slide=s["slide"], id=s["id"])
         text = render_prompt(template, s["question"], s.get("options") or [])
         if limits.budget:
@@ -85,7 +76,7 @@ def navigate_many(model, processor, samples: list[dict], limits: ViewerLimits, *
     used, turns = [0] * len(samples), [0] * len(samples)
     active = list(range(len(samples)))
     bar = tqdm(total=len(samples), desc="navigate", unit="question", disable=not progress)
-    for turn in range(limits.turns() + 1):
+    for turn in range(_turns(limits) + 1):
         if not active:
             break
         still = []
@@ -109,7 +100,7 @@ def navigate_many(model, processor, samples: list[dict], limits: ViewerLimits, *
                 prefix = [t for t, m in zip(inputs["input_ids"][j].tolist(), inputs["attention_mask"][j].tolist()) if m]
                 parsed = parse_response(tokenizer, toks, prefix=prefix, tools=tools) if tools else {}
                 calls = parsed.get("tool_calls")
-                if calls and turn < limits.turns() and used[i] < max_new_tokens:
+                if calls and turn < _turns(limits) and used[i] < max_new_tokens:
                     message = {"role": "assistant", "content": parsed.get("content") or "", "tool_calls": calls}
                     conversations[i].append(message)
                     for call in calls:
@@ -141,18 +132,18 @@ def views_summary(rows: list[dict]) -> dict:
 TOOLS = ("slide_view",)
 
 
-def tool_limits(tools: str | None, view_budget: int = 4) -> ViewerLimits | None:
-    """``--tools slide_view --view-budget N`` as ViewerLimits (None without --tools)."""
+def tool_limits(tools: str | None, view_budget: int = 4) -> ViewerSettings | None:
+    """``--tools slide_view --view-budget N`` as ViewerSettings (None without --tools)."""
     if not tools:
         return None
     if tools not in TOOLS:
         raise ValueError(f"--tools: expected one of {', '.join(TOOLS)}, found {tools!r}")
     if view_budget < 0:
         raise ValueError(f"--view-budget: expected >= 0 (0 = thumbnail only), found {view_budget}")
-    return ViewerLimits(budget=view_budget)
+    return ViewerSettings(budget=view_budget)
 
 
-def tool_records(suite: str, data, limits: ViewerLimits) -> list[dict]:
+def tool_records(suite: str, data, limits: ViewerSettings) -> list[dict]:
     """The questions of a slide QA file (suite ``qa``: records naming a ``slide``), without images: the tool loop
     shows each slide's overview itself, and predictions.jsonl stays JSON."""
     from corpora.slides.viewer import slide_questions
@@ -166,7 +157,7 @@ def tool_records(suite: str, data, limits: ViewerLimits) -> list[dict]:
 class ToolGenerator:
     """evaluation.run's generator for ``--tools``: greedy navigation (``navigate_many``) on the transformers path."""
 
-    def __init__(self, model_path, device, dtype: str, batch_size: int, progress: bool, limits: ViewerLimits):
+    def __init__(self, model_path, device, dtype: str, batch_size: int, progress: bool, limits: ViewerSettings):
         from evaluation.generate import load_model
 
         self.model, self.processor = load_model(model_path, device=device, dtype=dtype)
@@ -183,7 +174,7 @@ class ToolGenerator:
     def record(self) -> dict:
         from dataclasses import asdict
 
-        return {"env": "slide_view", **asdict(self.limits), "turns": self.limits.turns()}
+        return {"env": "slide_view", **asdict(self.limits), "turns": _turns(self.limits)}
 
 
 def add_navigation(rows: list[dict], completions: list[NavCompletion]) -> None:

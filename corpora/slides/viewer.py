@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from corpora.slides.reader import SlideError, open_slide
@@ -33,6 +33,34 @@ DEFAULT_MAX_MPP = 16.0
 DEFAULT_BUDGET = 4
 DEFAULT_VIEW_SIZE = 224
 DEFAULT_REGIONS = 8
+
+
+@dataclass
+class ViewerSettings:
+    """The viewer's limits, shared by RL (``stages.rl.tools.ToolsConfig`` adds to it) and evaluation."""
+
+    budget: int = field(default=DEFAULT_BUDGET, metadata={"help": "Views (zoom calls that return an image) per "
+                                                                  "question; more are refused."})
+    view_size: int = field(default=DEFAULT_VIEW_SIZE, metadata={"help": "Side of each view in pixels."})
+    max_mpp: float = field(default=DEFAULT_MAX_MPP, metadata={"help": "Coarsest µm/px a view may ask for."})
+    overview_size: int = field(default=448, metadata={"help": "Longest side of the slide overview, the prompt's "
+                                                              "image."})
+    max_turns: int | None = field(default=None, metadata={"help": "Tool-calling turns per answer; None = budget + 1 "
+                                                                  "(the views and one tissue_regions call)."})
+
+    def __post_init__(self):
+        if self.budget < 0 or self.view_size < 8 or self.max_mpp <= 0 or self.overview_size < 8:
+            raise ValueError(f"expected budget >= 0, view_size >= 8, max_mpp > 0, overview_size >= 8; found "
+                             f"{self.budget}, {self.view_size}, {self.max_mpp}, {self.overview_size}")
+        if self.max_turns is not None and self.max_turns < 1:
+            raise ValueError(f"expected max_turns >= 1 (or None), found {self.max_turns}")
+
+    def turns(self) -> int:
+        return self.max_turns if self.max_turns is not None else self.budget + 1
+
+    def viewer(self, log_path=None) -> "SlideViewer":
+        return SlideViewer(budget=self.budget, size=self.view_size, max_mpp=self.max_mpp,
+                           overview_size=self.overview_size, log_path=log_path)
 
 
 class ViewError(ValueError):

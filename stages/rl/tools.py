@@ -23,6 +23,8 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corpora.slides.viewer import ViewerSettings
+
 ENVIRONMENTS = ("", "slide_view")
 
 
@@ -31,27 +33,21 @@ def _f(default, help):
 
 
 @dataclass
-class ToolsConfig:
-    """The ``tools.*`` fields of RL (and evaluation): which environment the policy may call, and its limits."""
+class ToolsConfig(ViewerSettings):
+    """The ``tools.*`` fields of RL: which environment the policy may call, and its limits (corpora's
+    ViewerSettings: budget, view_size, max_mpp, overview_size, max_turns, which evaluation shares)."""
 
     env: str = _f("", "Tool environment: '' (none) or slide_view (corpora.slides.viewer: zoom(x, y, mpp), "
                       "tissue_regions()); the data's records then name a `slide`.")
-    budget: int = _f(4, "Views (zoom calls that return an image) per question; more are refused.")
-    view_size: int = _f(224, "Side of each view in pixels.")
-    max_mpp: float = _f(16.0, "Coarsest µm/px a view may ask for.")
-    overview_size: int = _f(448, "Longest side of the slide overview, the prompt's image.")
-    max_turns: int | None = _f(None, "Tool-calling turns per completion (TRL max_tool_calling_iterations); "
-                                     "None = budget + 1 (the views and one tissue_regions call).")
     log_views: bool = _f(True, "Append every view to logs/<stage>/<run>/views-rank<R>.jsonl.")
 
     def __post_init__(self):
         if self.env not in ENVIRONMENTS:
             raise ValueError(f"tools.env must be one of {', '.join(repr(e) for e in ENVIRONMENTS)}, got {self.env!r}")
-        if self.budget < 0 or self.view_size < 8 or self.max_mpp <= 0 or self.overview_size < 8:
-            raise ValueError(f"tools: expected budget >= 0, view_size >= 8, max_mpp > 0, overview_size >= 8; found "
-                             f"{self.budget}, {self.view_size}, {self.max_mpp}, {self.overview_size}")
-        if self.max_turns is not None and self.max_turns < 1:
-            raise ValueError(f"tools.max_turns must be >= 1 (or None), got {self.max_turns}")
+        try:
+            super().__post_init__()
+        except ValueError as e:
+            raise ValueError(f"tools: {e}") from None
 
     @property
     def enabled(self) -> bool:
@@ -59,19 +55,14 @@ class ToolsConfig:
 
     def turns(self) -> int | None:
         """TRL's max_tool_calling_iterations: None (TRL's default, no tools) when no environment is set."""
-        if not self.enabled:
-            return None
-        return self.max_turns if self.max_turns is not None else self.budget + 1
+        return super().turns() if self.enabled else None
 
 
 def environment_factory(cfg: ToolsConfig, log_path=None):
     """What ``GRPOTrainer(environment_factory=...)`` takes: a no-argument callable making one environment."""
-    from corpora.slides.viewer import SlideViewer
-
     if cfg.env != "slide_view":
         raise ValueError(f"no tool environment {cfg.env!r}")
-    return functools.partial(SlideViewer, budget=cfg.budget, size=cfg.view_size, max_mpp=cfg.max_mpp,
-                             overview_size=cfg.overview_size, log_path=log_path)
+    return functools.partial(cfg.viewer, log_path=log_path)
 
 
 def view_log_path(logs_dir, rank: int) -> Path:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from evaluation.navigate import ViewerLimits, navigate_many, tool_limits, views_summary
+from evaluation.navigate import ViewerSettings, navigate_many, tool_limits, views_summary
 from tests.slide_tools import AFTER, CALL, DIRECT, scripted, slide_qa_file
 
 
@@ -26,7 +26,7 @@ def qa(tmp_path):
 def questions(path):
     from evaluation.navigate import tool_records
 
-    return tool_records("qa", path, ViewerLimits())
+    return tool_records("qa", path, ViewerSettings())
 
 
 @pytest.mark.slow
@@ -35,7 +35,7 @@ def test_questions_that_zoom_are_answered_after_seeing_the_view(tiny_folder, qa)
 
     model, processor = load_model(tiny_folder)
     scripted(model, processor.tokenizer)  # in each batch, even rows zoom then answer A; odd rows answer B at once
-    got = navigate_many(model, processor, questions(qa), ViewerLimits(budget=2, view_size=56, overview_size=112),
+    got = navigate_many(model, processor, questions(qa), ViewerSettings(budget=2, view_size=56, overview_size=112),
                         max_new_tokens=200, batch_size=2, progress=False)
     completions = [c[0] for c in got]
     assert [c.text for c in completions] == [AFTER, DIRECT, AFTER]  # batches [s0, s1], [s2]
@@ -62,7 +62,7 @@ def test_budget_zero_is_the_thumbnail_only_baseline_without_tools_in_the_prompt(
 
     model.generate = recording
     scripted(model, processor.tokenizer)  # even rows write a tool call: with no tools it is just text, no view
-    got = navigate_many(model, processor, questions(qa)[:1], ViewerLimits(budget=0), max_new_tokens=64,
+    got = navigate_many(model, processor, questions(qa)[:1], ViewerSettings(budget=0), max_new_tokens=64,
                         progress=False)
     assert len(prompts) == 1 and "zoom" not in prompts[0] and "<|image_pad|>" in prompts[0]
     assert got[0][0].navigation["views"] == [] and got[0][0].navigation["turns"] == 1

@@ -132,7 +132,7 @@ def test_a_rollout_that_zooms_gets_the_view_as_an_image_and_one_grpo_step_trains
     # row 0 zoomed once (logged with its coordinates and µm/px), row 1 answered from the overview
     assert [[(v.x, v.y, v.mpp) for v in env.views] for env in trainer.environments] == [[(300, 200, 1.0)], []]
     log = [json.loads(line) for line in (tmp_path / "logs" / "views-rank0.jsonl").read_text().splitlines()]
-    assert [(e["event"], e["x"], e["y"], e["mpp"], e["question"]) for e in log] == [("view", 300, 200, 1.0, "s1")]
+    assert [(e["event"], e["x"], e["y"], e["mpp"], e["question"]) for e in log] == [("view", 300, 200, 1.0, "s0")]
     # the forward sees 2 overviews + 1 view; the view's image tokens sit in row 0's completion
     processor = trainer.processing_class
     view = SlideViewer(trainer.environments[0].record["slide"], size=56).zoom(300, 200, 1.0).image
