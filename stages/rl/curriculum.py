@@ -40,11 +40,10 @@ def order_keys(order: str, rows: list[dict]) -> list:
     raise ValueError(f"curriculum_order must be one of {'|'.join(ORDERS)}, got {order!r}")
 
 
-def plan(cfg, paths: list, qa_sets: list) -> CurriculumPlan | None:
-    """The plan of a resolved RLConfig over its loaded phase datasets (laid one after another); None when TRL's own
-    shuffled sampler serves (no phases, curriculum_order=shuffle)."""
-    if not cfg.curriculum and cfg.curriculum_order == "shuffle":
-        return None
+def plan(cfg, paths: list, qa_sets: list) -> CurriculumPlan:
+    """The plan of a resolved RLConfig over its loaded phase datasets (laid one after another). Without phases or an
+    order it is one shuffled phase -- still used instead of TRL's RepeatSampler, whose per-epoch reshuffle a resumed
+    run does not replay (a resume past the first epoch trained on other prompts than the uninterrupted run)."""
     steps = [p.max_steps for p in cfg.curriculum] or [cfg.max_steps]
     keys = None
     if cfg.curriculum_order == "pass_rate":
