@@ -72,6 +72,8 @@ def format_ok(text: str | None, template: str = "cot") -> bool:
     template = response_format(template)  # e.g. the medvlm_r1 prompt answers in the cot format
     if template == "caption":
         return bool(text.strip()) and not _ANSWER_TAG.search(text) and not _THINK_TAG.search(text)
+    if template == "free":  # a harness that reads the answer out of free text (VLMEvalKit): any text is the format
+        return bool(text.strip())
     if extract_answer(text) is None:
         return False
     if template == "nothink":
@@ -84,7 +86,7 @@ def format_ok(text: str | None, template: str = "cot") -> bool:
             steps = [s for s in re.split(r"[\n;.]", match.group(1)) if s.strip()]
             return all(len(s.split()) <= DRAFT_MAX_WORDS for s in steps)
         return True
-    raise ValueError(f"unknown template {template!r}; known: caption, chain_of_draft, cot, nothink")
+    raise ValueError(f"unknown template {template!r}; known: caption, chain_of_draft, cot, free, nothink")
 
 
 def normalize_text(text: str) -> str:

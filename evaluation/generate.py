@@ -7,10 +7,9 @@ output unchanged. ``tests/evaluation/test_generate.py`` checks batched == batch-
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 
 @dataclass
@@ -64,15 +63,19 @@ def _load_images(paths: list[str]):
     return [open_rgb(p) for p in paths]
 
 
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Decoding:
     """How answers are generated; recorded with every score (decoding changes benchmark scores by points)."""
-    max_new_tokens: int = 256
-    samples: int = 1  # completions per question; above 1 they are sampled (pass@k, majority@k)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = no top-k cut
-    seed: int = 0
+    max_new_tokens: int = _f(256, "Generation budget per answer (tokens).")
+    samples: int = _f(1, "Answers per question: 1 = greedy; above 1 they are sampled (pass@k, majority@k).")
+    temperature: float = _f(1.0, "Sampling temperature (samples > 1).")
+    top_p: float = _f(1.0, "Nucleus sampling (samples > 1).")
+    top_k: int = _f(0, "Top-k sampling, 0 = off (samples > 1).")
+    seed: int = _f(0, "Sampling seed.")
 
     def __post_init__(self):
         if self.samples < 1:
@@ -120,6 +123,8 @@ def generate_many(model, processor, samples: list[dict], decoding: Decoding, *, 
         knobs = dict(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p,
                      top_k=decoding.top_k or None, num_return_sequences=k)
         torch.manual_seed(decoding.seed)
+    from tqdm.auto import tqdm
+
     results: list[list[Completion] | None] = [None] * len(samples)
     bar = tqdm(total=len(samples), desc="generate", unit="sample", disable=not progress)
     for start in range(0, len(order), batch_size):

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from evaluation.plots import heatmap
-from evaluation.run import add_eval_options, eval_kwargs, evaluate, run_cli
+from evaluation.run import evaluate, run_cli
 
 
 def build_matrix(suite: str, results: dict[str, dict], subsets: list[str] | None = None) -> dict:
@@ -80,18 +80,22 @@ def parse_model_args(values: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluation.matrix", description=__doc__,
+    from evaluation.config import parse_command
+
+    p = argparse.ArgumentParser(prog="python -m evaluation.matrix", description=__doc__, add_help=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", required=True)
     p.add_argument("--model", action="append", required=True, metavar="LABEL=REF",
                    help="a model and the subset it was trained on; repeat for every model")
     p.add_argument("--subsets", help="comma-separated column order (default: every subset found)")
     p.add_argument("--out", help="output folder (default $PATHOR1_HOME/reports/matrix-<suite>)")
-    add_eval_options(p)
-    args = p.parse_args(argv)
+    parsed = parse_command(p, argv, suites=True)
+    if isinstance(parsed, int):
+        return parsed
+    args, cfg = parsed
     subsets = args.subsets.split(",") if args.subsets else None
-    return run_cli(lambda: generalisation_matrix(parse_model_args(args.model), args.suite, args.data, out=args.out,
-                                                 subsets=subsets, **eval_kwargs(args)), matrix_markdown)
+    return run_cli(lambda: generalisation_matrix(parse_model_args(args.model), cfg.suite, cfg.data or None,
+                                                 out=args.out, subsets=subsets, **cfg.evaluate_kwargs()),
+                   matrix_markdown)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,16 @@ def resolve_model(model_ref: str | Path) -> tuple[Path, dict]:
     return path, manifest
 
 
-def pick_template(manifest: dict, template: str | None) -> str:
+def pick_template(manifest: dict, template: str | None, profile: str = "pathor1") -> str:
+    """The prompt template: the profile's (a field harness's wording), else ``template``, else the checkpoint's."""
+    from evaluation.profiles import get_profile
+
+    fixed = get_profile(profile).template
+    if fixed:
+        if template and template != fixed:
+            raise ValueError(f"--profile {profile} asks with its own prompt ({fixed}); found --template {template}; "
+                             "fix: drop --template or use --profile pathor1")
+        return fixed
     trained_with = (manifest.get("extra") or {}).get("template")
     if template and trained_with and template != trained_with:
         log.warning("template %r overrides %r, the template this checkpoint was trained with", template, trained_with)
@@ -86,14 +95,17 @@ def load_callable(dotted: str) -> Callable:
         raise ValueError(f"cannot load callable {dotted!r}: {e}") from None
 
 
-def grade_rows(samples: list[dict], completions, template: str, judge: Callable | None = None) -> list[dict]:
-    """One prediction row per sample, graded by the shared corpora scorer (the RL reward uses it too).
+def grade_rows(samples: list[dict], completions, template: str, judge: Callable | None = None,
+               profile: str = "pathor1") -> list[dict]:
+    """One prediction row per sample, graded by the shared corpora scorer (the RL reward uses it too), or as the
+    ``profile``'s harness extracts answers (``evaluation.profiles``).
     A judge replaces token F1 for open questions: a ``corpora.judge.Judge`` (the RL judge reward's, asked in one
     concurrent batch) or any ``judge(question, prediction, reference) -> float``. Where the judge fails (None) the
     row keeps its token F1 and is marked ``judge_failed``."""
-    from corpora.grading import grade
+    from evaluation.profiles import get_profile, grade_with
 
-    grades = [grade(c.text, s["answer"], s["kind"], s.get("options") or (), template=template)
+    how = get_profile(profile)
+    grades = [grade_with(how, c.text, s["answer"], s["kind"], s.get("options") or (), template=template)
               for s, c in zip(samples, completions)]
     open_rows = [i for i, s in enumerate(samples) if judge is not None and s["kind"] == "open"]
     answers = [grades[i].extracted if grades[i].extracted is not None else completions[i].text for i in open_rows]
@@ -127,10 +139,10 @@ def grade_rows(samples: list[dict], completions, template: str, judge: Callable 
 
 
 def add_sample_columns(rows: list[dict], samples: list[dict], sampled: list[list[Completion]], template: str,
-                       judge: Callable | None = None) -> None:
+                       judge: Callable | None = None, profile: str = "pathor1") -> None:
     """``samples`` (each sampled answer graded) and ``majority_correct`` on every row."""
     for row, sample, completions in zip(rows, samples, sampled):
-        graded = grade_rows([sample] * len(completions), completions, template, judge)
+        graded = grade_rows([sample] * len(completions), completions, template, judge, profile)
         row["samples"] = [{k: g[k] for k in ("prediction", "extracted", "correct", "score", "n_tokens")}
                           for g in graded]
         top = majority_index([g["extracted"] for g in graded], sample["kind"], sample.get("options") or ())
@@ -194,9 +206,12 @@ class Evaluation:
     def __init__(self, model_ref, suite: str, data=None, limit=None, batch_size: int = 8, *, max_new_tokens=256,
                  judge=None, judge_model=None, device=None, dtype="auto", progress=True, samples=1,
                  temperature=1.0, top_p=1.0, top_k=0, seed=0, backend="hf", manifest=None, data_root=None,
-                 tools=None, view_budget=4, **suite_options):
+                 tools=None, view_budget=4, profile="pathor1", **suite_options):
         from evaluation.provenance import apply_manifest
 
+        from evaluation.profiles import get_profile
+
+        self.profile = get_profile(profile)  # first: an unknown profile is refused before anything is read
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
         self.suite, self.model_ref = suite, str(model_ref)
@@ -250,6 +265,8 @@ class Evaluation:
             "n": len(self.records), "ids_sha256": ids_hash([r["id"] for r in self.records]),
             "split": self.split or "default", "skipped": self.skipped,
             "manifest": str(self.manifest_file) if self.manifest_file else None, "template": template,
+            "profile": {"name": self.profile.name, "extraction": self.profile.extraction,
+                        "source": self.profile.source},
             "decoding": {"greedy": self.greedy.record(), "sampling": self.sampling and self.sampling.record()},
             "dtype": self.generator.dtype, "batch_size": self.batch_size, "backend": self.backend,
             "world_size": self.world, "judge": self.judge_record(), "libraries": library_versions(self.backend),
@@ -262,11 +279,12 @@ class Evaluation:
 
         t0 = time.perf_counter()
         greedy = [c[0] for c in self._generate(self.greedy, template)]
-        rows = grade_rows(self.records, greedy, template, self.judge)
+        rows = grade_rows(self.records, greedy, template, self.judge, self.profile.name)
         if self.tools is not None:
             navigate.add_navigation(rows, greedy)
         if self.sampling:
-            add_sample_columns(rows, self.records, self._generate(self.sampling, template), template, self.judge)
+            add_sample_columns(rows, self.records, self._generate(self.sampling, template), template, self.judge,
+                               self.profile.name)
         seconds = time.perf_counter() - t0
         key = suite_key(self.suite, self.data)
         out_dir = Path(out) if out else default_out_dir(self.model_path, self.checkpoint, key)
@@ -307,7 +325,7 @@ def evaluate(model_ref: str | Path, suite: str, data: str | Path | None = None, 
     ``image_root``, ``split`` (pathmmu, vqarad), ``subset_by`` (omnimed).
     """
     ev = Evaluation(model_ref, suite, data, limit, batch_size, **options)
-    return ev.run(pick_template(ev.checkpoint, template), out, export)
+    return ev.run(pick_template(ev.checkpoint, template, ev.profile.name), out, export)
 
 
 def compare_templates(model_ref: str | Path, suite: str, data: str | Path | None = None, limit: int | None = None,
@@ -317,6 +335,9 @@ def compare_templates(model_ref: str | Path, suite: str, data: str | Path | None
     paired difference second - first with its 95% CI and McNemar p (``evaluation.metrics.paired_comparison``)."""
     if len(templates) != 2 or templates[0] == templates[1]:
         raise ValueError(f"--compare-templates needs two different templates, got {','.join(templates)}")
+    if options.get("profile", "pathor1") != "pathor1":
+        raise ValueError(f"--compare-templates compares our templates; found --profile {options['profile']}, which "
+                         "fixes the prompt; fix: drop --profile")
     options.pop("template", None)
     ev = Evaluation(model_ref, suite, data, limit, batch_size, **options)
     base = Path(out) if out else default_out_dir(ev.model_path, ev.checkpoint, suite_key(suite, ev.data))
@@ -353,47 +374,6 @@ def comparison_markdown(report: dict) -> str:
         f"({c['fixed']} right only with {b}, {c['broken']} right only with {a})", ""])
 
 
-def add_eval_options(p: argparse.ArgumentParser, *, data: bool = True) -> None:
-    """Options shared by every command that evaluates (run, matrix, table)."""
-    if data:
-        p.add_argument("--data", help="file or folder in the suite's format (default: the suite's default location)")
-    p.add_argument("--data-root", help="folder holding each suite's data in its usual layout (README: suites)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N samples")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--template", help="prompt template (default: the checkpoint's training template, else cot)")
-    p.add_argument("--samples", type=int, default=1, help="sampled answers per question (>1: pass@k, majority@k)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --samples)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --samples)")
-    p.add_argument("--top-k", type=int, default=0, help="top-k sampling, 0 = off (with --samples)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--judge", help="score open answers with an LLM judge: an OpenAI-compatible endpoint URL (with "
-                                   "--judge-model; the RL judge reward's implementation), or a dotted path of "
-                                   "judge(question, prediction, reference) -> float")
-    p.add_argument("--judge-model", help="model name the judge endpoint serves")
-    p.add_argument("--backend", default="hf", choices=BACKENDS, help="generate with transformers or vLLM (GPU)")
-    p.add_argument("--manifest", help="manifest.json of an earlier evaluation: evaluate exactly its questions")
-    p.add_argument("--device", help="cuda / cpu (default: cuda when available; one GPU per rank)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--image-root", help="folder the data file's relative image paths start from")
-    p.add_argument("--split", help="PathMMU split (default test); VQA-RAD test | train | all")
-    p.add_argument("--subset-by", choices=["modality", "question_type"], help="OmniMedVQA subset field")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--tools", choices=navigate.TOOLS, help="answer slide questions (--suite qa, records naming a "
-                   "slide) by navigating each slide with the slide viewer: zoom(x, y, mpp), tissue_regions()")
-    p.add_argument("--view-budget", type=int, default=4, help="views per question with --tools (0: thumbnail only)")
-
-
-def eval_kwargs(args: argparse.Namespace) -> dict:
-    return dict(limit=args.limit, batch_size=args.batch_size, template=args.template,
-                max_new_tokens=args.max_new_tokens, judge=args.judge, judge_model=args.judge_model,
-                device=args.device, dtype=args.dtype,
-                progress=not args.no_progress, image_root=args.image_root, split=args.split,
-                subset_by=args.subset_by, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
-                top_k=args.top_k, seed=args.seed, backend=args.backend, manifest=args.manifest,
-                data_root=args.data_root, tools=args.tools, view_budget=args.view_budget)
-
-
 def run_cli(call: Callable[[], dict], render: Callable[[dict], str]) -> int:
     """Run a command; bad input (data, suite, registry ref) is one clear line on stderr and exit code 2.
     Under several ranks only rank 0 prints."""
@@ -411,23 +391,29 @@ def run_cli(call: Callable[[], dict], render: Callable[[dict], str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__,
+    from evaluation.config import parse_command
+
+    p = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__, add_help=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="registry ref (rl:latest, sft:<run>/<step>) or a model folder")
-    p.add_argument("--suite", required=True, help=f"one of: {', '.join(SUITES)}")
-    p.add_argument("--out", help="output folder (default: $PATHOR1_HOME/reports/<checkpoint>/<suite>)")
-    p.add_argument("--export", choices=EXPORTS, help="also write the predictions in this toolkit's format")
     p.add_argument("--compare-templates", metavar="A,B",
                    help="evaluate with both templates on the same questions; report B - A (paired CI, McNemar p)")
-    add_eval_options(p)
-    args = p.parse_args(argv)
+    parsed = parse_command(p, argv, suites=True)
+    if isinstance(parsed, int):
+        return parsed
+    args, cfg = parsed
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not cfg.model:
+        print("error: expected a model (--model REF or model=REF), found none; fix: --model rl:latest or a folder",
+              file=sys.stderr)
+        return 2
+    kwargs = cfg.evaluate_kwargs()
+    out, export, data = cfg.out or None, cfg.export or None, cfg.data or None
     if args.compare_templates:
         templates = [t.strip() for t in args.compare_templates.split(",") if t.strip()]
-        return run_cli(lambda: compare_templates(args.model, args.suite, args.data, out=args.out, export=args.export,
-                                                 templates=templates, **eval_kwargs(args)), comparison_markdown)
-    return run_cli(lambda: evaluate(args.model, args.suite, args.data, out=args.out, export=args.export,
-                                    **eval_kwargs(args)), markdown_summary)
+        kwargs.pop("template")
+        return run_cli(lambda: compare_templates(cfg.model, cfg.suite, data, out=out, export=export,
+                                                 templates=templates, **kwargs), comparison_markdown)
+    return run_cli(lambda: evaluate(cfg.model, cfg.suite, data, out=out, export=export, **kwargs), markdown_summary)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 from evaluation import distributed
 from evaluation.matrix import parse_model_args
 from evaluation.metrics import paired_comparison
-from evaluation.run import add_eval_options, eval_kwargs, evaluate, run_cli
+from evaluation.run import evaluate, run_cli
 
 
 def _correct_by_id(out_dir: str) -> dict[str, bool]:
@@ -116,7 +116,9 @@ def table_markdown(table: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluation.table", description=__doc__,
+    from evaluation.config import parse_command
+
+    p = argparse.ArgumentParser(prog="python -m evaluation.table", description=__doc__, add_help=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, metavar="[LABEL=]REF",
                    help="a checkpoint (registry ref or folder); repeat, in the order to compare")
@@ -124,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", action="append", default=[], metavar="SUITE=PATH",
                    help="data of one suite (overrides --data-root for it); repeat")
     p.add_argument("--out", help="output folder (default $PATHOR1_HOME/reports/table-<suites>)")
-    add_eval_options(p, data=False)
-    args = p.parse_args(argv)
+    parsed = parse_command(p, argv, suites=True)
+    if isinstance(parsed, int):
+        return parsed
+    args, cfg = parsed
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     return run_cli(lambda: benchmark_table(parse_model_args(args.model), suites, data=_parse_data(args.data),
-                                           out=args.out, **eval_kwargs(args)), table_markdown)
+                                           out=args.out, **cfg.evaluate_kwargs()), table_markdown)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ from stages.model import resolve_model_path
 from stages.registry import Registry, reports_dir
 from stages.rl.config import RLConfig
 
+from evaluation.config import EvalConfig
 from recipes.launch import LaunchConfig, entry_id, is_driver, plan_launch, run_stage
-from recipes.pipeline import (DemoCorpusConfig, EvalConfig, Timer, corpus_dir, peak_memory_gib, subset_file,
-                              validate_corpus, write_metrics)
+from recipes.pipeline import (DemoCorpusConfig, Timer, corpus_dir, peak_memory_gib, subset_file,
+                              validate_corpus, write_metrics, recipe_eval)
 
 
 def _med_rl() -> RLConfig:
@@ -41,7 +42,7 @@ class MedR1Config:
     subsets: list[str] = field(default_factory=list, metadata={"help": "Subsets to train on; empty = all in rl.jsonl."})
     demo: DemoCorpusConfig = field(default_factory=DemoCorpusConfig, metadata={"help": "Demo corpus sizes."})
     rl: RLConfig = field(default_factory=_med_rl, metadata={"help": "GRPO settings for every subset run."})
-    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation settings (suite, data)."})
+    eval: EvalConfig = field(default_factory=recipe_eval, metadata={"help": "Evaluation settings (suite, data)."})
     launch: LaunchConfig = field(default_factory=LaunchConfig, metadata={"help": "How each RL process starts."})
 
 
@@ -77,9 +78,8 @@ def run(cfg: MedR1Config) -> Path | None:
         models[subset] = str(run_stage(plan, stage="rl", module="recipes.rl", cfg=rl, data=Path(rl.data),
                                        config_dir=out_dir / "launch"))
     data = cfg.eval.data or str(corpus / "eval" / "mcq.jsonl")
-    matrix = generalisation_matrix(models, cfg.eval.suite, data, subsets=subsets, out=out_dir, limit=cfg.eval.limit,
-                                   batch_size=cfg.eval.batch_size, template=cfg.eval.template,
-                                   max_new_tokens=cfg.eval.max_new_tokens)
+    matrix = generalisation_matrix(models, cfg.eval.suite, data, subsets=subsets, out=out_dir,
+                                   **cfg.eval.evaluate_kwargs())
     print(f"generalisation matrix: {matrix['out_dir']}/matrix.md")
     metrics = {"run": cfg.run, "init": str(init), "models": models, "matrix": matrix,
                "wall_seconds": timer.total, "peak_memory_gib": round(peak_memory_gib(), 2)}

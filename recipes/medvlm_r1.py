@@ -19,9 +19,10 @@ from stages.model import resolve_model_path
 from stages.registry import reports_dir
 from stages.rl.config import RLConfig
 
+from evaluation.config import EvalConfig
 from recipes.launch import LaunchConfig, is_driver, plan_launch, run_stage
-from recipes.pipeline import (DemoCorpusConfig, EvalConfig, Timer, corpus_dir, evaluate_checkpoints, peak_memory_gib,
-                              subset_file, validate_corpus, write_metrics)
+from recipes.pipeline import (DemoCorpusConfig, Timer, corpus_dir, evaluate_checkpoints, peak_memory_gib,
+                              subset_file, validate_corpus, write_metrics, recipe_eval)
 
 
 def _medvlm_rl() -> RLConfig:
@@ -40,7 +41,7 @@ class MedVLMR1Config:
     n_samples: int = field(default=600, metadata={"help": "MCQ training samples taken from rl.jsonl (MedVLM-R1: 600)."})
     demo: DemoCorpusConfig = field(default_factory=DemoCorpusConfig, metadata={"help": "Demo corpus sizes."})
     rl: RLConfig = field(default_factory=_medvlm_rl, metadata={"help": "GRPO settings."})
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(template="medvlm_r1"),
+    eval: EvalConfig = field(default_factory=lambda: recipe_eval(template="medvlm_r1"),
                              metadata={"help": "Evaluation settings."})
     evaluate: bool = field(default=True, metadata={"help": "Evaluate the base and the trained policy."})
     launch: LaunchConfig = field(default_factory=LaunchConfig, metadata={"help": "How the RL process starts."})

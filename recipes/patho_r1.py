@@ -29,9 +29,10 @@ from stages.registry import home, reports_dir
 from stages.rl.config import RLConfig
 from stages.sft import SFTConfig
 
+from evaluation.config import EvalConfig
 from recipes.launch import LaunchConfig, entry_id, is_driver, plan_launch, run_module, run_stage
-from recipes.pipeline import (DemoCorpusConfig, EvalConfig, Timer, corpus_dir, evaluate_checkpoints,
-                              peak_memory_gib, stage_config, validate_corpus, write_metrics)
+from recipes.pipeline import (DemoCorpusConfig, Timer, corpus_dir, evaluate_checkpoints,
+                              peak_memory_gib, stage_config, validate_corpus, write_metrics, recipe_eval)
 
 STAGES = ("pretrain", "sft", "opd", "rl", "pathoclip")
 DEFAULT_STAGES = ("pretrain", "sft", "rl", "pathoclip")  # opd needs a teacher: stages=[pretrain,sft,opd,rl,...]
@@ -88,7 +89,7 @@ class PathoR1Config:
         "help": "On-policy distillation between SFT and RL (stages/opd), when stages include opd."})
     rl: RLConfig = field(default_factory=_demo_rl, metadata={"help": "Stage 3 settings (DAPO preset)."})
     clip: CLIPTrainConfig = field(default_factory=_demo_clip, metadata={"help": "PathoCLIP settings."})
-    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation settings."})
+    eval: EvalConfig = field(default_factory=recipe_eval, metadata={"help": "Evaluation settings."})
     launch: LaunchConfig = field(default_factory=LaunchConfig, metadata={"help": "How each stage process starts."})
 
     def __post_init__(self):

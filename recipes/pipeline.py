@@ -15,6 +15,8 @@ from pathlib import Path
 from corpora.demo import DEMO_IMAGE_SIZE, DEMO_N_EVAL, DEMO_N_TRAIN, demo_corpus
 from corpora.files import write_text_atomic
 from corpora.validate import validate
+from evaluation.config import EvalConfig
+from evaluation.generate import Decoding
 from stages.config import to_dict
 from stages.registry import home
 
@@ -27,14 +29,13 @@ class DemoCorpusConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the demo corpus."})
 
 
-@dataclass
-class EvalConfig:
-    suite: str = field(default="demo-mcq", metadata={"help": "Evaluation suite (python -m evaluation.run --help)."})
-    data: str = field(default="", metadata={"help": "Suite data; empty = the corpus's eval/mcq.jsonl for demo suites."})
-    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N samples."})
-    batch_size: int = field(default=32, metadata={"help": "Batched greedy generation batch size."})
-    max_new_tokens: int = field(default=96, metadata={"help": "Generation budget per answer."})
-    template: str = field(default="cot", metadata={"help": "Prompt template used for every checkpoint."})
+def recipe_eval(**overrides) -> EvalConfig:
+    """The recipes' evaluation: evaluation's own EvalConfig (one class, one set of defaults), with the demo's CPU
+    budget -- 96 new tokens hold the tiny models' <think>/<answer> replies and batch 32 keeps `make demo` in
+    minutes -- and one template for every checkpoint, so stages are compared on the same prompt. The shipped GPU
+    configs (recipes/configs/*.yaml) set their own decoding.max_new_tokens."""
+    base = dict(batch_size=32, template="cot", decoding=Decoding(max_new_tokens=96))
+    return EvalConfig(**{**base, **overrides})
 
 
 def corpus_dir(data: str, demo: DemoCorpusConfig) -> Path:
@@ -70,8 +71,7 @@ def evaluate_checkpoints(checkpoints: dict[str, str], ev: EvalConfig, corpus: Pa
     data = ev.data or (str(corpus / "eval" / "mcq.jsonl") if ev.suite.startswith("demo") else "")
     table = {}
     for name, path in checkpoints.items():
-        m = evaluate(path, ev.suite, data=data or None, limit=ev.limit, batch_size=ev.batch_size,
-                     template=ev.template, max_new_tokens=ev.max_new_tokens, out=out_dir / "eval" / name)
+        m = evaluate(path, ev.suite, data=data or None, out=out_dir / "eval" / name, **ev.evaluate_kwargs())
         o = m["overall"]
         table[name] = {"checkpoint": path, "mcq": {
             "suite": ev.suite, "accuracy": o["accuracy"], "n": o["n"], "correct": o["correct"], "ci95": o["ci95"],

@@ -9,7 +9,8 @@ REASONING = "The nuclei are densely packed and enlarged. Crowded irregular gland
 
 
 def test_shipped_templates():
-    assert template_names() == ["caption", "chain_of_draft", "cot", "medvlm_r1", "nothink"]
+    assert template_names() == ["caption", "chain_of_draft", "cot", "med_r1", "medvlm_r1", "medvlm_r1_paper", "nothink",
+                                "vlmevalkit"]
 
 
 def test_cot_prompt_and_response_exact():
@@ -49,7 +50,8 @@ def test_every_template_target_passes_its_own_format_check(template):
 
 
 def test_unknown_template_names_the_available_ones():
-    with pytest.raises(ValueError, match=r"unknown prompt template 'r1'; available: caption, chain_of_draft, cot, medvlm_r1, nothink"):
+    with pytest.raises(ValueError, match=r"unknown prompt template 'r1'; available: caption, chain_of_draft, cot, med_r1, medvlm_r1, "
+                                         r"medvlm_r1_paper, nothink, vlmevalkit"):
         render_prompt("r1", "q", [])
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from stages.config import ConfigError, load_config
 
-TINY = ["demo.n_train=16", "demo.n_eval=8", "eval.max_new_tokens=12", "eval.batch_size=8"]
+TINY = ["demo.n_train=16", "demo.n_eval=8", "eval.decoding.max_new_tokens=12", "eval.batch_size=8"]
 
 
 def test_patho_r1_demo_writes_report_and_metrics(tmp_path, capsys):
