@@ -51,7 +51,8 @@ def build_model(work: Path, hidden: int, layers: int) -> tuple[Path, int]:
     shutil.copytree(tiny, folder)
     config = AutoConfig.from_pretrained(folder)
     config.text_config.update(dict(hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
-                                   num_attention_heads=hidden // 64, num_key_value_heads=2))
+                                   num_attention_heads=hidden // 64, num_key_value_heads=2,
+                                   layer_types=["full_attention"] * layers, max_window_layers=layers))
     config.vision_config.out_hidden_size = hidden
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)

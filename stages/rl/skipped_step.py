@@ -1,9 +1,10 @@
 """A DAPO step with no informative group on any rank moves nothing, under every engine.
 
 `PathoGRPOTrainer` hands TRL an empty batch for such a step (decided from an all-gather, so every rank skips
-together). Running a backward on a zero loss is not enough: DeepSpeed's `engine.step()` runs its gradient epilogue
-whatever the loss was (ZeRO-3 applies the previous step's reduced gradient again, ZeRO-2 moves Adam with zero
-gradients and counts a step). So the trainer never calls the engine's backward / step for a skipped micro-batch:
+together). The engines cannot be handed a graph-less zero loss: DeepSpeed 0.19.8's `engine.backward` refuses it
+("loss must be a scalar tensor", measured: the 2-rank ZeRO-2 and ZeRO-3 runs died at the skipped step), and its
+`engine.step()` runs its gradient epilogue whatever the loss was (ZeRO-2 would move Adam with zero gradients).
+So the trainer never calls the engine's backward / step for a skipped micro-batch:
 
 * DDP, FSDP2, one process: no backward leaves every `.grad` at None; the Trainer's `optimizer.step()` then
   leaves every parameter, moment and Adam step count as it was (torch's optimizers skip parameters without a

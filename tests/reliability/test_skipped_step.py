@@ -7,8 +7,8 @@ rank (at the start and after each optimizer step) must show: step 0 moved this r
 (so the check can see a change); the skipped step left this rank's weights, Adam moments, the tensors the
 optimizer updates (ZeRO's fp32 master partitions) and the Adam step counts bit-identical; and the learning-rate
 schedule and DeepSpeed's step counter still advanced with the Trainer's global step, as under DDP.
-Before the fix, DeepSpeed's step epilogue ran on the skipped step (ZeRO-3: the previous reduced gradient applied
-again; ZeRO-2: Adam moved by zero gradients).
+Before the fix (the trainer handed the engine a graph-less zero loss) the ZeRO-2 and ZeRO-3 jobs died at the skipped
+step: DeepSpeed's engine.backward asserts "loss must be a scalar tensor" (this test, run against that code).
 """
 import json
 
