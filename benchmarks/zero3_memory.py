@@ -50,8 +50,9 @@ def build_model(work: Path, hidden: int, layers: int) -> tuple[Path, int]:
     folder = work / "wide"
     shutil.copytree(tiny, folder)
     config = AutoConfig.from_pretrained(folder)
+    # head_dim stays 32: the preset's rope sections (mrope_section) add up to half of it
     config.text_config.update(dict(hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
-                                   num_attention_heads=hidden // 64, num_key_value_heads=2,
+                                   num_attention_heads=hidden // 32, num_key_value_heads=2,
                                    layer_types=["full_attention"] * layers, max_window_layers=layers))
     config.vision_config.out_hidden_size = hidden
     torch.manual_seed(0)
@@ -106,7 +107,8 @@ def main(argv=None) -> int:
             print(f"{name:10s} rank {rank}: peak RSS after loading {r['peak_rss_after_load_mib']} MiB, "
                   f"after one step {r['peak_rss_mib']} MiB (partitioned at load: {r['partitioned_at_load']})")
     worst = {name: max(r["peak_rss_after_load_mib"] for r in ranks.values()) for name, ranks in results.items()}
-    print(json.dumps({"benchmark": "zero3_memory", "parameters": n_params, "fp32_weights_mib": round(n_params * 4 / 2**20),
+    print(json.dumps({"benchmark": "zero3_memory", "parameters": n_params,
+                      "fp32_weights_mib": round(n_params * 4 / 2**20),
                       "ranks": results, "ratio": round(worst["ddp"] / worst["zero3_init"], 3)}))
     shutil.rmtree(work, ignore_errors=True)
     return 0

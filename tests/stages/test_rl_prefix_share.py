@@ -338,9 +338,10 @@ def test_config_switch_turns_sharing_off(folder, dataset, tmp_path, monkeypatch)
         assert ("generate" in vars(t.model)) is share
 
 
-GPU_RL_CONFIGS = {"stages/configs/rl_dapo_qwen2_5_vl_7b.yaml": None, "recipes/configs/patho_r1_qwen2_5_vl_7b.yaml": "rl",
-                  "recipes/configs/patho_r1_qwen2_5_vl_3b.yaml": "rl", "recipes/configs/medvlm_r1_qwen2_vl_2b.yaml": "rl",
-                  "recipes/configs/med_r1_qwen2_vl_2b.yaml": "rl"}
+GPU_RL_CONFIGS = {  # file -> the block holding the RL stage's settings (None: the whole file)
+    "stages/configs/rl_dapo_qwen2_5_vl_7b.yaml": None, "recipes/configs/patho_r1_qwen2_5_vl_7b.yaml": "rl",
+    "recipes/configs/patho_r1_qwen2_5_vl_3b.yaml": "rl", "recipes/configs/medvlm_r1_qwen2_vl_2b.yaml": "rl",
+    "recipes/configs/med_r1_qwen2_vl_2b.yaml": "rl"}
 
 
 @pytest.mark.parametrize("path", GPU_RL_CONFIGS)

@@ -219,7 +219,8 @@ def test_vllm_sleep_mode_gets_the_weights_once_per_step_not_once_per_round(tiny,
     engine.__dict__.update(
         mode="colocate", enable_sleep_mode=True, tensor_parallel_size=1, structured_outputs_regex=None,
         accelerator=types.SimpleNamespace(), model=torch.nn.Linear(1, 1), temperature=1.0, top_p=1.0, top_k=0,
-        min_p=0.0, repetition_penalty=1.0, max_completion_length=4, logprobs=0, generation_kwargs={}, llm=llm, _llm_weights_sleeping=True)
+        min_p=0.0, repetition_penalty=1.0, max_completion_length=4, logprobs=0, generation_kwargs={}, llm=llm,
+        _llm_weights_sleeping=True)
 
     def sync_weights():  # TRL's sync wakes the weights up, marks them awake and sends every parameter
         calls.append("sync")
