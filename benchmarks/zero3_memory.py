@@ -1,7 +1,7 @@
 """Host memory per rank: DDP vs DeepSpeed ZeRO-3 loading whole vs ZeRO-3 loading partitioned (zero3_init_flag).
 
 Three 2-rank gloo SFT jobs (one optimizer step each) on the same Qwen2.5-VL built from config, its language model
-widened so the weights dominate (~0.2 B parameters, ~0.8 GB in fp32): `accelerate launch` with the shipped CPU
+widened so the weights dominate (133 M parameters, 509 MiB in fp32, with the defaults): `accelerate launch` with the shipped CPU
 DDP config, the shipped CPU ZeRO-3 config (`zero3_init_flag: false`: every rank loads the whole model, DeepSpeed
 partitions it in the Trainer), and the same with `zero3_init_flag: true` (the model is built partitioned inside
 `from_pretrained`: stages.distributed.model_loading). Each rank reports, through the `PATHOR1_PROBE_MEMORY` probe
@@ -9,7 +9,7 @@ of tests/reliability/launch.py, its peak resident memory right after loading and
 is one JSON object with the raw figures and "ratio" = DDP's peak after loading / ZeRO-3-init's (above 1: less
 memory per rank).
 
-    OMP_NUM_THREADS=1 python benchmarks/zero3_memory.py            # ~0.2 B parameters
+    OMP_NUM_THREADS=1 python benchmarks/zero3_memory.py            # 133 M parameters
     OMP_NUM_THREADS=1 python benchmarks/zero3_memory.py --layers 16 # larger
 """
 from __future__ import annotations
