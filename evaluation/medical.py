@@ -7,7 +7,8 @@ so an answer is read the same way everywhere. Errors name the file and line (JSO
 
 * ``vqarad``     VQA-RAD OSF release: ``VQA_RAD Dataset Public.json`` (list; ``qid``, ``image_name``, ``question``,
   ``answer``, ``answer_type`` CLOSED/OPEN, ``phrase_type`` test_freeform / test_para = the test split,
-  freeform / para = train), images in ``VQA_RAD Image Folder/``. Default ``test``.
+  freeform / para = train), images in ``VQA_RAD Image Folder/``; or the HF mirror ``flaviagiammarino/vqa-rad``
+  (``data/{train,test}-*.parquet``, lmms-eval's source). Default ``test``.
 * ``slake``      SLAKE (HF ``BoKelvin/SLAKE``): ``train.json``, ``validation.json``, ``test.json`` (lists; ``qid``,
   ``img_name``, ``question``, ``answer``, ``q_lang`` en/zh, ``answer_type``), images in ``imgs/`` or ``imgs.zip``.
   Default ``test``, English questions only (the Chinese half is counted as skipped).
@@ -134,8 +135,29 @@ def _skip_other_splits(skips: Skips, files: dict[str, Path], chosen: list[str], 
 # ---------------------------------------------------------------------------------------------- VQA-RAD
 
 
-def load_vqarad(data: Path, *, split: str | None = None, skips: Skips | None = None, **_) -> list[dict]:
+def _vqarad_parquet(data: Path, split, skips: Skips, image_root) -> list[dict]:
+    """The HF mirror (flaviagiammarino/vqa-rad: data/{train,test}-*.parquet; image struct, question, answer). It
+    has no answer_type: yes/no answers are the closed subset here, every other answer is graded open."""
+    from evaluation.pathology import split_rows
+
+    out = []
+    for s, n, path, where, rec in split_rows(data, split, skips):
+        find = _ImageFinder(path, image_root)
+        yesno = str(rec.get("answer", "")).strip().lower() in ("yes", "no")
+        out.append(to_record({"id": f"vqarad-{s}-{n}", "question": rec.get("question"), "answer": rec.get("answer"),
+                              "subset": "closed" if yesno else "open"}, None, where,
+                             images=[_image_to_path(rec.get("image"), find, where)]))
+    return out
+
+
+def load_vqarad(data: Path, *, split: str | None = None, skips: Skips | None = None, image_root=None,
+                **_) -> list[dict]:
     skips = skips or Skips()
+    if data.is_dir() and not (data / "VQA_RAD Dataset Public.json").is_file() and \
+            any(p.suffix == ".parquet" for sub in (data, data / "data") for p in sub.glob("*.parquet")):
+        return _vqarad_parquet(data, split, skips, image_root)
+    if data.is_file() and data.suffix == ".parquet":
+        return _vqarad_parquet(data, split, skips, image_root)
     path = data / "VQA_RAD Dataset Public.json" if data.is_dir() else data
     if not path.is_file():
         raise SuiteError(f"{data}: expected 'VQA_RAD Dataset Public.json' (the OSF release), found no such file; "

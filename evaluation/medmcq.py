@@ -87,9 +87,15 @@ def load_omnimed(data: Path, *, split: str | None = None, skips: Skips | None = 
                 subset = rec.get("question_type") if subset_by == "question_type" else \
                     rec.get("modality_type") or rec.get("modality")  # one release file writes `modality`
                 rid = f"omnimed-{s}-{file_subset}-{rec.get('question_id', i)}"
+            try:
+                found = find(image, where)
+            except SuiteError as e:
+                if root or image_root:
+                    raise
+                raise SuiteError(f"{e}; fix: --image-root the OmniMedVQA folder (Med-R1's image paths, "
+                                 "'Images/...', start there)") from None
             out.append(to_record({"id": rid, "question": question, "options": options, "answer": answer,
-                                  "kind": "mcq", "subset": subset or file_subset}, None, where,
-                                 images=[find(image, where)]))
+                                  "kind": "mcq", "subset": subset or file_subset}, None, where, images=[found]))
     return out
 
 

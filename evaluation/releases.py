@@ -21,7 +21,8 @@ from pathlib import Path
 
 log = logging.getLogger("evaluation")
 
-_SHARD = re.compile(r"^(?P<split>[A-Za-z_]+?)(?:[-_]\d{5}-of-\d{5})?$")
+# HF data files: <split>-00000-of-00002.parquet, older uploads add a content hash: <split>-00000-of-00001-<hex>.parquet
+_SHARD = re.compile(r"^(?P<split>[A-Za-z_]+?)(?:[-_]\d{5}-of-\d{5}(?:-[0-9a-f]{8,})?)?$")
 
 
 class Skips:
@@ -66,7 +67,8 @@ def choose_split(available, split: str | None, default: str, where: str, *, refu
 
 
 def shard_split(path: Path) -> str:
-    """``test-00000-of-00001.parquet`` -> ``test``; ``validation.jsonl`` -> ``validation``."""
+    """``test-00000-of-00001.parquet`` and ``test-00000-of-00001-eb8844602202be60.parquet`` -> ``test``;
+    ``validation.jsonl`` -> ``validation``."""
     stem = path.name.split(".")[0]
     m = _SHARD.match(stem)
     return m.group("split") if m else stem

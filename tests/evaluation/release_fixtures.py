@@ -290,3 +290,15 @@ def vqarad(tmp: Path, fixtures: Path) -> Path:
     for n in ("synpic54610.jpg", "synpic29265.jpg", "synpic42202.jpg"):
         write_image(root / "VQA_RAD Image Folder" / n, fmt="JPEG")
     return root
+
+
+def vqarad_hf(tmp: Path) -> Path:
+    """HF flaviagiammarino/vqa-rad (lmms-eval's VQA-RAD): data/{train,test}-00000-of-00001-<hash>.parquet with
+    image {bytes, path}, question, answer; no answer_type. Test: 2 yes/no + 1 open; train 2 rows are decoys."""
+    root = tmp / "vqa-rad"
+    test = [{"image": {"bytes": image_bytes((i * 50, 5, 5), "JPEG"), "path": None}, "question": q, "answer": a}
+            for i, (q, a) in enumerate([("Is there a pneumothorax?", "no"), ("Is the heart enlarged?", "yes"),
+                                        ("Which organ is abnormal?", "lungs")])]
+    write_parquet(root / "data" / "test-00000-of-00001-e5bc3d208bb4deeb.parquet", test)
+    write_parquet(root / "data" / "train-00000-of-00001-eb8844602202be60.parquet", test[:2])
+    return root

@@ -9,7 +9,7 @@ import pytest
 from evaluation.run import main
 from evaluation.suites import SuiteError, load_suite
 from tests.evaluation import release_fixtures as rf
-from tests.evaluation.test_releases import BUILDERS, FIXTURES
+from tests.evaluation.test_releases import BUILDERS, FIXTURES, SUITE_OF
 
 
 def _break(kind, root):
@@ -36,7 +36,7 @@ def test_every_reader_refuses_broken_data_in_one_line(name, kind, tmp_path):
     root, options = BUILDERS[name](tmp_path)
     _break(kind, root)
     with pytest.raises(SuiteError) as e:
-        load_suite("omnimed" if name == "medr1" else name, root, **options)
+        load_suite(SUITE_OF.get(name, name), root, **options)
     message = str(e.value)
     assert "\n" not in message and str(tmp_path) in message, message
 

@@ -131,6 +131,9 @@ def test_medr1_split_files_as_given(tmp_path):
         ("X-Ray", "A", ["PA", "Lateral"])]
     assert skips.as_dict() == {"Med-R1 train split files (reading test)": 1}
     assert len({r["id"] for r in load_suite("omnimed", splits, image_root=images, split="all")}) == 4
+    with pytest.raises(SuiteError, match=r"image not found: 'Images/ACRIMA/Im001_ACRIMA\.png' .*; fix: --image-root "
+                                         r"the OmniMedVQA folder"):
+        load_suite("omnimed", splits)
 
 
 def test_pathvqa_sharded_splits_never_mixed(tmp_path):
@@ -181,6 +184,15 @@ def test_vqarad_split_without_records_says_which_split_has_them(tmp_path):
         load_suite("vqarad", only_train)
 
 
+def test_vqarad_hf_mirror_with_hashed_shard_names(tmp_path):
+    """HF flaviagiammarino/vqa-rad: data/<split>-00000-of-00001-<hash>.parquet."""
+    recs, skips = load_suite_report("vqarad", rf.vqarad_hf(tmp_path))
+    assert [(r["id"], r["kind"], r["answer"], r["subset"]) for r in recs] == [
+        ("vqarad-test-0", "yesno", "no", "closed"), ("vqarad-test-1", "yesno", "yes", "closed"),
+        ("vqarad-test-2", "open", "lungs", "open")]
+    assert skips.as_dict() == {"split 'train' (reading test)": 2}
+
+
 BUILDERS = {
     "medxpertqa": lambda t: (rf.medxpertqa(t), {}), "mmmu-med": lambda t: (rf.mmmu(t), {}),
     "quiltvqa": lambda t: (rf.quiltvqa(t), {}), "pathmmu": lambda t: (rf.pathmmu(t), {}),
@@ -188,14 +200,19 @@ BUILDERS = {
     "open": lambda t: (rf.pathvqa(t), {}), "slake": lambda t: (rf.slake(t, FIXTURES), {}),
     "pmcvqa": lambda t: (rf.pmcvqa(t), {}), "vqarad": lambda t: (rf.vqarad(t, FIXTURES), {}),
     "medr1": lambda t: (rf.medr1_splits(t, rf.omnimedvqa(t)), {"image_root": t / "OmniMedVQA"}),
+    "vqarad-hf": lambda t: (rf.vqarad_hf(t), {}),
 }
 DEFAULT_N = {"medxpertqa": 3, "mmmu-med": 4, "quiltvqa": 4, "pathmmu": 4, "omnimed": 3, "pathvqa": 3, "open": 2,
-             "slake": 3, "pmcvqa": 2, "vqarad": 3, "medr1": 3}
+             "slake": 3, "pmcvqa": 2, "vqarad": 3, "medr1": 3,
+             "vqarad-hf": 3}
+
+
+SUITE_OF = {"medr1": "omnimed", "vqarad-hf": "vqarad"}  # second layouts of one suite
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_every_reader_gives_unique_stable_ids_on_every_split(name, tmp_path):
-    suite = "omnimed" if name == "medr1" else name
+    suite = SUITE_OF.get(name, name)
     root, options = BUILDERS[name](tmp_path)
     for i in range(2 if name == "omnimed" else 0):  # --split all reads Restricted-access: your own copy of its images
         rf.write_image(root / "Images" / "AIDA" / f"{i}.jpg", fmt="JPEG")
