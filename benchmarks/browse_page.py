@@ -9,6 +9,7 @@ script has rendered (``data-ready-ms``: from navigation start, parsing ``data.js
 repeats; filter / search time = the script's own time to filter, count and render (``data-render-ms``).
 
     OMP_NUM_THREADS=1 python benchmarks/browse_page.py [--sizes 400,10000] [--repeats 3]
+    python benchmarks/browse_page.py --ref rl:latest --home runs      # a real run (e.g. after make demo)
 
 Last line: one JSON object; ``speedup`` = naive load time / paginated load time at the largest size.
 """
@@ -51,8 +52,29 @@ def load(page, url: str) -> dict:
             "dom_nodes": page.evaluate("document.getElementsByTagName('*').length")}
 
 
-def measure(n: int, repeats: int, binary: str) -> dict:
+def measure_page(index: Path, repeats: int, binary: str) -> dict:
+    """Weight of the folder of ``index`` and its load / filter / search times (see the module doc)."""
     from chromium import Page
+
+    result = folder_weight(index.parent)
+    with Page(binary) as page:
+        for name, suffix in (("paginated", ""), ("naive_all", "#per=all")):
+            runs = [load(page, index.as_uri() + suffix) for _ in range(repeats)]
+            result[name] = {"load_ms": round(statistics.median(r["ready_ms"] for r in runs), 1),
+                            "dom_nodes": runs[-1]["dom_nodes"]}
+        load(page, index.as_uri())
+        result["questions"] = int(page.evaluate("document.getElementById('total-count').textContent"))
+        result["filter_ms"] = round(statistics.median(
+            timed_change(page, h) for h in ("c.rl=wrong", "d.rl=fixed", "kind=mcq&c.sft=correct")), 1)
+        result["first_search_ms"] = timed_change(page, "q=stroma")  # builds the search index once
+        result["search_ms"] = round(statistics.median(
+            timed_change(page, h) for h in ("q=dense%20nuclei", "q=patch%2042", "q=pale")), 1)
+        result["visible_after_filter"] = page.evaluate("document.body.dataset.visible")
+    return result
+
+
+def measure(n: int, repeats: int, binary: str) -> dict:
+    """A fake evaluated run of ``n`` questions, written by ``evaluation.browse`` and measured."""
     from fake_run import make_run
 
     from evaluation.browse import browse
@@ -62,31 +84,28 @@ def measure(n: int, repeats: int, binary: str) -> dict:
         make_run(Path(tmp) / "src", n, n_images=min(n, 400), large_px=112)
         t0 = time.perf_counter()
         index = browse("rl:latest", out=Path(tmp) / "browser")
-        write_s = time.perf_counter() - t0
-        result = {"questions": n, "write_s": round(write_s, 2), **folder_weight(index.parent)}
-        with Page(binary) as page:
-            for name, suffix in (("paginated", ""), ("naive_all", "#per=all")):
-                runs = [load(page, index.as_uri() + suffix) for _ in range(repeats)]
-                result[name] = {"load_ms": round(statistics.median(r["ready_ms"] for r in runs), 1),
-                                "dom_nodes": runs[-1]["dom_nodes"]}
-            load(page, index.as_uri())
-            result["filter_ms"] = round(statistics.median(
-                timed_change(page, h) for h in ("c.rl=wrong", "d.rl=fixed", "kind=mcq&c.sft=correct")), 1)
-            result["first_search_ms"] = timed_change(page, "q=stroma")  # builds the search index once
-            result["search_ms"] = round(statistics.median(
-                timed_change(page, h) for h in ("q=dense%20nuclei", "q=patch%2042", "q=pale")), 1)
-            result["visible_after_filter"] = page.evaluate("document.body.dataset.visible")
-    return result
+        return {"questions": n, "write_s": round(time.perf_counter() - t0, 2), **measure_page(index, repeats, binary)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="400,10000")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ref", help="measure this run instead (e.g. rl:latest after make demo; with --home)")
+    p.add_argument("--home", help="the $PATHOR1_HOME of --ref")
     args = p.parse_args(argv)
     from chromium import ensure_chromium
 
     binary = ensure_chromium()
+    if args.ref:  # a real run: no baseline of our own to build, so no speedup line
+        from evaluation.browse import browse
+
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            index = browse(args.ref, home=args.home, out=Path(tmp) / "browser")
+            print(json.dumps({"ref": args.ref, "write_s": round(time.perf_counter() - t0, 2),
+                              **measure_page(index, args.repeats, binary)}))
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     results = {}
     for n in sizes:
