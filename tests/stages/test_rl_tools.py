@@ -102,7 +102,7 @@ def slide_data(tmp_path):
     return slide_qa_file(tmp_path)
 
 
-def make_trainer(tiny, slide_data, tmp_path, *, share_prefix):
+def make_trainer(tiny, slide_data, tmp_path, *, share_prefix, batch_size=1, dynamic_sampling=False):
     from stages.model import ModelConfig, load_model
     from stages.rl.trainer import PathoGRPOTrainer
     from stages.rl.training import grpo_args, pad_prompts_left, prompt_dataset, tool_environment, tool_questions
@@ -111,7 +111,7 @@ def make_trainer(tiny, slide_data, tmp_path, *, share_prefix):
     model, processor = load_model(ModelConfig(name_or_path=str(folder)))  # a fresh policy per test
     pad_prompts_left(processor)
     check_tool_template(processor)
-    cfg = RLConfig(algorithm="grpo", init="unused", data=str(slide_data), num_generations=G, batch_size=1,
+    cfg = RLConfig(algorithm="grpo", init="unused", data=str(slide_data), num_generations=G, batch_size=batch_size,
                    max_completion_length=256, max_steps=1, lr=1e-2, seed=0, beta=0.0,
                    rewards=["accuracy", "view_cost"], tools=ToolsConfig(env="slide_view", budget=2, view_size=56,
                                                                         overview_size=112)).resolved()
@@ -119,7 +119,7 @@ def make_trainer(tiny, slide_data, tmp_path, *, share_prefix):
     trainer = PathoGRPOTrainer(model=model, reward_funcs=build_rewards(cfg.resolved_rewards()),
                                args=grpo_args(cfg, tmp_path / "logs"), train_dataset=dataset,
                                processing_class=processor, environment_factory=tool_environment(cfg, tmp_path / "logs"),
-                               share_prefix=share_prefix)
+                               share_prefix=share_prefix, dynamic_sampling=dynamic_sampling)
     scripted(trainer.model, processor.tokenizer)  # over the shared prefill's generate (it calls the class's)
     return trainer, dataset
 
@@ -164,3 +164,20 @@ def test_a_rollout_that_zooms_gets_the_view_as_an_image_and_one_grpo_step_trains
 
     assert prefill_stats(trainer.model).shared_forwards >= 2  # one per rollout round
     assert trainer.prefix_stats.forwards >= 1 and trainer.prefix_stats.shared_forwards == 0
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_keeps_tool_rollouts_with_their_views_and_tool_masks(tiny, tmp_path):
+    data = slide_qa_file(tmp_path, n=2)
+    trainer, dataset = make_trainer(tiny, data, tmp_path, share_prefix=True, batch_size=2, dynamic_sampling=True)
+    trainer.model.train()
+    # rows [s0, s0, s1, s1]: in each group one rollout zooms (right), one answers at once (wrong) -> both informative
+    out = trainer._generate_and_score_completions([dataset[i] for i in (0, 1) for _ in range(G)])
+    assert trainer.last_sampling.stats.gen_batches == 1 and trainer.last_sampling.kept == [(None, [0, 1, 2, 3])]
+    assert out["num_images"] == [2, 1, 2, 1] and out["tool_mask"].shape == out["completion_mask"].shape
+    assert [int(t.sum() < m.sum()) for t, m in zip(out["tool_mask"], out["completion_mask"])] == [1, 0, 1, 0]
+    assert (out["advantages"][[0, 2]] > 0).all() and (out["advantages"][[1, 3]] < 0).all()
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()  # the same through Trainer.train: the merged batch of tool rollouts trains
+    assert trainer.state.log_history[0]["dynamic_sampling/groups_kept"] == 2
+    assert all(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if p.requires_grad)
