@@ -164,6 +164,8 @@ def main(argv=None) -> int:
         "trl_steps_s": [round(t, 4) for t in trl_times], "pathor1_steps_s": [round(t, 4) for t in ours_times],
         "images_seen": stats.get("images_seen"), "images_encoded": stats.get("images_encoded"),
         "forward_token_saving": forward_saving, "prefill_token_saving": prefill_saving,
+        # log-prob forwards that ran shared / all of them (with checkpointing too, the trained forward shares)
+        "shared_forwards": ours.prefix_stats.shared_forwards, "logprob_forwards": ours.prefix_stats.forwards,
         "speedup": round(trl_s / ours_s, 3),
     }))
     return 0

@@ -161,10 +161,7 @@ def test_zero3_init_loads_the_model_partitioned_from_the_start(stage, demo, tiny
     builds every parameter as a ZeRO-3 partition (each rank holds half the elements), the weights it loaded are
     the checkpoint's (a vanishing learning rate publishes them unchanged), and the run publishes the gathered
     weights. The shipped CPU config (flag false) still loads whole."""
-    config = tmp_path / "zero3_init.yaml"
-    shipped = ENGINES["deepspeed-zero3"].read_text()
-    assert "zero3_init_flag: false" in shipped
-    config.write_text(shipped.replace("zero3_init_flag: false", "zero3_init_flag: true"))
+    config = zero3_init_config(tmp_path)
     module, args, _ = JOBS[stage](demo, tiny, 1)
     args = [a for a in args if not a.startswith(("lr=", "save_every="))] + ["lr=1e-30", "save_every=0"]
     launch("deepspeed-zero3", module, [*args, "run=z3init"], config=config, gathered=tmp_path / "probe",
@@ -180,3 +177,28 @@ def test_zero3_init_loads_the_model_partitioned_from_the_start(stage, demo, tiny
     launch("deepspeed-zero3", module, [*args, "run=z3whole"], memory=tmp_path / "whole")
     loaded = json.loads((tmp_path / "whole" / "memory-0.jsonl").read_text().splitlines()[0])
     assert not loaded["partitioned"] and loaded["local_numel"] == loaded["numel"]
+
+
+def zero3_init_config(tmp_path) -> Path:
+    config = tmp_path / "zero3_init.yaml"
+    shipped = ENGINES["deepspeed-zero3"].read_text()
+    assert "zero3_init_flag: false" in shipped
+    config.write_text(shipped.replace("zero3_init_flag: false", "zero3_init_flag: true"))
+    return config
+
+
+@pytest.mark.slow
+def test_zero3_init_resumes_exactly(demo, tiny, tmp_path):
+    """The user's ZeRO-3 config with zero3_init_flag: an SFT run stopped after step 1 and resumed (the resumed run
+    loads the step-1 weights partitioned, then DeepSpeed's own global_step1 state) ends with the weights of the
+    uninterrupted run."""
+    config = zero3_init_config(tmp_path)
+    module, args, steps = sft_job(demo, tiny, steps=2)
+    launch("deepspeed-zero3", module, [*args, "run=full"], config=config)
+    launch("deepspeed-zero3", module, [*args, "run=part", "stop_after=1"], config=config)
+    assert published_steps("sft", "part") == [1]
+    launch("deepspeed-zero3", module, [*args, "run=part"], config=config)
+    final, resumed = Registry().latest("sft", "full"), Registry().latest("sft", "part")
+    assert resumed.name == final.name == "step-00000002"
+    assert_same_weights(plain_weights(final), plain_weights(resumed), atol=RESUME_ATOL)
+    assert moved(plain_weights(tiny), plain_weights(final))
