@@ -42,10 +42,14 @@ def resolve_model(model_ref: str | Path) -> tuple[Path, dict]:
     the id, which the Auto classes load); the manifest is {} for models we did not write."""
     from stages import registry
 
-    path = Path(registry.Registry().resolve_model(str(model_ref)))
-    manifest_file = path / "manifest.json"
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    return path, manifest
+    reg = registry.Registry()
+    path = Path(reg.resolve_model(str(model_ref)))
+    if not (path / "manifest.json").is_file():
+        return path, {}
+    try:  # the registry's reader: paths stored as ${PATHOR1_HOME}/... come back absolute (the demo corpus it trained on)
+        return path, reg.manifest(str(path))
+    except registry.RegistryError:
+        return path, {}
 
 
 def pick_template(manifest: dict, template: str | None, profile: str = "pathor1") -> str:

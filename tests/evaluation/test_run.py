@@ -60,6 +60,17 @@ def test_foreign_folder_goes_to_reports_with_default_template(tiny_model_dir, ye
     assert not (folder / "eval").exists()  # never writes into a model folder that is not ours
 
 
+def test_manifest_paths_stored_under_the_home_mark_read_back_absolute(tmp_path):
+    from evaluation.run import resolve_model
+
+    folder = home() / "rl" / "r9" / "step-00000001"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"stage": "rl", "run": "r9", "step": 1,
+                                                      "config": {"data": "${PATHOR1_HOME}/demo_corpora/c/rl.jsonl"}}))
+    _, manifest = resolve_model(folder)
+    assert manifest["config"]["data"] == str(home() / "demo_corpora" / "c" / "rl.jsonl")  # what trained_demo_corpus reads
+
+
 def test_cli(tiny_model_dir, yesno_data, tmp_path, capsys):
     assert main(["--help"]) == 0
     shown = capsys.readouterr().out
