@@ -26,6 +26,9 @@ The entry point runs unchanged; the probes only observe or slow it, each switche
 - ``PATHOR1_PROBE_MEMORY=DIR``: every rank appends JSON lines to ``DIR/memory-<R>.jsonl``: right after the stage
   loaded its model (whether every parameter was already a ZeRO-3 partition, the elements this rank holds, its
   resident memory now and its peak so far) and after ``train()`` (its peak resident memory).
+- ``PATHOR1_PROBE_TOOL_SCRIPT=1``: the RL policy's rollouts follow ``tests.slide_tools``'s script (a logits
+  processor on its own ``generate``: some rows call the slide viewer's zoom, then answer), so a tool path runs
+  with known tool calls on a random tiny model.
 - ``PATHOR1_PROBE_COMMIT_DELAY=SECONDS``: a registry checkpoint of step >= 2 waits this long after its payload
   is written and before its manifest is -- a window in which a test can SIGKILL the process mid-write.
 """
@@ -294,6 +297,19 @@ def probe_memory(folder: Path) -> None:
         sys.modules["stages.engine"].load_model = load_and_record
 
 
+def probe_tool_script() -> None:
+    from stages.rl.trainer import PathoGRPOTrainer
+    from tests.slide_tools import scripted
+
+    init = PathoGRPOTrainer.__init__
+
+    def init_and_script(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        scripted(self.model, self.processing_class.tokenizer)  # over the shared prefill's generate, if any
+
+    PathoGRPOTrainer.__init__ = init_and_script
+
+
 def delay_commits(seconds: float) -> None:
     from stages.registry import CheckpointWriter
 
@@ -340,6 +356,8 @@ def main() -> None:
         probe_optimizer(Path(os.environ["PATHOR1_PROBE_OPTIMIZER"]))
     if os.environ.get("PATHOR1_PROBE_MEMORY"):
         probe_memory(Path(os.environ["PATHOR1_PROBE_MEMORY"]))
+    if os.environ.get("PATHOR1_PROBE_TOOL_SCRIPT"):
+        probe_tool_script()
     if os.environ.get("PATHOR1_PROBE_COMMIT_DELAY"):
         delay_commits(float(os.environ["PATHOR1_PROBE_COMMIT_DELAY"]))
     if os.environ.get("PATHOR1_PROBE_EPOCH_DELAY"):
