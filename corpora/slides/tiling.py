@@ -23,7 +23,7 @@ from corpora.slides.reader import SlideError, open_slide
 from corpora.slides.tissue import mask_size
 
 # Bump when tile pixels or the mask change for the same parameters: old cache entries are then never reused.
-CACHE_VERSION = 3
+CACHE_VERSION = 5
 SUMMARY = "summary.json"
 
 

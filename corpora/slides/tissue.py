@@ -14,9 +14,17 @@ import numpy as np
 
 # Saturation below this is glass whatever Otsu says: a blank slide has no bimodal histogram to split.
 MIN_SATURATION = 0.07
-# Hues (0-1) of blue and green marker ink; H&E lies in purple-pink-red (about 0.75-1.0 and 0-0.1).
-PEN_HUES = (0.20, 0.70)
-PEN_MIN_SATURATION = 0.25
+# ... and above this is tissue: where nuclei are far more saturated than pale stroma, Otsu splits nuclei from
+# stroma instead of tissue from glass (measured on the slide demo's pale stroma, saturation ~0.16-0.2 against
+# glass ~0.02, Otsu ~0.25). Glass stays well below it.
+MAX_SATURATION_THRESHOLD = 0.12
+# Hues (0-1) of blue and green marker ink (blue ink ~0.60-0.65, green ~0.3-0.45); H&E lies in purple-pink-red
+# (about 0.75-1.0 and 0-0.1). The upper bound stops short of violet: haematoxylin-rich and cytology (Giemsa-like)
+# stains sit at 0.67-0.72, and an upper bound of 0.70 took such tissue for ink (the slide demo's cytology slides).
+PEN_HUES = (0.20, 0.66)
+# Any visible colour at those hues is ink (stained tissue is never blue-green), including the pale fringe where a
+# stroke blends into glass in the thumbnail.
+PEN_MIN_SATURATION = 0.07
 # Darker than any stained tissue: black ink, folds of debris, the slide's edge.
 MAX_DARK_VALUE = 0.20
 # Morphology, in thumbnail pixels.
@@ -41,7 +49,7 @@ def tissue_array(rgb: np.ndarray) -> np.ndarray:
     candidates = sat[~pen]
     threshold = MIN_SATURATION
     if candidates.size and candidates.max() - candidates.min() > 1e-6:
-        threshold = max(MIN_SATURATION, float(threshold_otsu(candidates)))
+        threshold = min(MAX_SATURATION_THRESHOLD, max(MIN_SATURATION, float(threshold_otsu(candidates))))
     mask = (sat > threshold) & ~pen
     mask = ndimage.binary_closing(mask, disk(CLOSE_RADIUS), border_value=0)
     mask &= ~pen  # closing must not bridge tissue back over an ink line
