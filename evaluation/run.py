@@ -328,6 +328,7 @@ def evaluate(model_ref: str | Path, suite: str, data: str | Path | None = None, 
     ``judge``, ``device``, ``dtype``, ``backend``, ``manifest``, ``data_root``, ``progress`` and the suite options
     ``image_root``, ``split`` (pathmmu, vqarad), ``subset_by`` (omnimed).
     """
+    pick_template({}, template, options.get("profile", "pathor1"))  # a conflicting --template: refused before the model
     ev = Evaluation(model_ref, suite, data, limit, batch_size, **options)
     return ev.run(pick_template(ev.checkpoint, template, ev.profile.name), out, export)
 
@@ -385,7 +386,8 @@ def run_cli(call: Callable[[], dict], render: Callable[[dict], str]) -> int:
 
     try:
         result = call()
-    except (SuiteError, LookupError, ValueError, RuntimeError) as e:  # LookupError: unknown registry ref
+    except (SuiteError, LookupError, ValueError, RuntimeError, OSError) as e:  # LookupError: unknown registry ref
+        # OSError: a file named on the command line that cannot be read (a --manifest, a model folder's weights)
         print(f"error: {e}", file=sys.stderr)
         return 2
     if distributed.world()[0] == 0:

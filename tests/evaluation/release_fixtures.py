@@ -53,6 +53,13 @@ def write_json(path: Path, value) -> Path:
     return path
 
 
+def copy_into(src: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / src.name
+    target.write_bytes(src.read_bytes())
+    return target
+
+
 def write_parquet(path: Path, rows: list[dict]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -14,8 +14,8 @@ from tests.evaluation.test_releases import BUILDERS, FIXTURES, SUITE_OF
 
 def _break(kind, root):
     """Damage the release the way downloads and hand edits do."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".parquet",
-                                                                               ".csv", ".zip"))
+    files = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".parquet", ".csv", ".zip", ".tsv"))
     if kind == "truncated":
         for f in files:
             f.write_bytes(f.read_bytes()[: max(1, f.stat().st_size // 3)])
@@ -66,3 +66,22 @@ def test_a_zip_member_leaving_the_archive_is_refused(tmp_path):
     with pytest.raises(SuiteError, match=r"expected archive members inside the archive, found '\.\./\.\./evil\.jpeg'"):
         load_suite("medxpertqa", root)
     assert not (tmp_path / "evil.jpeg").exists()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--suite", "pathmmu", "--split", "dev"], "expected split 'dev', found only"),
+    (["--suite", "pathmmu", "--profile", "lmms-eval"], "unknown profile 'lmms-eval'"),
+    (["--suite", "mmmu-med", "--data", "{tmp}/nowhere"], "expected the mmmu-med release here, found no such file"),
+    (["--suite", "pathmmu", "--manifest", "{tmp}/missing.json"], "missing.json: not a pathor1 evaluation manifest"),
+    (["--suite", "pathmmu", "--config", "{tmp}/missing.yaml"], "cannot read config file"),
+    (["--suite", "pathmmu", "decoding.temperature=hot"], "decoding.temperature"),
+    (["--suite", "pathmmu", "--profile", "med-r1", "--template", "cot"], "asks with its own prompt"),
+])
+def test_run_refuses_bad_input_in_one_line_before_the_model(args, fragment, tmp_path, capsys):
+    root = rf.pathmmu(tmp_path)
+    not_a_model = tmp_path / "folder-without-weights"
+    not_a_model.mkdir()
+    argv = ["--model", str(not_a_model), "--data", str(root)] + [a.format(tmp=tmp_path) for a in args]
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err and fragment in err, err
