@@ -223,3 +223,24 @@ def test_module_cli_last_line_json_and_no_torch(slides):
     assert {k: info[k] for k in ("width", "height", "levels", "downsamples", "mpp", "objective_power", "vendor")} == {
         "width": 1536, "height": 1024, "levels": 3, "downsamples": [1.0, 4.0, 16.0], "mpp": 0.5,
         "objective_power": 20.0, "vendor": "aperio"}
+
+
+def test_tissue_mask_keeps_violet_stain_and_pale_stroma_and_drops_every_ink_pixel():
+    """Cases the first mask got wrong on the slide demo: a violet (cytology-blue, hue ~0.69) tissue read as blue
+    pen; pale stroma (saturation ~0.18) lost because its saturated nuclei pulled Otsu above it; the pale fringe of
+    a pen stroke counted as tissue."""
+    from corpora.slides.tissue import tissue_array
+
+    rng = np.random.default_rng(0)
+    img = np.empty((256, 384, 3), np.uint8)
+    img[:] = GLASS
+    img[32:128, 16:112] = (118, 96, 205)  # violet cytology stain
+    stroma = img[:, 128:]  # most of the thumbnail: Otsu then splits nuclei from stroma, not tissue from glass
+    stroma[:] = (255, 220, 236)  # pale pink stroma (saturation 0.14) ...
+    stroma[rng.random(stroma.shape[:2]) < 0.25] = (90, 30, 120)  # ... with strongly stained nuclei
+    img[176:184, 8:120] = PEN  # a blue stroke, and its fringe a quarter blended into glass
+    img[172:176, 8:120] = ((np.asarray(PEN) + 3 * np.asarray(GLASS)) / 4).astype(np.uint8)
+    mask = tissue_array(img)
+    assert mask[40:120, 24:104].mean() > 0.95  # violet tissue kept
+    assert mask[8:248, 136:376].mean() > 0.95  # pale stroma kept, nuclei and all
+    assert mask[164:192, :124].mean() == 0 and mask[:24, :124].mean() == 0  # no ink, no glass
