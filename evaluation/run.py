@@ -403,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compare-templates", metavar="A,B",
                    help="evaluate with both templates on the same questions; report B - A (paired CI, McNemar p)")
+    p.add_argument("--compare-thumbnail", action="store_true",
+                   help="slide questions (--suite qa): thumbnail only, then with the slide viewer (--view-budget "
+                        "views); report tools - thumbnail (paired CI, McNemar p) and views_per_question")
     parsed = parse_command(p, argv, suites=True)
     if isinstance(parsed, int):
         return parsed
@@ -419,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         kwargs.pop("template")
         return run_cli(lambda: compare_templates(cfg.model, cfg.suite, data, out=out, export=export,
                                                  templates=templates, **kwargs), comparison_markdown)
+    if args.compare_thumbnail:
+        return run_cli(lambda: navigate.compare_thumbnail(cfg.model, cfg.suite, data, out=out, **kwargs),
+                       comparison_markdown)
     return run_cli(lambda: evaluate(cfg.model, cfg.suite, data, out=out, export=export, **kwargs), markdown_summary)
 
 

@@ -52,8 +52,10 @@ class Script(LogitsProcessor):
 
 
 def scripted(model, tok):
-    """The model's generate (the shared prefill's when installed) with a Script per call, as an instance attribute."""
-    plain, state = model.generate, {}
+    """The model's generate (the shared prefill's when installed) with a Script per call, as an instance attribute.
+    Calling it again restarts the script (the first call after it is a first turn again)."""
+    plain = getattr(model, "_unscripted_generate", None) or model.generate
+    model._unscripted_generate, state = plain, {}
 
     def generate(*args, **kwargs):
         starts = int((kwargs["input_ids"] == tok.convert_tokens_to_ids("<|im_start|>")).sum(1).min())

@@ -103,3 +103,28 @@ def test_tool_options_are_checked_before_any_model_loads(qa, tmp_path, capsys):
     no_slide.write_text(json.dumps({"id": "p", "question": "Tumour?", "answer": "yes"}) + "\n")
     assert main(base[:2] + ["--data", str(no_slide), "--tools", "slide_view", "--suite", "qa"]) == 2
     assert "plain.jsonl:1: missing-field: expected a 'slide'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_thumbnail_pairs_the_tool_run_with_the_thumbnail_run(tiny_folder, qa, tmp_path, monkeypatch, capsys):
+    import evaluation.navigate
+    from evaluation.run import main
+
+    navigate = evaluation.navigate.navigate_many
+
+    def navigate_scripted(model, processor, *args, **kwargs):  # each run starts the script afresh
+        scripted(model, processor.tokenizer)  # even rows zoom then answer A (right), odd rows answer B (wrong)
+        return navigate(model, processor, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation.navigate, "navigate_many", navigate_scripted)
+    out = tmp_path / "cmp"
+    assert main(["--model", str(tiny_folder), "--suite", "qa", "--data", str(qa), "--compare-thumbnail",
+                 "--view-budget", "2", "--max-new-tokens", "200", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "compare-thumbnail-vs-views2" / "comparison.json").read_text())
+    # thumbnail only: no tools on offer, the written call is no answer -> 0/3; with tools s0 and s2 zoom -> 2/3
+    assert report["accuracy"] == {"thumbnail": 0.0, "tools": 2 / 3}
+    assert report["views_per_question"] == {"thumbnail": 0.0, "tools": 2 / 3}
+    c = report["comparison"]
+    assert (c["n"], c["fixed"], c["broken"]) == (3, 2, 0) and c["difference"] == pytest.approx(2 / 3)
+    assert report["settings"]["thumbnail"]["tools"]["budget"] == 0 and report["settings"]["tools"]["tools"]["budget"] == 2
+    assert "paired difference (tools - thumbnail) on the same 3 questions: +66.7 points" in capsys.readouterr().out
