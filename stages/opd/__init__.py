@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from corpora.slides.sampling import SlideSampling
 from stages.model import ModelConfig
 from stages.runs import StepRunConfig
 
@@ -37,6 +38,8 @@ class OPDConfig(StepRunConfig):
     data: str = _f("", "QA file (kind qa) or folder holding rl.jsonl: the questions the student answers; empty = demo.")
     validate: Literal["strict", "lenient", "skip"] = _f("strict", "Validate the data first (corpora.validate policy).")
     template: str = _f("cot", "Prompt template (corpora/prompts) the student is asked with.")
+    slides: SlideSampling = field(default_factory=SlideSampling, metadata={
+        "help": "How records naming a whole-slide image (\"slide\": PATH) become images: K tiles, selection, µm/px."})
     train: Literal["projector_llm", "llm", "all"] = _f("projector_llm", "Which towers of the student train.")
     max_steps: int = _f(100, "Optimizer steps.")
     batch_size: int = _f(4, "Prompts (one completion each) per device and micro-step.")

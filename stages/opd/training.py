@@ -85,8 +85,9 @@ def run(cfg: OPDConfig) -> Path:
 
     path = data_file(cfg.data, "rl.jsonl", home())
     with distributed.main_process_first():  # every rank checks the data, the main process first
-        bad = check_data(path, "qa", cfg.validate, cfg.template)  # file:line problems before any model loads
-        qa = load_qa(path, skip=bad)
+        slides = cfg.slides.resolved(registry.resolve)
+        bad = check_data(path, "qa", cfg.validate, cfg.template, slides)  # file:line problems before any model loads
+        qa = load_qa(path, skip=bad, slides=slides)
         dataset = prompt_dataset(qa.select_columns(["id", "images", "question", "options"]), cfg.template)
 
     student_cfg = copy.deepcopy(cfg.model)

@@ -18,6 +18,9 @@ def test_stage_configs_carry_the_slide_fields():
         load_config(SFTConfig, ["slides.select=best"])
     with pytest.raises(ConfigError, match="slides.select=clip needs slides.clip_model"):
         load_config(RLConfig, ["slides.select=clip"])
+    from stages.opd import OPDConfig
+
+    assert load_config(OPDConfig, ["teacher=tiny:qwen2_5_vl", "slides.k=2"]).slides.k == 2
 
 
 def test_sft_rows_from_slide_records_are_k_tiles_plus_thumbnail(tmp_path, monkeypatch):
