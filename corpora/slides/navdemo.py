@@ -1,0 +1,145 @@
+"""A slide-navigation demo corpus: pyramidal TIFF slides whose answer is visible only at high magnification in
+one region, with navigation traces for SFT (issue 26 item 3).
+
+Each slide holds a few pieces of tissue; one of them carries a small darker focus (visible on the overview, so a
+model can learn where to look). Inside the focus the cells line up in bands 2 level-0 pixels wide: horizontal for
+answer A, vertical for B. The pyramid's levels are box-filtered by 4 and the bands are aligned to that grid, so
+every level above 0 -- and the overview read from them -- shows the focus as one flat colour, the same for A and
+B: the answer is decidable only from a view at the scan's resolution (``zoom(x, y, 0.25)``). Overviews of at most
+``OVERVIEW`` (384) px are read from level 1 and are identical for A and B; use ``tools.overview_size`` <= 384.
+
+``build_nav_demo(out)`` writes::
+
+    slides/*.tiff        the slides (0.25 µm/px, 3 levels)
+    rl.jsonl eval.jsonl  slide QA records (id, slide, question, options, answer, focus: {x, y} level-0 centre)
+    traces.jsonl         one navigation per training question: the overview, a zoom on the focus at 0.25 µm/px
+                         run through SlideViewer (its view saved under views/), and the answer with its reasoning,
+                         as a tool-calling conversation (assistant ``tool_calls`` / ``tool`` messages, images in
+                         order of appearance)
+    navdemo.json         seed and sizes
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from corpora.slides.synthetic import tissue_image, write_pyramidal_tiff
+
+MPP = 0.25
+HEIGHT, WIDTH = 1024, 1536
+# The largest overview OpenSlide reads from level 1 (box-filtered): identical for A and B. A larger one is resized
+# from level 0, where the bands alias into a faint moiré (up to 22 grey levels apart at 448 px, measured).
+OVERVIEW = WIDTH // 4
+FOCUS = 64  # side of the deciding focus, level-0 pixels (a multiple of 4: the box filter's grid)
+BAND = 2  # band width in level-0 pixels: a period of 4 averages away exactly at every level above 0
+FOCUS_COLOURS = ((120, 50, 140), (200, 150, 200))  # the two band colours; both answers use both, half each
+QUESTION = ("The darker focus on this slide holds atypical cells. How are they arranged? "
+            "Look closely: the arrangement shows only at high magnification.")
+OPTIONS = ["in horizontal bands", "in vertical bands"]
+TRACE_MPP = MPP
+REASONING = {"A": "At {mpp:g} µm/px the focus at ({x}, {y}) shows the atypical cells lined up in horizontal bands.",
+             "B": "At {mpp:g} µm/px the focus at ({x}, {y}) shows the atypical cells lined up in vertical bands."}
+
+
+def _blobs(rng) -> list[tuple[int, int, int, int]]:
+    """Three non-overlapping tissue ellipses (cx, cy, rx, ry) in level-0 pixels."""
+    cells = [(256, 256), (768, 640), (1280, 320), (1280, 800), (256, 780)]
+    chosen = rng.choice(len(cells), size=3, replace=False)
+    return [(cells[i][0], cells[i][1], int(rng.integers(150, 220)), int(rng.integers(120, 180))) for i in chosen]
+
+
+def slide_array(answer: str, rng) -> tuple[np.ndarray, tuple[int, int]]:
+    """(H, W, 3) uint8 slide and the focus centre (x, y); ``answer`` A = horizontal bands, B = vertical."""
+    blobs = _blobs(rng)
+    img = tissue_image(HEIGHT, WIDTH, blobs, seed=int(rng.integers(1 << 30)))
+    cx, cy = blobs[int(rng.integers(len(blobs)))][:2]
+    left = (cx - FOCUS // 2) // 4 * 4  # aligned to the 4x box filter of the pyramid
+    top = (cy - FOCUS // 2) // 4 * 4
+    yy, xx = np.mgrid[0:FOCUS, 0:FOCUS]
+    stripe = (yy // BAND) % 2 if answer == "A" else (xx // BAND) % 2
+    dark, light = (np.asarray(c, np.uint8) for c in FOCUS_COLOURS)
+    img[top:top + FOCUS, left:left + FOCUS] = np.where(stripe[..., None] == 0, dark, light)
+    return img, (left + FOCUS // 2, top + FOCUS // 2)
+
+
+def build_nav_demo(out_dir, *, n_train: int = 16, n_eval: int = 16, seed: int = 0, view_size: int = 224,
+                   budget: int = 4) -> Path:
+    """Write the corpus (see the module docstring) into ``out_dir``; the same seed gives the same files."""
+    from corpora.slides.viewer import SlideViewer
+
+    out = Path(out_dir)
+    (out / "slides").mkdir(parents=True, exist_ok=True)
+    (out / "views").mkdir(exist_ok=True)
+    (out / ".dataset-root").touch()
+    rng = np.random.default_rng(seed)
+    splits = {"rl": [], "eval": []}
+    for split, n in (("rl", n_train), ("eval", n_eval)):
+        for i in range(n):
+            answer = "AB"[int(rng.integers(2))]
+            img, (fx, fy) = slide_array(answer, rng)
+            name = f"slides/{split}-{i:03d}.tiff"
+            write_pyramidal_tiff(out / name, img, mpp=MPP, n_levels=3, compression="zlib")
+            splits[split].append({"id": f"{split}-{i:03d}", "slide": name, "question": QUESTION, "options": OPTIONS,
+                                  "answer": answer, "focus": {"x": fx, "y": fy}})
+    for split, records in splits.items():
+        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with (out / "traces.jsonl").open("w") as f:
+        for record in splits["rl"]:
+            f.write(json.dumps(navigation_trace(out, record, SlideViewer(budget=budget, size=view_size,
+                                                                        overview_size=OVERVIEW))) + "\n")
+    (out / "navdemo.json").write_text(json.dumps({"seed": seed, "n_train": n_train, "n_eval": n_eval, "mpp": MPP,
+                                                  "view_size": view_size, "budget": budget}, indent=2))
+    return out
+
+
+def navigation_trace(root: Path, record: dict, viewer) -> dict:
+    """The conversation a good navigator has on ``record``: the overview and question, a zoom on the focus at the
+    scan's resolution (run through ``viewer``, the view written to ``views/<id>.png``), then the answer."""
+    from corpora.prompts import render_prompt, render_response
+
+    observation = viewer.reset(slide=str(root / record["slide"]), id=record["id"])
+    overview = f"views/{record['id']}-overview.png"
+    viewer.overview.save(root / overview)
+    x, y = record["focus"]["x"], record["focus"]["y"]
+    view = viewer.zoom(x, y, TRACE_MPP)
+    view_file = f"views/{record['id']}.png"
+    view.image.save(root / view_file)
+    call = {"type": "function", "function": {"name": "zoom", "arguments": {"x": x, "y": y, "mpp": TRACE_MPP}}}
+    reasoning = REASONING[record["answer"]].format(mpp=TRACE_MPP, x=x, y=y)
+    return {
+        "id": record["id"], "slide": record["slide"], "images": [overview, view_file],
+        "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": render_prompt(
+                "cot", record["question"], record["options"]) + observation}]},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "name": "zoom", "content": [{"type": "image"}, {"type": "text", "text": view.text}]},
+            {"role": "assistant", "content": render_response("cot", reasoning, record["answer"])},
+        ],
+        "views": [{**v.to_json(), "slide": record["slide"]} for v in viewer.views],  # relative: a moved corpus
+    }
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m corpora.slides.navdemo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="folder to write the corpus into")
+    p.add_argument("--n-train", type=int, default=16)
+    p.add_argument("--n-eval", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--view-size", type=int, default=224)
+    args = p.parse_args(argv)
+    if min(args.n_train, args.n_eval) < 1 or args.view_size < 8:
+        p.error(f"expected --n-train, --n-eval >= 1 and --view-size >= 8, found {args.n_train}, {args.n_eval}, "
+                f"{args.view_size}")
+    out = build_nav_demo(args.out, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
+                         view_size=args.view_size)
+    print(json.dumps({"out": str(out), "train": args.n_train, "eval": args.n_eval, "traces": args.n_train}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

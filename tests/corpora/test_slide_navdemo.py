@@ -1,0 +1,104 @@
+"""corpora.slides.navdemo: slides (pyramidal TIFFs OpenSlide reads, written with tifffile in its generic-tiff layout)
+whose answer shows only at the scan's resolution in one focus, and navigation traces that replay through the
+viewer. The trace layout is TRL / transformers' tool-calling conversation (assistant ``tool_calls`` with
+``{"type": "function", "function": {"name", "arguments"}}``, then a ``tool`` message named after the function),
+as ``trl.chat_template_utils.supports_tool_calling`` renders it.
+"""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from corpora.slides import open_slide
+from corpora.slides.navdemo import FOCUS, MPP, OVERVIEW, build_nav_demo, slide_array
+from corpora.slides.viewer import SlideViewer, slide_questions
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return build_nav_demo(tmp_path_factory.mktemp("navdemo"), n_train=4, n_eval=2, seed=3, view_size=96)
+
+
+def band_direction(image) -> str:
+    """'A' when rows are uniform and columns vary (horizontal bands), 'B' for the transpose, '-' when flat."""
+    a = np.asarray(image).astype(float).mean(axis=2)
+    along_rows, along_cols = a.std(axis=1).mean(), a.std(axis=0).mean()
+    if max(along_rows, along_cols) < 5:
+        return "-"
+    return "A" if along_cols > along_rows else "B"
+
+
+def test_the_answer_shows_at_the_scan_resolution_and_nowhere_coarser(tmp_path):
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)  # the same layout, only the bands differ
+    (a, focus), (b, focus_b) = slide_array("A", rng_a), slide_array("B", rng_b)
+    assert focus == focus_b
+    sa = write_pyramidal_tiff_pair(tmp_path, a, b)
+    with open_slide(sa[0]) as A, open_slide(sa[1]) as B:
+        for size in (OVERVIEW, 224):  # overviews up to OVERVIEW px: identical
+            assert np.array_equal(np.asarray(A.thumbnail(size)), np.asarray(B.thumbnail(size)))
+        for mpp in (1.0, 4.0):  # every coarser view: identical too
+            x, y = focus[0] - 48 * mpp / MPP, focus[1] - 48 * mpp / MPP
+            assert np.array_equal(np.asarray(A.read_region_mpp(x, y, mpp, 96)), np.asarray(B.read_region_mpp(x, y, mpp, 96)))
+    views = {k: SlideViewer(p, size=FOCUS // 2).zoom(*focus, MPP).image for k, p in zip("AB", sa)}
+    assert band_direction(views["A"]) == "A" and band_direction(views["B"]) == "B"
+
+
+def write_pyramidal_tiff_pair(folder, a, b):
+    from corpora.slides.synthetic import write_pyramidal_tiff
+
+    return [write_pyramidal_tiff(folder / f"{k}.tiff", img, mpp=MPP, n_levels=3, compression="zlib")
+            for k, img in (("a", a), ("b", b))]
+
+
+def test_corpus_files_and_records(demo):
+    rl = [json.loads(line) for line in (demo / "rl.jsonl").read_text().splitlines()]
+    ev = [json.loads(line) for line in (demo / "eval.jsonl").read_text().splitlines()]
+    assert len(rl) == 4 and len(ev) == 2 and {r["answer"] for r in rl + ev} <= {"A", "B"}
+    assert not {r["slide"] for r in rl} & {r["slide"] for r in ev}  # no slide in both splits
+    rows = slide_questions(demo / "eval.jsonl")  # the viewer's loader reads them: RL and evaluation data
+    assert [r["answer"] for r in rows] == [r["answer"] for r in ev] and rows[0]["options"] == ev[0]["options"]
+    for r in rl + ev:  # the focus is darker than the tissue around it on the overview: a model can find it
+        with open_slide(demo / r["slide"]) as s:
+            assert s.info.mpp == pytest.approx(MPP) and s.info.levels == 3
+            thumb = np.asarray(s.thumbnail(384)).astype(float)
+            scale = s.info.width / thumb.shape[1]
+            fx, fy = int(r["focus"]["x"] / scale), int(r["focus"]["y"] / scale)
+            assert thumb[fy, fx].mean() < thumb[fy + 12, fx].mean() - 20
+
+
+def test_traces_replay_through_the_viewer_and_answer_right(demo):
+    rl = {json.loads(line)["id"]: json.loads(line) for line in (demo / "rl.jsonl").read_text().splitlines()}
+    traces = [json.loads(line) for line in (demo / "traces.jsonl").read_text().splitlines()]
+    assert [t["id"] for t in traces] == list(rl)
+    for t in traces:
+        record, (user, call, tool, answer) = rl[t["id"]], t["messages"]
+        assert [m["role"] for m in t["messages"]] == ["user", "assistant", "tool", "assistant"]
+        fn = call["tool_calls"][0]["function"]
+        assert fn == {"name": "zoom", "arguments": {**record["focus"], "mpp": MPP}} and tool["name"] == "zoom"
+        assert answer["content"].endswith(f"<answer>{record['answer']}</answer>") and "<think>" in answer["content"]
+        assert "You may view up to" in user["content"][1]["text"]  # the viewer's observation, as in RL
+        # replay: the saved view is exactly what the viewer returns for the call; it shows the answer
+        view = SlideViewer(demo / record["slide"], size=96).zoom(**fn["arguments"])
+        saved = Image.open(demo / t["images"][1])
+        assert np.array_equal(np.asarray(saved), np.asarray(view.image)) and tool["content"][1]["text"] == view.text
+        assert band_direction(saved) == record["answer"]
+        assert t["views"][0]["x"] == record["focus"]["x"] and len(t["images"]) == 2
+
+
+def test_the_same_seed_writes_the_same_corpus(demo, tmp_path):
+    again = build_nav_demo(tmp_path / "again", n_train=4, n_eval=2, seed=3, view_size=96)
+    for name in ("rl.jsonl", "eval.jsonl", "traces.jsonl"):
+        assert (again / name).read_text() == (demo / name).read_text()
+    assert (again / "slides" / "rl-000.tiff").read_bytes() == (demo / "slides" / "rl-000.tiff").read_bytes()
+
+
+def test_cli_writes_the_corpus_and_refuses_bad_sizes(tmp_path, capsys):
+    from corpora.slides.navdemo import main
+
+    assert main([str(tmp_path / "c"), "--n-train", "1", "--n-eval", "1", "--view-size", "32"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["traces"] == 1
+    assert len((tmp_path / "c" / "traces.jsonl").read_text().splitlines()) == 1
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "d"), "--n-train", "0"])
+    assert e.value.code == 2 and "expected --n-train, --n-eval >= 1" in capsys.readouterr().err
