@@ -79,6 +79,9 @@ class PathoR1Config:
                                                     "eval/...); empty = build the demo corpus."})
     stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES), metadata={
         "help": f"Stages to run (always in the order {list(STAGES)}); opd (on-policy distillation) needs opd.teacher."})
+    device: str = field(default="auto", metadata={
+        "help": "auto|cuda|cpu for every stage (stages/cuda_check.py): cuda refuses to start without a usable GPU, "
+                "cpu trains on the CPU, auto takes CUDA when usable."})
     evaluate: bool = field(default=True, metadata={"help": "Evaluate base and every stage on the held-out split."})
     report: bool = field(default=True, metadata={"help": "Render the markdown + PNG report and the run browser "
                                                        "(reports/patho_r1/<run>/browse/index.html) at the end."})
@@ -93,6 +96,8 @@ class PathoR1Config:
     launch: LaunchConfig = field(default_factory=LaunchConfig, metadata={"help": "How each stage process starts."})
 
     def __post_init__(self):
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"device must be one of auto|cuda|cpu, got {self.device!r}")
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown stages {unknown}; choose from {list(STAGES)}")
@@ -123,7 +128,7 @@ def run(cfg: PathoR1Config) -> Path | None:
                                    ("rl", cfg.rl, corpus / "rl.jsonl")):
         if stage not in cfg.stages:
             continue
-        stage_cfg = stage_config(stage_cfg, run=cfg.run, data=data, init=parent)
+        stage_cfg = stage_config(stage_cfg, run=cfg.run, data=data, init=parent, device=cfg.device)
         folder = run_stage(plan, stage=stage, module=f"recipes.{stage}", cfg=stage_cfg, data=Path(stage_cfg.data),
                            config_dir=out_dir / "launch")
         parent = entry_id(folder)  # the next stage gets a registry reference, not a path
@@ -137,6 +142,8 @@ def run(cfg: PathoR1Config) -> Path | None:
 
         clip_cfg = cfg.clip
         clip_cfg.run = cfg.run
+        if cfg.device != "auto":
+            clip_cfg.device = cfg.device
         if clip_cfg.data in ("", "demo"):
             clip_cfg.data = str(corpus / "pairs.csv")
             clip_cfg.zeroshot_dir = clip_cfg.zeroshot_dir or str(corpus / "eval" / "zeroshot")

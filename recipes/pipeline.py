@@ -55,10 +55,13 @@ def validate_corpus(root: Path, slides=None) -> None:
             print(f"validated {root / name}")
 
 
-def stage_config(cfg, *, run: str, data: Path, init: str):
-    """A copy of a stage config with the recipe's run name, data file and input model filled in."""
+def stage_config(cfg, *, run: str, data: Path, init: str, device: str = "auto"):
+    """A copy of a stage config with the recipe's run name, data file and input model filled in, and the recipe's
+    ``device`` where it names one (the stage process checks CUDA again under its own config)."""
     out = copy.deepcopy(cfg)
     out.run, out.init = run, init
+    if device != "auto" and hasattr(out, "device"):
+        out.device = device
     if not out.data:
         out.data = str(data)
     return out

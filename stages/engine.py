@@ -63,6 +63,9 @@ class StageConfig(StepRunConfig):
     template: str = field(default="cot", metadata={"help": "Prompt template from corpora/prompts."})
     slides: SlideSampling = field(default_factory=SlideSampling, metadata={
         "help": "How records naming a whole-slide image (\"slide\": PATH) become images: K tiles, selection, µm/px."})
+    device: Literal["auto", "cuda", "cpu"] = field(default="auto", metadata={
+        "help": "cuda: refuse to start without a usable GPU; cpu: train on the CPU; auto: CUDA when usable, the CPU "
+                "only on a machine without NVIDIA GPUs and nothing asking for one (stages/cuda_check.py)."})
     validate: Literal["strict", "lenient", "skip"] = field(
         default="strict", metadata={"help": "Validate the data before training (corpora.validate policy)."})
     train: Literal["projector", "projector_llm", "all"] = field(

@@ -105,9 +105,17 @@ def check(cfg, environ=None) -> None:
 
 
 def preflight_or_exit(cfg, prog: str | None = None) -> None:
-    """``check`` for ``main()``: print the problems and exit with status 2."""
+    """``check`` for ``main()``, then whether CUDA works where the run needs it (stages/cuda_check.py): print the
+    problems and exit with status 2."""
+    prog = prog or os.path.basename(sys.argv[0])
     try:
         check(cfg)
     except PreflightError as e:
-        print(f"{prog or os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    from stages import cuda_check
+
+    refusal = cuda_check.check(cfg)
+    if refusal:
+        print(f"{prog}: error: {refusal}", file=sys.stderr)
+        raise SystemExit(2)

@@ -224,6 +224,9 @@ class RLConfig(StepRunConfig):
                                   "vision tower is frozen) instead of once per completion.")
     share_prefix: bool = _f(True, "Run each group's prompt once -- in the rollouts' prefill, the log-prob forwards and the "
                                   "backward -- and reuse its KV cache for the G completions; unshared where not exact.")
+    device: Literal["auto", "cuda", "cpu"] = _f(
+        "auto", "cuda: refuse to start without a usable GPU; cpu: train on the CPU; auto: CUDA when usable, the CPU "
+                "only on a machine without NVIDIA GPUs and nothing asking for one (stages/cuda_check.py).")
     use_vllm: bool = _f(False, "Generate with vLLM (GPU only).")
     vllm_mode: Literal["colocate", "server"] = _f("colocate", "colocate: vLLM inside this process; server: `trl vllm-serve`.")
     vllm_gpu_memory_utilization: float = _f(0.3, "colocate: share of GPU memory vLLM may take.")
