@@ -12,8 +12,17 @@ The launcher is taken, in this order, from
    processes and the ``ACCELERATE_*`` / ``FSDP_*`` variables accelerate exported (those carry its config);
 3. none: a plain ``python -m recipes.<stage>`` child.
 
-Only global rank 0 of a launched driver drives: the other ranks return at once, so N ranks never start N jobs.
-Several nodes are refused: every node needs its own launcher, so run the stage commands on each node.
+Only local rank 0 of each node acts (start the driver with one process per node: ``torchrun --nproc_per_node 1``,
+``srun --ntasks-per-node 1``), so N ranks never start N jobs. On several nodes (``WORLD_SIZE`` > ``LOCAL_WORLD_SIZE``,
+e.g. ``torchrun --nnodes 2 --nproc_per_node 1 -m recipes.patho_r1 launch.num_processes=8``, scripts/slurm/) the
+driver runs on every node: every node makes the same skip / resume decisions from the shared registry
+(``PATHOR1_HOME`` must be one folder all nodes see) and starts each stage with its own launcher arguments --
+``torchrun --nnodes N --node_rank R --master_addr <the driver's MASTER_ADDR> --master_port <MASTER_PORT + k>``
+(``accelerate launch --num_machines N --machine_rank R --main_process_ip ... --main_process_port ...``) for the k-th
+stage -- so the stage's ranks on all nodes meet in one rendezvous. Node 0 alone evaluates and writes the report.
+
+SIGTERM / SIGUSR1 to the driver is passed on to the running stage, which checkpoints at its next step boundary and
+exits 75 (stages/preemption.py); the driver then exits 75 too, and the same command resumes.
 
 A stage whose run already has a complete entry with the same resolved config and data fingerprint (both recorded
 in its manifest) is skipped; a run with incomplete entries (killed mid-way) is re-launched with ``resume=auto``
@@ -24,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +42,7 @@ from pathlib import Path
 from typing import Literal
 
 from stages.config import save_yaml, to_dict
+from stages.compat import PREEMPTED_EXIT
 from stages.registry import Registry, fingerprint_files, is_finished, step_dir
 from stages.runs import config_differences, with_current_names
 
@@ -43,6 +54,10 @@ _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROU
 
 class LaunchError(RuntimeError):
     """A stage could not be launched, failed, or its run holds a different config."""
+
+
+class Preempted(LaunchError):
+    """A stage stopped for SIGTERM / SIGUSR1 after saving a checkpoint: the driver exits ``PREEMPTED_EXIT`` too."""
 
 
 @dataclass
@@ -79,11 +94,25 @@ class Plan:
     env: dict
     processes: int = 1  # 0: as the accelerate config says
     timeout: int = 0  # seconds per stage process; 0 = no limit
+    nodes: int = 1
+    node_rank: int = 0
+    port_base: int = 0  # several nodes: the k-th stage meets on port_base + k (the same number on every node)
+    launches: int = 0
 
     def command(self, module: str, config_file: Path) -> list[str]:
-        # accelerate's rendezvous port: a fresh free one per job (the driver's own launcher may still hold its port)
-        port = ["--main_process_port", str(free_port())] if self.kind == "accelerate" else []
+        port = []
+        if self.nodes > 1:  # every node must name the same port: derived, never picked
+            flag = "--main_process_port" if self.kind == "accelerate" else "--master_port"
+            port = [flag, str(self.port_base + self.launches)]
+            self.launches += 1
+        elif self.kind == "accelerate":  # a fresh free port per job (the driver's own launcher may still hold its port)
+            port = ["--main_process_port", str(free_port())]
         return [*self.prefix, *port, "-m", module, "--config", str(config_file)]
+
+    @property
+    def drives(self) -> bool:
+        """Node 0 evaluates, reports and writes the recipe's metrics; other nodes only take part in the stages."""
+        return self.node_rank == 0
 
 
 def free_port() -> int:
@@ -93,9 +122,29 @@ def free_port() -> int:
 
 
 def is_driver(env=None) -> bool:
-    """True for a plain process and for global rank 0 of a launched one."""
+    """True for a plain process and for local rank 0 of each node of a launched one (see the module docstring)."""
     env = os.environ if env is None else env
-    return int(env.get("RANK", "0")) == 0
+    return int(env.get("LOCAL_RANK", env.get("RANK", "0"))) == 0
+
+
+# torchrun passes these on to its workers (its default list lacks SIGUSR1, which would kill torchrun itself)
+TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+
+def forget_driver_ranks(env=None) -> None:
+    """Drop the rank variables of the driver's own launcher once the plan is made: what the driver itself runs
+    afterwards (evaluation) is one process, and would otherwise wait for a process group no other driver joins."""
+    env = os.environ if env is None else env
+    for name in [k for k in env if k in _RANK_VARIABLES or k.startswith("TORCHELASTIC_")]:
+        del env[name]
+
+
+def _nodes(env) -> tuple[int, int]:
+    """(nodes, this node's rank) of a launched driver; torchrun names them GROUP_WORLD_SIZE / GROUP_RANK."""
+    world = int(env.get("WORLD_SIZE", "1"))
+    local_world = max(int(env.get("LOCAL_WORLD_SIZE", world)), 1)
+    nodes = int(env.get("GROUP_WORLD_SIZE", world // local_world))
+    return nodes, int(env.get("GROUP_RANK", int(env.get("RANK", "0")) // local_world))
 
 
 def _parent_accelerate_config(ppid: int | None = None) -> str | None:
@@ -134,10 +183,9 @@ def _plan(cfg: LaunchConfig, env, parent_config: str | None) -> Plan:
     env = dict(os.environ if env is None else env)
     world = int(env.get("WORLD_SIZE", "1"))
     local_world = int(env.get("LOCAL_WORLD_SIZE", world))
-    if world != local_world:
-        raise LaunchError(f"the driver runs on several nodes (WORLD_SIZE={world}, LOCAL_WORLD_SIZE={local_world}): "
-                          f"start each stage yourself on every node (python -m recipes.pretrain / sft / rl under "
-                          f"your launcher, init=<previous stage's registry ref>)")
+    nodes, node_rank = _nodes(env)
+    if nodes > 1:
+        return _multi_node_plan(cfg, env, nodes, node_rank, local_world, parent_config)
     python = [sys.executable]
     if cfg.launcher == "python":
         return Plan("python", python, _child_env(env, keep_accelerate=True))
@@ -153,9 +201,35 @@ def _plan(cfg: LaunchConfig, env, parent_config: str | None) -> Plan:
     n = cfg.num_processes or local_world
     if cfg.launcher == "torchrun" or launched or n > 1:  # a launched driver's stages get a launcher too (DeepSpeed
         # on one GPU still needs the rendezvous variables torchrun sets)
-        prefix = [*python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+        prefix = [*python, "-m", "torch.distributed.run", "--standalone", f"--signals-to-handle={TORCHRUN_SIGNALS}",
+                  f"--nproc_per_node={n}"]
         return Plan("torchrun", prefix, _child_env(env, keep_accelerate=True), n)
     return Plan("python", python, _child_env(env, keep_accelerate=True))
+
+
+def _multi_node_plan(cfg: LaunchConfig, env: dict, nodes: int, node_rank: int, local_world: int,
+                     parent_config: str | None) -> Plan:
+    """Every node's stage launcher: the same rendezvous (the driver's MASTER_ADDR, MASTER_PORT + 1 + k), this
+    node's rank, ``launch.num_processes`` per node (default: the driver's processes per node)."""
+    if cfg.launcher == "python":
+        raise LaunchError(f"launch.launcher=python cannot span {nodes} nodes: use torchrun or an accelerate config")
+    addr, port = env.get("MASTER_ADDR"), env.get("MASTER_PORT")
+    if not addr or not port:
+        raise LaunchError(f"the driver runs on {nodes} nodes but MASTER_ADDR / MASTER_PORT are not set: start it "
+                          f"under torchrun --nnodes {nodes} (scripts/slurm/)")
+    per_node = cfg.num_processes or local_world
+    python = [sys.executable]
+    accelerate_config = cfg.accelerate_config or (
+        (parent_config if parent_config is not None else _parent_accelerate_config()) if cfg.launcher == "auto" else "")
+    where = dict(nodes=nodes, node_rank=node_rank, port_base=int(port) + 1)
+    if accelerate_config:
+        prefix = [*python, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
+                  "--num_machines", str(nodes), "--machine_rank", str(node_rank), "--main_process_ip", addr,
+                  "--num_processes", str(per_node * nodes)]
+        return Plan("accelerate", prefix, _child_env(env, keep_accelerate=False), per_node, **where)
+    prefix = [*python, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--node_rank={node_rank}",
+              f"--nproc_per_node={per_node}", f"--master_addr={addr}", f"--signals-to-handle={TORCHRUN_SIGNALS}"]
+    return Plan("torchrun", prefix, _child_env(env, keep_accelerate=True), per_node, **where)
 
 
 # ------------------------------------------------------------------------------------------- skip / resume
@@ -187,8 +261,12 @@ def published(stage: str, cfg, data: Path) -> Path | None:
 
 
 def _run(command: list[str], plan: Plan) -> int | None:
-    """The job's exit code, or None when it ran past ``plan.timeout`` and was stopped."""
+    """The job's exit code, or None when it ran past ``plan.timeout`` and was stopped. SIGTERM / SIGUSR1 to the
+    driver meanwhile reach the job as SIGTERM (which every launcher passes on to its workers; they checkpoint and
+    exit 75), and the driver waits for it."""
     proc = subprocess.Popen(command, env=plan.env)
+    forward = lambda signum, frame: proc.send_signal(signal.SIGTERM)  # noqa: E731
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         return proc.wait(timeout=plan.timeout or None)
     except subprocess.TimeoutExpired:
@@ -199,6 +277,9 @@ def _run(command: list[str], plan: Plan) -> int | None:
             proc.kill()
             proc.wait()
         return None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_stage(plan: Plan, *, stage: str, module: str, cfg, data: Path, config_dir: Path) -> Path:
@@ -214,6 +295,9 @@ def run_stage(plan: Plan, *, stage: str, module: str, cfg, data: Path, config_di
     if returncode is None:
         raise LaunchError(f"stage {stage} ran past {plan.timeout} s and was stopped; rerun the same command to "
                           f"continue it from its newest checkpoint")
+    if returncode == PREEMPTED_EXIT:
+        raise Preempted(f"stage {stage} was stopped by a signal and saved a checkpoint (exit {PREEMPTED_EXIT}); "
+                        f"rerun the same command to resume it")
     if returncode != 0:
         raise LaunchError(f"stage {stage} exited {returncode} ({shlex.join(command)}); rerun the same command: "
                           f"finished stages are skipped and {stage} resumes from its newest checkpoint")

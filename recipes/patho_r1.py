@@ -16,10 +16,12 @@ same prompt template; the last line printed is the path of the run's metrics.jso
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pathoclip.train import CLIPTrainConfig
+from stages.compat import PREEMPTED_EXIT
 from stages.config import load_config_or_exit
 from stages.preflight import preflight_or_exit
 from stages.model import resolve_model_path
@@ -30,7 +32,8 @@ from stages.rl.config import RLConfig
 from stages.sft import SFTConfig
 
 from evaluation.config import EvalConfig
-from recipes.launch import LaunchConfig, entry_id, is_driver, plan_launch, run_module, run_stage
+from recipes.launch import (LaunchConfig, Preempted, entry_id, forget_driver_ranks, is_driver, plan_launch,
+                            run_module, run_stage)
 from recipes.pipeline import (DemoCorpusConfig, Timer, corpus_dir, evaluate_checkpoints,
                               peak_memory_gib, stage_config, validate_corpus, write_metrics, recipe_eval)
 
@@ -109,17 +112,20 @@ class PathoR1Config:
 def run(cfg: PathoR1Config) -> Path | None:
     """Drive the stages (one process each) and evaluate; None on the ranks of a launched driver other than 0."""
     if not is_driver():
-        print("recipes.patho_r1: rank 0 drives the stages; this rank has nothing to do", flush=True)
+        print("recipes.patho_r1: local rank 0 of each node drives the stages; this rank has nothing to do", flush=True)
         return None
     timer = Timer()
     out_dir = reports_dir("patho_r1", cfg.run)
     plan = plan_launch(cfg.launch)
+    forget_driver_ranks()  # the evaluation below is this process alone
     t = timer.t0
     corpus = corpus_dir(cfg.data, cfg.demo)
     validate_corpus(corpus, cfg.sft.slides)
     base = resolve_model_path(cfg.base)
     t = timer.mark("corpus_and_base", t)
 
+    # every node writes the stage configs it launches; its own folder, so nodes never write the same file
+    launch_dir = out_dir / "launch" / (f"node{plan.node_rank}" if plan.nodes > 1 else "")
     checkpoints = {"base": str(base)}
     parent = str(base)
     for stage, stage_cfg, data in (("pretrain", cfg.pretrain, corpus / "pairs.jsonl"),
@@ -130,7 +136,7 @@ def run(cfg: PathoR1Config) -> Path | None:
             continue
         stage_cfg = stage_config(stage_cfg, run=cfg.run, data=data, init=parent, device=cfg.device)
         folder = run_stage(plan, stage=stage, module=f"recipes.{stage}", cfg=stage_cfg, data=Path(stage_cfg.data),
-                           config_dir=out_dir / "launch")
+                           config_dir=launch_dir)
         parent = entry_id(folder)  # the next stage gets a registry reference, not a path
         checkpoints[stage] = str(folder)
         t = timer.mark(stage, t)
@@ -138,8 +144,6 @@ def run(cfg: PathoR1Config) -> Path | None:
     metrics: dict = {"run": cfg.run, "corpus": str(corpus), "checkpoints": checkpoints,
                      "launcher": {"kind": plan.kind, "processes": plan.processes}}
     if "pathoclip" in cfg.stages:
-        from stages.registry import Registry
-
         clip_cfg = cfg.clip
         clip_cfg.run = cfg.run
         if cfg.device != "auto":
@@ -149,8 +153,13 @@ def run(cfg: PathoR1Config) -> Path | None:
             clip_cfg.zeroshot_dir = clip_cfg.zeroshot_dir or str(corpus / "eval" / "zeroshot")
             clip_cfg.zeroshot_prompts = clip_cfg.zeroshot_prompts or str(corpus / "eval" / "zeroshot_prompts.json")
         # PathoCLIP skips its finished phases itself (resume=auto), so it is simply launched again.
-        run_module(plan, "pathoclip.train", clip_cfg, out_dir / "launch" / f"pathoclip-{cfg.run}.yaml",
-                   what="pathoclip")
+        run_module(plan, "pathoclip.train", clip_cfg, launch_dir / f"pathoclip-{cfg.run}.yaml", what="pathoclip")
+    if not plan.drives:  # several nodes: node 0 evaluates and reports, the others only took part in the stages
+        print(f"recipes.patho_r1: node {plan.node_rank} done; node 0 evaluates and reports", flush=True)
+        return None
+    if "pathoclip" in cfg.stages:
+        from stages.registry import Registry
+
         folder = Registry().latest("pathoclip", cfg.run)
         m = Registry().manifest(str(folder))["metrics"]
         metrics["pathoclip"] = {"checkpoint": str(folder), "zero_shot_accuracy": m.get("zeroshot_accuracy"),
@@ -181,7 +190,11 @@ def run(cfg: PathoR1Config) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config_or_exit(PathoR1Config, argv, prog="python -m recipes.patho_r1")
     preflight_or_exit(cfg, "python -m recipes.patho_r1")  # missing vllm / deepspeed / bitsandbytes: fail now
-    path = run(cfg)
+    try:
+        path = run(cfg)
+    except Preempted as e:  # a stage saved its checkpoint and stopped for SIGTERM / SIGUSR1: exit "try again"
+        print(f"python -m recipes.patho_r1: {e}", file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT
     if path is not None:
         print(path)
     return 0

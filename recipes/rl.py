@@ -14,7 +14,9 @@ def main(argv=None) -> int:
     cfg = load_config_or_exit(RLConfig, argv, prog="python -m recipes.rl")
     preflight_or_exit(cfg, "python -m recipes.rl")  # missing vllm / deepspeed / bitsandbytes: fail in seconds
     print(run(cfg))
-    return 0
+    from stages import preemption
+
+    return preemption.exit_code()  # 75 when a signal stopped it early (with a checkpoint), else 0
 
 
 if __name__ == "__main__":

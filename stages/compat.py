@@ -97,6 +97,11 @@ def offline_hub() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+# A CLI whose training a signal stopped early, after every rank saved a checkpoint (stages/preemption.py): sysexits.h
+# EX_TEMPFAIL, "run it again". Here because exit_process treats it as a clean end and recipes/launch.py reads it.
+PREEMPTED_EXIT = 75
+
+
 def exit_process(code: int | None) -> None:
     """End a CLI process (``if __name__ == "__main__"`` only, after every result is written and closed).
 
@@ -113,7 +118,8 @@ def exit_process(code: int | None) -> None:
     """
     import gc
 
-    release_process_group(success=code in (0, None))
+    # a preempted rank stopped in step with all others (they agreed on the step): the group ends cleanly too
+    release_process_group(success=code in (0, None, PREEMPTED_EXIT))
     gc.freeze()
     sys.exit(code)
 

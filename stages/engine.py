@@ -37,6 +37,7 @@ from stages import distributed
 from stages.checkpointing import TRAINER_STATE_DIR, StopAfter  # noqa: F401 (re-exported for tests and stages)
 from stages.checkpointing import TRAIN_POLICIES, PublishingTrainer, Publication, resume_argument
 from stages.model import ModelConfig, load_model, resolve_model_path
+from stages.preemption import Preemption
 from stages.registry import Registry, logs_dir
 from stages.runs import RunPlan, StepRunConfig, plan_run
 
@@ -341,7 +342,9 @@ def prepare_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files,
 
 
 def stage_callbacks(cfg: StageConfig, model) -> list:
-    callbacks = [StopAfter(cfg.stop_after)] if cfg.stop_after else []
+    callbacks = [Preemption()]  # SIGTERM / SIGUSR1: checkpoint at the next step boundary (stages/preemption.py)
+    if cfg.stop_after:
+        callbacks.append(StopAfter(cfg.stop_after))
     if cfg.center_image_features:
         from stages.centering import ImageFeatureCentering
 
@@ -371,4 +374,6 @@ def cli_main(config_cls, run_fn, prog: str, argv: list[str] | None = None) -> in
     cfg = load_config_or_exit(config_cls, argv, prog=prog)
     preflight_or_exit(cfg, prog)  # e.g. bitsandbytes for 4-bit, deepspeed for a DeepSpeed launch
     print(run_fn(cfg))
-    return 0
+    from stages import preemption
+
+    return preemption.exit_code()  # 75 when a signal stopped it early (with a checkpoint), else 0

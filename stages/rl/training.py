@@ -132,6 +132,7 @@ def run(cfg: RLConfig) -> Path:
     from corpora.readers import load_qa
     from stages import distributed
     from stages.checkpointing import TRAIN_POLICIES, Publication, StopAfter, resume_argument
+    from stages.preemption import Preemption
     from corpora.training_data import check_data, data_file
     from stages.model import load_model, resolve_model_path
     from stages.registry import Registry, home, logs_dir, parse_ref
@@ -199,7 +200,8 @@ def run(cfg: RLConfig) -> Path:
                        suppress_tokens=vision_tokens(processor)),
         train_dataset=dataset,
         processing_class=processor,
-        callbacks=[StopAfter(cfg.stop_after)] if cfg.stop_after else None,
+        # SIGTERM / SIGUSR1: checkpoint at the next optimizer step and stop (stages/preemption.py)
+        callbacks=[Preemption(), *([StopAfter(cfg.stop_after)] if cfg.stop_after else [])],
         dynamic_sampling=cfg.dynamic_sampling,
         max_num_gen_batches=cfg.max_num_gen_batches,
         gating_reward=cfg.gating_reward_index(),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from recipes.launch import (LaunchConfig, LaunchError, _parent_accelerate_config, config_differences, is_driver,
-                            plan_launch, published, run_stage)
+from recipes.launch import (LaunchConfig, LaunchError, _parent_accelerate_config, config_differences,
+                            forget_driver_ranks, is_driver, plan_launch, published, run_stage)
 from stages.registry import Registry, RegistryError
 from tests.recipes.fake_stage import FakeStageConfig
 
@@ -42,7 +42,8 @@ def test_under_accelerate_launch_each_stage_gets_the_same_config_file_and_world_
 def test_under_torchrun_each_stage_gets_torchrun_with_the_same_ranks_and_accelerate_variables():
     plan = plan_launch(LaunchConfig(), env=TWO_RANKS, parent_config="")
     assert plan.kind == "torchrun" and plan.processes == 2
-    assert plan.prefix == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert plan.prefix == [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "--nproc_per_node=2"]
     # accelerate's settings travel in these variables, so the stage sees the same DeepSpeed / FSDP config
     assert plan.env == {"ACCELERATE_USE_DEEPSPEED": "true", "FSDP_VERSION": "2", "HOME": "/h"}
     # one launched process (e.g. DeepSpeed on one GPU) keeps a launcher: DeepSpeed needs torchrun's variables
@@ -59,17 +60,59 @@ def test_launch_fields_override_the_environment(tmp_path):
     assert plan_launch(LaunchConfig(launcher="torchrun"), env={}).prefix[-1] == "--nproc_per_node=1"
 
 
-def test_bad_launch_fields_and_several_nodes_are_refused(tmp_path):
+def test_bad_launch_fields_are_refused(tmp_path):
     with pytest.raises(ValueError, match="launch.accelerate_config: no such file nope.yaml"):
         LaunchConfig(accelerate_config="nope.yaml")
     with pytest.raises(ValueError, match="launch.launcher=accelerate needs launch.accelerate_config=FILE"):
         LaunchConfig(launcher="accelerate")
-    with pytest.raises(LaunchError, match=r"several nodes \(WORLD_SIZE=16, LOCAL_WORLD_SIZE=8\)"):
-        plan_launch(LaunchConfig(), env={"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"})
 
 
-def test_only_rank_zero_drives():
+# a driver started on node 1 of 2 by `torchrun --nnodes 2 --nproc_per_node 1` (the variables torchrun sets)
+NODE_1 = {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "1",
+          "GROUP_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "HOME": "/h"}
+
+
+def test_on_several_nodes_every_node_starts_each_stage_with_its_own_rank_and_one_rendezvous():
+    plans = [plan_launch(LaunchConfig(num_processes=8), env={**NODE_1, "RANK": str(r), "GROUP_RANK": str(r)},
+                         parent_config="") for r in (0, 1)]
+    for rank, plan in enumerate(plans):
+        assert plan.kind == "torchrun" and plan.drives == (rank == 0) and plan.processes == 8
+        assert plan.prefix == [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                               "--nproc_per_node=8", "--master_addr=10.0.0.1",
+                               "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"]
+        assert plan.env == {"HOME": "/h"}
+        # the k-th stage meets on MASTER_PORT + 1 + k on every node (the driver's own store holds MASTER_PORT)
+        commands = [plan.command(f"recipes.{m}", Path("c.yaml")) for m in ("pretrain", "sft", "rl")]
+        assert [c[len(plan.prefix):-4] for c in commands] == [["--master_port", str(p)] for p in (29501, 29502, 29503)]
+        assert commands[2][-4:] == ["-m", "recipes.rl", "--config", "c.yaml"]
+
+
+def test_on_several_nodes_an_accelerate_config_gets_machine_rank_and_total_processes(tmp_path):
+    config = tmp_path / "zero2.yaml"
+    config.write_text("distributed_type: DEEPSPEED\n")
+    plan = plan_launch(LaunchConfig(accelerate_config=str(config), num_processes=8), env=NODE_1)
+    assert plan.prefix[3:] == ["--config_file", str(config), "--num_machines", "2", "--machine_rank", "1",
+                               "--main_process_ip", "10.0.0.1", "--num_processes", "16"]
+    assert plan.command("recipes.sft", Path("s.yaml"))[-6:] == ["--main_process_port", "29501", "-m", "recipes.sft",
+                                                                 "--config", "s.yaml"]
+
+
+def test_several_nodes_need_a_launcher_and_a_rendezvous_address():
+    with pytest.raises(LaunchError, match="launch.launcher=python cannot span 2 nodes"):
+        plan_launch(LaunchConfig(launcher="python"), env=NODE_1)
+    with pytest.raises(LaunchError, match="MASTER_ADDR / MASTER_PORT are not set"):
+        plan_launch(LaunchConfig(), env={k: v for k, v in NODE_1.items() if k != "MASTER_ADDR"}, parent_config="")
+
+
+def test_the_driver_forgets_its_launchers_ranks_after_planning():
+    env = {**NODE_1, "TORCHELASTIC_RUN_ID": "x"}
+    forget_driver_ranks(env)
+    assert env == {"HOME": "/h"}
+
+
+def test_local_rank_zero_of_each_node_drives():
     assert is_driver({}) and is_driver({"RANK": "0"}) and not is_driver({"RANK": "1"})
+    assert is_driver(NODE_1) and not is_driver({**NODE_1, "LOCAL_RANK": "1"})
 
 
 def test_the_accelerate_config_is_read_from_the_parent_command_line(tmp_path):

@@ -29,6 +29,9 @@ The entry point runs unchanged; the probes only observe or slow it, each switche
 - ``PATHOR1_PROBE_TOOL_SCRIPT=1``: the RL policy's rollouts follow ``tests.slide_tools``'s script (a logits
   processor on its own ``generate``: some rows call the slide viewer's zoom, then answer), so a tool path runs
   with known tool calls on a random tiny model.
+- ``PATHOR1_PROBE_STEP_DELAY=SECONDS:DIR``: at every optimizer-step boundary each rank touches
+  ``DIR/step-<N>-rank-<R>`` and waits SECONDS before the preemption check (stages/preemption.py), so a test can
+  signal the launchers mid-run and know which steps were trained.
 - ``PATHOR1_PROBE_COMMIT_DELAY=SECONDS``: a registry checkpoint of step >= 2 waits this long after its payload
   is written and before its manifest is -- a window in which a test can SIGKILL the process mid-write.
 """
@@ -340,6 +343,21 @@ def delay_epochs(seconds: float) -> None:
     open_clip_main.train_one_epoch = slow_epoch
 
 
+def delay_steps(spec: str) -> None:
+    from stages.preemption import Preemption
+
+    seconds, folder = spec.split(":", 1)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    on_step_end = Preemption.on_step_end
+
+    def slow_step_end(self, args, state, control, **kwargs):
+        (Path(folder) / f"step-{state.global_step}-rank-{os.environ.get('RANK', 0)}").touch()
+        time.sleep(float(seconds))
+        return on_step_end(self, args, state, control, **kwargs)
+
+    Preemption.on_step_end = slow_step_end
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -362,6 +380,8 @@ def main() -> None:
         delay_commits(float(os.environ["PATHOR1_PROBE_COMMIT_DELAY"]))
     if os.environ.get("PATHOR1_PROBE_EPOCH_DELAY"):
         delay_epochs(float(os.environ["PATHOR1_PROBE_EPOCH_DELAY"]))
+    if os.environ.get("PATHOR1_PROBE_STEP_DELAY"):
+        delay_steps(os.environ["PATHOR1_PROBE_STEP_DELAY"])
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
