@@ -121,6 +121,56 @@ def navigation_trace(root: Path, record: dict, viewer) -> dict:
     }
 
 
+def tool_schemas() -> list[dict]:
+    """The JSON schemas of the viewer's tools, as TRL renders them into the chat template's tool section."""
+    from transformers.utils import get_json_schema
+
+    from corpora.slides.viewer import SlideViewer
+
+    viewer = SlideViewer()
+    return [get_json_schema(viewer.zoom), get_json_schema(viewer.tissue_regions)]
+
+
+def sft_dataset(traces, *, overview_size: int | None = None):
+    """``traces.jsonl`` as a dataset TRL's SFTTrainer trains on (``messages``, ``images``, ``tools``).
+
+    Why a transform: TRL 1.16's ``prepare_multimodal_messages`` fills the ``images`` column into placeholders
+    outside ``tool`` turns only and keeps image blocks that already carry their image; a view belongs to a tool
+    turn, so it is put into its block when a row is read (Arrow cannot store an image among text blocks). Use
+    with ``SFTConfig(remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True})``."""
+    from datasets import Dataset
+    from PIL import Image
+
+    traces = Path(traces)
+    rows = [json.loads(line) for line in traces.read_text().splitlines() if line.strip()]
+    schemas = json.dumps(tool_schemas())
+    table = Dataset.from_list([{"id": r["id"], "messages": json.dumps(r["messages"]),
+                                "image_files": [str(traces.parent / f) for f in r["images"]]} for r in rows])
+
+    def load(path, first):
+        image = Image.open(path).convert("RGB")
+        if first and overview_size:
+            image.thumbnail((overview_size, overview_size))
+        return image
+
+    def to_rows(batch):
+        out = {"id": batch["id"], "messages": [], "images": [], "tools": []}
+        for text, files in zip(batch["messages"], batch["image_files"]):
+            messages, pending = json.loads(text), iter(files[1:])
+            for message in messages:
+                if message["role"] == "tool" and isinstance(message["content"], list):
+                    message["content"] = [{**b, "image": load(next(pending), False)} if b.get("type") == "image"
+                                          else b for b in message["content"]]
+                elif isinstance(message["content"], str):
+                    message["content"] = [{"type": "text", "text": message["content"]}]
+            out["messages"].append(messages)
+            out["images"].append([load(files[0], True)])
+            out["tools"].append(json.loads(schemas))
+        return out
+
+    return table.with_transform(to_rows)
+
+
 def main(argv=None) -> int:
     import argparse
 

@@ -102,3 +102,28 @@ def test_cli_writes_the_corpus_and_refuses_bad_sizes(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "d"), "--n-train", "0"])
     assert e.value.code == 2 and "expected --n-train, --n-eval >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_trls_sft_trainer_learns_from_the_traces_with_the_view_in_the_tool_turn(demo, tmp_path):
+    """TRL 1.16's SFTTrainer on the traces (tiny Qwen3-VL): the batch holds each trace's overview and view, the
+    rendered conversation has the tool section, the call and the view inside the tool response, and the loss falls."""
+    from trl import SFTConfig, SFTTrainer
+
+    from corpora.slides.navdemo import sft_dataset
+    from stages.model import ModelConfig, build_tiny, load_model
+
+    model, processor = load_model(ModelConfig(name_or_path=str(build_tiny("qwen3_vl", tmp_path / "tiny"))))
+    data = sft_dataset(demo / "traces.jsonl", overview_size=112)
+    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=8, per_device_train_batch_size=2, learning_rate=3e-3,
+                     report_to=[], logging_steps=1, save_strategy="no", use_cpu=True, bf16=False,
+                     remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["image_grid_thw"].shape[0] == 4  # two traces x (overview + view)
+    text = processor.tokenizer.decode(batch["input_ids"][0])
+    assert '"name": "zoom"' in text and "<tool_call>" in text and "view 1/4: centre" in text
+    assert text.index("<tool_response>") < text.rindex("<|image_pad|>") < text.index("</tool_response>")
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0]
