@@ -21,6 +21,19 @@ def test_a_missing_teacher_is_one_line_exit_2_before_any_model_loads(monkeypatch
                    "student's family, found nothing; fix: teacher=REF")
 
 
+def test_an_unknown_reference_or_bad_data_is_one_line_exit_2(tmp_path, capsys):
+    bad = tmp_path / "qa.jsonl"
+    bad.write_text('{"question": "x?", "answer": "Z", "options": ["a", "b"], "images": []}\n')
+    assert opd_recipe.main(["teacher=sft:big", "init=sft:none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("python -m recipes.opd: error: no checkpoint for 'sft:none'")
+    student = tmp_path / "student"
+    student.mkdir()  # folders are taken as they are: the data is checked next, before any model loads
+    assert opd_recipe.main([f"teacher={student}", f"init={student}", f"data={bad}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad}:1:" in err, err
+
+
 def test_patho_r1_places_opd_between_sft_and_rl_only_with_a_teacher():
     from recipes.patho_r1 import PathoR1Config
     from stages.config import ConfigError, load_config
