@@ -16,7 +16,8 @@ from evaluation.metrics import paired_comparison
 from evaluation.report import DEFAULT_REWARD_TAGS, checkpoint_label, evaluations, history, scalar_series
 
 SMOOTHING = 0.6  # TensorBoard's default EMA weight: the curves read as they do there
-MAX_CLASSES = 15  # more distinct option texts than this: the confusion table groups by option letter
+MAX_OPTION_SETS = 12  # more question families than this (options differ per question): confusion by option letter
+MAX_CLASSES = 15
 # The settings a reader compares between stages; the full config is one click away in the page.
 KEY_SETTINGS = ("algorithm", "loss_type", "lr", "learning_rate", "max_steps", "steps", "epochs", "batch_size",
                 "batch", "num_generations", "temperature", "beta", "epsilon", "epsilon_high", "max_completion_length",
@@ -141,17 +142,30 @@ def _gold_and_predicted(row: dict) -> tuple[str, str] | None:
     return name(gold), name(said) if said else "(no answer)"
 
 
-def confusion(rows: list[dict]) -> dict | None:
-    """Per-class confusion of the MCQ rows: ``{"classes": gold classes, "predicted": columns, "counts": [[...]]}``."""
-    pairs = [p for p in map(_gold_and_predicted, (r for r in rows if r.get("kind") == "mcq")) if p]
-    if not pairs:
-        return None
-    if len({g for g, _ in pairs}) > MAX_CLASSES:  # every question has its own options: group by letter
-        pairs = [p for p in (_gold_and_predicted({**r, "options": []}) for r in rows if r.get("kind") == "mcq") if p]
-    classes = sorted({g for g, _ in pairs})
-    predicted = classes + sorted({p for _, p in pairs} - set(classes), key=lambda p: (p == "(no answer)", p))
-    counts = [[sum(1 for g, p in pairs if g == c and p == q) for q in predicted] for c in classes]
-    return {"classes": classes, "predicted": predicted, "counts": counts}
+def confusion(rows: list[dict]) -> list[dict]:
+    """Per-class confusion of the MCQ rows, one table per option set (a question family such as "which tissue?"
+    with its classes as options): ``[{"title", "classes": gold, "predicted": columns, "counts": [[...]]}]``. When
+    nearly every question has options of its own (most public benchmarks) the classes mean nothing: one table by
+    option letter."""
+    mcq = [r for r in rows if r.get("kind") == "mcq"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in mcq:
+        groups.setdefault(tuple(r.get("options") or ()), []).append(r)
+    if len(groups) > MAX_OPTION_SETS or any(len(o) > MAX_CLASSES for o in groups):
+        groups = {(): [{**r, "options": []} for r in mcq]}
+    tables = []
+    for options, members in groups.items():
+        pairs = [p for p in map(_gold_and_predicted, members) if p]
+        if not pairs:
+            continue
+        questions = {r.get("question") for r in members}
+        title = (questions.pop() if len(questions) == 1 else
+                 "options: " + " / ".join(options) if options else "by option letter")
+        classes = sorted({g for g, _ in pairs})
+        predicted = classes + sorted({p for _, p in pairs} - set(classes), key=lambda p: (p == "(no answer)", p))
+        counts = [[sum(1 for g, p in pairs if g == c and p == q) for q in predicted] for c in classes]
+        tables.append({"title": title, "n": len(pairs), "classes": classes, "predicted": predicted, "counts": counts})
+    return tables
 
 
 def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:

@@ -19,7 +19,7 @@ from fake_run import STAGES, add_rl_run, evaluate_again, make_run, rows_for  # n
 
 from evaluation.browse import browse  # noqa: E402
 from evaluation.browse.__main__ import main as browse_main  # noqa: E402
-from evaluation.browse.data import _slide  # noqa: E402
+from evaluation.browse.data import _slide, confusion  # noqa: E402
 from evaluation.browse.render import write_browser  # noqa: E402
 from evaluation.metrics import paired_comparison  # noqa: E402
 from stages.registry import home  # noqa: E402
@@ -76,7 +76,8 @@ def test_gathered_data_matches_the_predictions(run):
         assert {k: c[k] for k in want} == want
     # confusion: every MCQ row counted once, the diagonal is the correct answers
     for stage in data["stages"]:
-        table = stage["confusion"]["demo-mcq"]
+        [table] = stage["confusion"]["demo-mcq"]  # one option set: one table whose classes are the options
+        assert table["title"] == "options: tumor / stroma / normal / lymphocytes"
         assert sum(map(sum, table["counts"])) == N
         diagonal = sum(table["counts"][i][table["predicted"].index(c)] for i, c in enumerate(table["classes"]))
         assert diagonal == sum(r["correct"] for r in rows[stage["key"]].values())
@@ -89,6 +90,26 @@ def test_gathered_data_matches_the_predictions(run):
     assert abs(acc["smoothed"][-1] - acc["values"][-1]) < max(abs(a - b) for a, b in zip(acc["values"], acc["values"][1:]))
     # lineage settings from the registry manifests
     assert data["stages"][-1]["settings"]["reward_weights"] == [0.1, 0.9, 0.5]
+
+
+def test_confusion_is_per_question_family_or_by_letter():
+    def row(question, options, gold, said):
+        return {"kind": "mcq", "question": question, "options": options, "answer": gold, "extracted": said}
+
+    tissue, density = ["tumor", "stroma"], ["sparse", "dense", "very dense"]
+    rows = [row("Which tissue?", tissue, "A", "A"), row("Which tissue?", tissue, "B", "A"),
+            row("How dense?", density, "C", "C"), row("How dense?", density, "A", None),
+            {"kind": "yesno", "question": "Tumour?", "answer": "yes", "extracted": "no"}]
+    tables = {t["title"]: t for t in confusion(rows)}
+    assert tables["Which tissue?"] == {"title": "Which tissue?", "n": 2, "classes": ["stroma", "tumor"],
+                                       "predicted": ["stroma", "tumor"], "counts": [[0, 1], [0, 1]]}
+    assert tables["How dense?"]["predicted"] == ["sparse", "very dense", "(no answer)"]
+    assert tables["How dense?"]["counts"] == [[0, 0, 1], [0, 1, 0]]
+    # every question with options of its own (a public benchmark): one table by option letter
+    own = [row(f"q{i}?", [f"a{i}", f"b{i}"], "AB"[i % 2], "A") for i in range(20)]
+    [by_letter] = confusion(own)
+    assert by_letter["title"] == "by option letter" and by_letter["classes"] == ["A", "B"]
+    assert by_letter["counts"] == [[10, 0], [10, 0]]  # every answer was A
 
 
 def test_compare_adds_another_run_and_the_newest_evaluation_wins(run):

@@ -387,20 +387,20 @@
     let any = false;
     for (const suite of D.suites) {
       for (const s of D.stages) {
-        const c = s.confusion[suite];
-        if (!c) continue;
-        any = true;
-        const rows = c.classes.map((g, i) => {
-          const total = c.counts[i].reduce((a, b) => a + b, 0) || 1;
-          return el("tr", {}, el("th", { text: g }), c.counts[i].map((n, j) => {
-            const td = el("td", { class: "num" + (c.predicted[j] === g ? " diag" : ""), text: String(n) });
-            td.style.background = "rgba(" + (c.predicted[j] === g ? "44,160,44," : "214,39,40,") + (0.55 * n / total).toFixed(3) + ")";
-            return td;
-          }), el("td", { class: "num dim", text: pct(c.counts[i][c.predicted.indexOf(g)] / total) + "%" }));
-        });
-        block.append(el("details", { open: s === D.stages[D.stages.length - 1] || null, "data-confusion": suite + "/" + s.key },
-          el("summary", { text: suite + " — " + s.key }),
-          table(["gold \\ answered", ...c.predicted, "recall"], rows, "confusion")));
+        for (const c of s.confusion[suite] || []) {
+          any = true;
+          const rows = c.classes.map((g, i) => {
+            const total = c.counts[i].reduce((a, b) => a + b, 0) || 1;
+            return el("tr", {}, el("th", { text: g }), c.counts[i].map((n, j) => {
+              const td = el("td", { class: "num" + (c.predicted[j] === g ? " diag" : ""), text: String(n) });
+              td.style.background = "rgba(" + (c.predicted[j] === g ? "44,160,44," : "214,39,40,") + (0.55 * n / total).toFixed(3) + ")";
+              return td;
+            }), el("td", { class: "num dim", text: pct(c.counts[i][c.predicted.indexOf(g)] / total) + "%" }));
+          });
+          block.append(el("details", { open: s === D.stages[D.stages.length - 1] || null, "data-confusion": suite + "/" + s.key },
+            el("summary", { text: suite + " — " + s.key + " — " + c.title + " (n " + c.n + ")" }),
+            table(["gold \\ answered", ...c.predicted, "recall"], rows, "confusion")));
+        }
       }
     }
     if (!any) block.append(el("p", { class: "dim", text: "no MCQ predictions" }));
