@@ -42,14 +42,8 @@ def resolve_model(model_ref: str | Path) -> tuple[Path, dict]:
     the id, which the Auto classes load); the manifest is {} for models we did not write."""
     from stages import registry
 
-    reg = registry.Registry()
-    path = Path(reg.resolve_model(str(model_ref)))
-    if not (path / "manifest.json").is_file():
-        return path, {}
-    try:  # the registry's reader: paths stored as ${PATHOR1_HOME}/... come back absolute (the demo corpus it trained on)
-        return path, reg.manifest(str(path))
-    except registry.RegistryError:
-        return path, {}
+    path = Path(registry.Registry().resolve_model(str(model_ref)))
+    return path, registry.read_manifest(path) or {}  # paths inside the home come back absolute
 
 
 def pick_template(manifest: dict, template: str | None, profile: str = "pathor1") -> str:

@@ -94,12 +94,11 @@ class LocalTeacher:
         import torch
 
         from evaluation.generate import load_model
-        from stages.registry import Registry
+        from stages.registry import Registry, read_manifest
         from stages.rollouts import vision_token_ids
 
         self.path = Registry().resolve(ref)
-        manifest = self.path / "manifest.json"
-        info = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        info = read_manifest(self.path) or {}
         self.describe = {"ref": ref, "path": str(self.path), **{k: info.get(k) for k in ("stage", "run", "step")}}
         self.model, self.processor = load_model(self.path, device=args.device)
         self.args, self.torch = args, torch

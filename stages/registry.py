@@ -100,6 +100,17 @@ def _paths_absolute(obj, root: Path):
     return obj
 
 
+def read_manifest(entry: str | Path) -> dict | None:
+    """The manifest of an entry folder with its ``${PATHOR1_HOME}/...`` paths made absolute for the registry the
+    entry lies in (``<root>/<stage>/<run>/step-N``, wherever that root is now); None for a folder without one. Read
+    manifests only through here (or ``Registry.manifest``), never as raw JSON."""
+    entry = Path(entry)
+    if not (entry / MANIFEST).is_file():
+        return None
+    data = _read_json(entry / MANIFEST)
+    return None if data is None else _paths_absolute(data, entry.absolute().parent.parent.parent)
+
+
 def is_finished(manifest: dict) -> bool:
     """Whether an entry is the planned end of its run: the one rule every stage, the launcher and ``:latest`` use.
 
@@ -436,8 +447,7 @@ class Registry:
         return None
 
     def _load(self, manifest_file: Path) -> dict | None:
-        data = _read_json(manifest_file)
-        return None if data is None else _paths_absolute(data, self.root)
+        return read_manifest(manifest_file.parent)
 
     def _pointed(self, folder: Path) -> Path | None:
         """The checkpoint a LATEST file in ``folder`` names, if it still exists."""

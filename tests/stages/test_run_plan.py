@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.registry import HOME_MARK, Registry, RegistryError, is_finished, lineage_text, main
+from stages.registry import HOME_MARK, Registry, RegistryError, is_finished, lineage_text, main, read_manifest
 from stages.runs import RunError, StepRunConfig, plan_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +75,7 @@ def test_paths_in_the_home_are_stored_relative_and_survive_a_copied_home(reg, tm
     moved = Registry(copy)
     m = moved.manifest("sft:r")
     assert m["parent"] == str(copy / "base" / "tiny") and m["config"]["data"] == str(copy / "demo" / "sft.jsonl")
+    assert read_manifest(copy / "sft" / "r" / "step-00000002") == m  # what evaluation reads from a model folder
     assert lineage_text(moved.lineage("sft:r")) == f"sft/r/step-00000002 <- base:{copy / 'base' / 'tiny'}"
 
 
