@@ -411,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kwargs = cfg.evaluate_kwargs()
     out, export, data = cfg.out or None, cfg.export or None, cfg.data or None
+    from stages.registry import HomeError, check_writable
+
+    try:  # before any answer is generated: a read-only home must not cost the whole evaluation
+        check_writable(Path(out) if out else None)
+    except HomeError as e:
+        print(f"python -m evaluation.run: error: {e}", file=sys.stderr)
+        return 2
     if args.compare_templates:
         templates = [t.strip() for t in args.compare_templates.split(",") if t.strip()]
         kwargs.pop("template")

@@ -20,9 +20,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
-from stages.config import load_config_or_exit, to_dict
+from stages.cli import run_cli
+from stages.config import to_dict
 from stages.registry import Registry, RegistryError, cache_dir, home, logs_dir
 from stages.runs import RunConfig, plan_run
 
@@ -41,8 +42,6 @@ class CLIPTrainConfig(RunConfig):
     """Train a CLIP model on an image-caption corpus with open_clip_train, in two progressive phases.
 
     The shared names (run, init, data, seed, batch_size, lr, weight_decay, logging_steps) are stages.runs'."""
-
-    RENAMED: ClassVar[dict[str, str]] = {**RunConfig.RENAMED, "pretrained": "init", "log_every_n_steps": "logging_steps"}
 
     run: str = field(default="demo", metadata={"help": "run name (registry pathoclip/<run>, logs/pathoclip/<run>)"})
     init: str = field(default="", metadata={"help": "initial weights: an open_clip pretrained tag (e.g. openai), "
@@ -84,6 +83,11 @@ class CLIPTrainConfig(RunConfig):
         for name in ("epochs_a", "epochs_b", "shard_size", "save_frequency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# old name -> new name (a class attribute set after the class: dataclasses would take an annotated one for a field
+# when this module runs as __main__)
+CLIPTrainConfig.RENAMED = {**RunConfig.RENAMED, "pretrained": "init", "log_every_n_steps": "logging_steps"}
 
 
 def resolve_corpus(cfg: CLIPTrainConfig) -> CLIPTrainConfig:
@@ -217,11 +221,13 @@ def _train(cfg: CLIPTrainConfig) -> Path | None:
     return Path(entry["path"])
 
 
-def main(argv=None) -> int:
-    cfg = load_config_or_exit(CLIPTrainConfig, argv, prog="python -m pathoclip.train")
+def _import_and_train(cfg: CLIPTrainConfig) -> Path | None:
     import_open_clip_train()  # after the config is known good: a bad field fails in a second, not after imports
-    print(train(cfg))
-    return 0
+    return train(cfg)
+
+
+def main(argv=None) -> int:
+    return run_cli(CLIPTrainConfig, _import_and_train, "python -m pathoclip.train", argv)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages.config import load_config_or_exit
-from stages.preflight import preflight_or_exit
+from stages.cli import run_cli
 from stages.model import resolve_model_path
 from stages.registry import Registry, reports_dir
 from stages.rl.config import RLConfig
 
 from evaluation.config import EvalConfig
-from recipes.launch import LaunchConfig, entry_id, is_driver, plan_launch, run_stage
+from recipes.launch import LaunchConfig, LaunchError, entry_id, is_driver, plan_launch, run_stage
 from recipes.pipeline import (DemoCorpusConfig, Timer, corpus_dir, peak_memory_gib, subset_file,
                               validate_corpus, write_metrics, recipe_eval)
 
@@ -87,12 +86,8 @@ def run(cfg: MedR1Config) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config_or_exit(MedR1Config, argv, prog="python -m recipes.med_r1")
-    preflight_or_exit(cfg, "python -m recipes.med_r1")  # a missing vllm / deepspeed: fail now, not after hours
-    path = run(cfg)
-    if path is not None:
-        print(path)
-    return 0
+    # config, home, packages, then the stages; a known error is one line and exit 2 (stages.cli)
+    return run_cli(MedR1Config, run, "python -m recipes.med_r1", argv, extra=(LaunchError,))
 
 
 if __name__ == "__main__":

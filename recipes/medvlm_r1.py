@@ -13,14 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages.config import load_config_or_exit
-from stages.preflight import preflight_or_exit
+from stages.cli import run_cli
 from stages.model import resolve_model_path
 from stages.registry import reports_dir
 from stages.rl.config import RLConfig
 
 from evaluation.config import EvalConfig
-from recipes.launch import LaunchConfig, is_driver, plan_launch, run_stage
+from recipes.launch import LaunchConfig, LaunchError, is_driver, plan_launch, run_stage
 from recipes.pipeline import (DemoCorpusConfig, Timer, corpus_dir, evaluate_checkpoints, peak_memory_gib,
                               subset_file, validate_corpus, write_metrics, recipe_eval)
 
@@ -75,12 +74,8 @@ def run(cfg: MedVLMR1Config) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config_or_exit(MedVLMR1Config, argv, prog="python -m recipes.medvlm_r1")
-    preflight_or_exit(cfg, "python -m recipes.medvlm_r1")  # a missing vllm / deepspeed: fail now, not after hours
-    path = run(cfg)
-    if path is not None:
-        print(path)
-    return 0
+    # config, home, packages, then the stages; a known error is one line and exit 2 (stages.cli)
+    return run_cli(MedVLMR1Config, run, "python -m recipes.medvlm_r1", argv, extra=(LaunchError,))
 
 
 if __name__ == "__main__":

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pathoclip.train import CLIPTrainConfig
+from stages.cli import run_cli
 from stages.compat import PREEMPTED_EXIT
-from stages.config import load_config_or_exit
-from stages.preflight import preflight_or_exit
 from stages.model import resolve_model_path
 from stages.opd import OPDConfig
 from stages.pretrain import PretrainConfig
@@ -32,8 +31,8 @@ from stages.rl.config import RLConfig
 from stages.sft import SFTConfig
 
 from evaluation.config import EvalConfig
-from recipes.launch import (LaunchConfig, Preempted, entry_id, forget_driver_ranks, is_driver, plan_launch,
-                            run_module, run_stage)
+from recipes.launch import (LaunchConfig, LaunchError, Preempted, entry_id, forget_driver_ranks, is_driver,
+                            plan_launch, run_module, run_stage)
 from recipes.pipeline import (DemoCorpusConfig, Timer, corpus_dir, evaluate_checkpoints,
                               peak_memory_gib, stage_config, validate_corpus, write_metrics, recipe_eval)
 
@@ -188,16 +187,12 @@ def run(cfg: PathoR1Config) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config_or_exit(PathoR1Config, argv, prog="python -m recipes.patho_r1")
-    preflight_or_exit(cfg, "python -m recipes.patho_r1")  # missing vllm / deepspeed / bitsandbytes: fail now
+    # config, packages, home, then the stages; a known error is one line and exit 2 (stages.cli)
     try:
-        path = run(cfg)
+        return run_cli(PathoR1Config, run, "python -m recipes.patho_r1", argv, extra=(LaunchError,))
     except Preempted as e:  # a stage saved its checkpoint and stopped for SIGTERM / SIGUSR1: exit "try again"
         print(f"python -m recipes.patho_r1: {e}", file=sys.stderr, flush=True)
         return PREEMPTED_EXIT
-    if path is not None:
-        print(path)
-    return 0
 
 
 if __name__ == "__main__":

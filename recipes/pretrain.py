@@ -8,12 +8,12 @@ The last printed line is the final registry checkpoint folder.
 """
 from __future__ import annotations
 
-from stages.engine import cli_main
+from stages.cli import run_cli
 from stages.pretrain import PretrainConfig, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(PretrainConfig, run, "python -m recipes.pretrain", argv)
+    return run_cli(PretrainConfig, run, "python -m recipes.pretrain", argv)
 
 
 if __name__ == "__main__":

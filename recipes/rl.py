@@ -5,18 +5,12 @@ Prints the registry checkpoint folder as its last line. `python -m recipes.rl --
 from __future__ import annotations
 
 import stages  # noqa: F401  (torchvision fix before the heavy imports)
-from stages.config import load_config_or_exit
-from stages.preflight import preflight_or_exit
+from stages.cli import run_cli
 from stages.rl import RLConfig, run
 
 
 def main(argv=None) -> int:
-    cfg = load_config_or_exit(RLConfig, argv, prog="python -m recipes.rl")
-    preflight_or_exit(cfg, "python -m recipes.rl")  # missing vllm / deepspeed / bitsandbytes: fail in seconds
-    print(run(cfg))
-    from stages import preemption
-
-    return preemption.exit_code()  # 75 when a signal stopped it early (with a checkpoint), else 0
+    return run_cli(RLConfig, run, "python -m recipes.rl", argv)  # config, home, packages, then training
 
 
 if __name__ == "__main__":

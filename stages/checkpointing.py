@@ -39,16 +39,10 @@ from transformers import TrainerCallback
 from stages import distributed
 from stages.registry import Registry, RegistryError, step_dir
 from stages.runs import resume_point  # noqa: F401 (the one resume rule, re-exported for stages)
+from stages.stage_config import TRAIN_POLICIES  # noqa: F401 (re-exported for RL and tests)
 
 TRAINER_STATE_DIR = "trainer_state"
 ADAPTER_DIR = "adapter"
-# train policy -> (freeze_vision, freeze_projector, freeze_llm); each stage's config lists the ones it offers.
-TRAIN_POLICIES = {
-    "projector": (True, False, True),
-    "llm": (True, True, False),
-    "projector_llm": (True, False, False),
-    "all": (False, False, False),
-}
 # Files of the library's checkpoint folder that are training state, not part of the HF model folder.
 _STATE_ONLY = {"optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin", "latest",
                "zero_to_fp32.py", "README.md", "adapter_config.json", "adapter_model.safetensors",

@@ -15,12 +15,10 @@ What we write by hand and why:
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -30,75 +28,18 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from corpora.chat import user_content
-from corpora.slides.sampling import SlideSampling
 from corpora.training_data import split_by_image
 
 from stages import distributed
 from stages.checkpointing import TRAINER_STATE_DIR, StopAfter  # noqa: F401 (re-exported for tests and stages)
-from stages.checkpointing import TRAIN_POLICIES, PublishingTrainer, Publication, resume_argument
-from stages.model import ModelConfig, load_model, resolve_model_path
+from stages.checkpointing import PublishingTrainer, Publication, resume_argument
+from stages.model import load_model, resolve_model_path
 from stages.preemption import Preemption
 from stages.registry import Registry, logs_dir
-from stages.runs import RunPlan, StepRunConfig, plan_run
+from stages.runs import RunPlan, plan_run
+from stages.stage_config import STAGE_POLICIES, StageConfig  # noqa: F401 (re-exported: engine's public config)
 
-STAGE_POLICIES = ("projector", "projector_llm", "all")  # of stages.checkpointing.TRAIN_POLICIES
 IGNORE_INDEX = -100
-
-
-@dataclass
-class StageConfig(StepRunConfig):
-    """Fields common to the supervised stages; each stage subclasses it and changes the defaults.
-
-    The shared names (run, init, data, seed, max_steps, batch_size, lr, ...) come from stages.runs."""
-
-    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model loading, freezing, LoRA/QLoRA."})
-    init: str = field(
-        default="auto",
-        metadata={"help": "Input model: registry ref (pretrain:latest), folder or tiny preset; "
-                          "auto = the stage default. Replaces model.name_or_path."},
-    )
-    data: str = field(
-        default="",
-        metadata={"help": "Training file or dataset folder; empty = the demo corpus (corpora.demo.demo_corpus)."},
-    )
-    template: str = field(default="cot", metadata={"help": "Prompt template from corpora/prompts."})
-    slides: SlideSampling = field(default_factory=SlideSampling, metadata={
-        "help": "How records naming a whole-slide image (\"slide\": PATH) become images: K tiles, selection, µm/px."})
-    device: Literal["auto", "cuda", "cpu"] = field(default="auto", metadata={
-        "help": "cuda: refuse to start without a usable GPU; cpu: train on the CPU; auto: CUDA when usable, the CPU "
-                "only on a machine without NVIDIA GPUs and nothing asking for one (stages/cuda_check.py)."})
-    validate: Literal["strict", "lenient", "skip"] = field(
-        default="strict", metadata={"help": "Validate the data before training (corpora.validate policy)."})
-    train: Literal["projector", "projector_llm", "all"] = field(
-        default="projector_llm", metadata={"help": "Which towers train (sets model.freeze_*): projector only, projector + LLM "
-                                              "(vision frozen), or all."})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of the planned steps spent warming up."})
-    epochs: float = field(default=1.0, metadata={"help": "Epochs (ignored when max_steps > 0)."})
-    max_steps: int = field(default=-1, metadata={"help": "Planned optimizer steps; > 0 overrides epochs."})
-    group_by_length: bool = field(default=True, metadata={"help": "Batch samples of similar length to limit padding."})
-    max_length: int | None = field(default=None, metadata={"help": "Truncate sequences to this many tokens."})
-    eval_fraction: float = field(default=0.0, metadata={"help": "Share of images held out for an eval loss (0 = none)."})
-    center_image_features: bool = field(
-        default=False, metadata={"help": "Batch-centre the image tokens in training and fold the mean into the "
-                                         "projector bias (stages/centering.py): for small models trained from scratch."})
-
-    def __post_init__(self):
-        if isinstance(self.model, dict):
-            self.model = ModelConfig(**self.model)
-        super().__post_init__()
-        if self.center_image_features and self.model.lora.enabled:
-            raise ValueError("center_image_features edits the projector in place and does not work with lora.enabled")
-        if self.train not in STAGE_POLICIES:
-            raise ValueError(f"train must be one of {'|'.join(STAGE_POLICIES)}, got {self.train!r}")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-
-    def model_config(self, init: str) -> ModelConfig:
-        """``self.model`` with the input model and the freeze flags of the ``train`` policy applied."""
-        cfg = copy.deepcopy(self.model)
-        cfg.name_or_path = init
-        cfg.freeze_vision, cfg.freeze_projector, cfg.freeze_llm = TRAIN_POLICIES[self.train]
-        return cfg
 
 
 # ----------------------------------------------------------------------------------------------- collator
@@ -361,19 +302,3 @@ def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> P
     trainer, resume_from = prepare_stage(cfg, stage=stage, rows=rows, init=init, data_files=data_files, plan=plan)
     trainer.train(resume_from_checkpoint=resume_argument(resume_from))
     return Registry().latest(stage, cfg.run)
-
-
-def cli_main(config_cls, run_fn, prog: str, argv: list[str] | None = None) -> int:
-    """The body of ``python -m recipes.<stage>``: parse the config, train, print the checkpoint folder last."""
-    from stages.compat import offline_hub
-    from stages.config import load_config_or_exit
-
-    from stages.preflight import preflight_or_exit
-
-    offline_hub()
-    cfg = load_config_or_exit(config_cls, argv, prog=prog)
-    preflight_or_exit(cfg, prog)  # e.g. bitsandbytes for 4-bit, deepspeed for a DeepSpeed launch
-    print(run_fn(cfg))
-    from stages import preemption
-
-    return preemption.exit_code()  # 75 when a signal stopped it early (with a checkpoint), else 0

@@ -14,8 +14,7 @@ from typing import Literal
 from corpora.prompts import render_prompt, render_response
 from corpora.readers import load_pairs
 from corpora.training_data import check_data, data_file
-from stages import distributed
-from stages.engine import StageConfig, run_stage
+from stages.stage_config import StageConfig
 from stages.registry import Registry, home
 
 STAGE = "pretrain"
@@ -45,9 +44,13 @@ def caption_rows(pairs, template: str):
 def run(cfg: PretrainConfig) -> Path:
     """Train and return the final registry checkpoint folder (parent: the input model)."""
     path = data_file(cfg.data, "pairs.jsonl", home())
+    from stages import distributed  # accelerate + torch: imported when training starts
+
     with distributed.main_process_first():  # every rank checks the data, the main process first
         slides = cfg.slides.resolved(Registry().resolve)
         bad = check_data(path, "pairs", cfg.validate, cfg.template, slides)
         rows = caption_rows(load_pairs(path, skip=bad, slides=slides), cfg.template)
     init = cfg.model.name_or_path if cfg.init == "auto" else cfg.init
+    from stages.engine import run_stage  # torch, transformers, TRL: only once training starts
+
     return run_stage(cfg, stage=STAGE, rows=rows, init=init, data_files=[path])

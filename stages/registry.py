@@ -74,6 +74,27 @@ class RegistryError(LookupError):
     """A reference does not name a checkpoint, or a write/prune request is invalid."""
 
 
+class HomeError(RegistryError):
+    """``$PATHOR1_HOME`` (or an output folder) cannot be written."""
+
+
+def check_writable(folder: Path | None = None) -> Path:
+    """``folder`` (default ``home()``; created if missing) if a file can be written in it, else HomeError with the
+    fix. Checked before any work, so nothing (an evaluation's answers, a trained step) is computed only to be lost."""
+    import tempfile
+
+    folder = Path(folder) if folder is not None else home()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        fix = ("set PATHOR1_HOME to a folder you can write, e.g. PATHOR1_HOME=$HOME/pathor1-runs"
+               if folder == home() else "choose an output folder you can write")
+        raise HomeError(f"{folder} is not writable ({e.strerror or e}): {fix}") from None
+    return folder
+
+
 HOME_MARK = "${PATHOR1_HOME}"
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from corpora.readers import load_sft
 from corpora.training_data import check_data, data_file
-from stages import distributed
-from stages.engine import StageConfig, run_stage
+from stages.stage_config import StageConfig
 from stages.registry import Registry, home
 
 STAGE = "sft"
@@ -42,6 +41,10 @@ def training_rows(cfg: SFTConfig):
 
 def run(cfg: SFTConfig) -> Path:
     """Train and return the final registry checkpoint folder (parent: the input model)."""
+    from stages import distributed  # accelerate + torch: imported when training starts
+
     with distributed.main_process_first():  # every rank checks the data, the main process first
         rows, path = training_rows(cfg)
+    from stages.engine import run_stage  # torch, transformers, TRL: only once training starts
+
     return run_stage(cfg, stage=STAGE, rows=rows, init=default_init(cfg), data_files=[path])

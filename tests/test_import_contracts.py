@@ -1,7 +1,7 @@
 """The dependency direction from shared/DESIGN.md, checked mechanically on the source (AST, no imports):
 
 corpora <- stages <- recipes;  corpora <- pathoclip <- recipes;  corpora <- evaluation <- recipes.
-The foundation modules stages.compat / stages.config / stages.registry / stages.runs are shared by everyone above corpora.
+The foundation modules stages.cli / stages.compat / stages.config / stages.registry / stages.runs are shared by everyone above corpora.
 """
 import ast
 from pathlib import Path
@@ -10,8 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["corpora", "stages", "pathoclip", "evaluation", "recipes"]
-FOUNDATION = {"stages", "stages.compat", "stages.config", "stages.registry", "stages.runs"}
-FOUNDATION_PREFIXES = ("stages.compat.", "stages.config.", "stages.registry.", "stages.runs.")
+FOUNDATION = {"stages", "stages.cli", "stages.compat", "stages.config", "stages.registry", "stages.runs"}
+FOUNDATION_PREFIXES = ("stages.cli.", "stages.compat.", "stages.config.", "stages.registry.", "stages.runs.")
 TRAINING_STAGES = ["stages.pretrain", "stages.sft", "stages.rl", "stages.opd"]
 
 

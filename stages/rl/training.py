@@ -136,6 +136,7 @@ def run(cfg: RLConfig) -> Path:
     from corpora.training_data import check_data, data_file
     from stages.model import load_model, resolve_model_path
     from stages.registry import Registry, home, logs_dir, parse_ref
+    from stages.config import ConfigError
     from stages.runs import plan_run
     from datasets import concatenate_datasets
 
@@ -153,6 +154,14 @@ def run(cfg: RLConfig) -> Path:
     resume_from, init = run_plan.resume_from, run_plan.init  # a resumed run keeps its recorded input model
     if parse_ref(init) is not None:
         init = str(registry.resolve(init))  # sft:latest -> the newest finished SFT entry; RegistryError if none
+
+    try:  # before the data and the policy load: an unknown reward or a bad reward setting is a config error
+        rewards = build_rewards(cfg.resolved_rewards(), template=cfg.template,
+                                max_completion_length=cfg.max_completion_length, overlong_cache=cfg.overlong_cache,
+                                length_bounds=(cfg.length_min, cfg.length_max), judge=cfg.judge,
+                                grounding=cfg.grounding)
+    except ValueError as e:
+        raise ConfigError(f"RLConfig.rewards={cfg.resolved_rewards()}: {e}") from None
 
     # a curriculum's phases are laid one after another in one dataset (stages.rl.curriculum)
     paths = [data_file(d, "rl.jsonl", home()) for d in [p.data for p in cfg.curriculum] or [cfg.data]]
@@ -189,9 +198,6 @@ def run(cfg: RLConfig) -> Path:
     if full_resume:  # TRL builds the KL reference model from this name: it stays the input model
         model.config._name_or_path = base
 
-    rewards = build_rewards(cfg.resolved_rewards(), template=cfg.template,
-                            max_completion_length=cfg.max_completion_length, overlong_cache=cfg.overlong_cache,
-                            length_bounds=(cfg.length_min, cfg.length_max), judge=cfg.judge, grounding=cfg.grounding)
     output_dir = logs_dir(STAGE, cfg.run)
     trainer = PathoGRPOTrainer(
         model=model,

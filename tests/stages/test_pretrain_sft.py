@@ -19,6 +19,7 @@ from stages.config import ConfigError, load_config
 from stages.engine import TRAINER_STATE_DIR, ChatCollator
 from stages.model import resolve_model_path, tower_of
 from stages.pretrain import PretrainConfig, caption_rows
+from stages.pretrain import run as pretrain_run
 from stages.registry import Registry
 from stages.sft import SFTConfig
 
@@ -130,12 +131,17 @@ def test_resume_auto_ends_with_the_weights_of_an_uninterrupted_run(demo, capsys)
     assert losses(full) == pytest.approx(losses(resumed), abs=1e-6)
 
 
-def test_bad_data_fails_before_training_with_file_and_line(tmp_path, demo):
+def test_bad_data_fails_before_training_with_file_and_line(tmp_path, demo, capsys):
     bad = tmp_path / "pairs.jsonl"
     good = open(demo.pairs).readline()
     bad.write_text(good + '{"id": "x", "images": ["missing.png"], "caption": "c"}\n')
-    with pytest.raises(DataError, match=r"pairs\.jsonl:2"):
+    with pytest.raises(DataError, match=r"pairs\.jsonl:2"):  # the stage raises it ...
+        pretrain_run(load_config(PretrainConfig, [f"data={bad}", "max_steps=1"]))
+    with pytest.raises(SystemExit) as exit_:  # ... and the CLI says it in one line, exit 2
         pretrain_recipe.main([f"data={bad}", "max_steps=1"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith("python -m recipes.pretrain: error: ") and "pairs.jsonl:2" in err
+    assert "Traceback" not in err
     assert Registry().latest("pretrain") is None
 
 
@@ -144,5 +150,8 @@ def test_config_errors_and_refusing_to_overwrite_a_run(demo, capsys):
         load_config(PretrainConfig, ["train=vision_only"])
     assert load_config(SFTConfig, []).template == "cot" and load_config(PretrainConfig, []).template == "caption"
     run_recipe(pretrain_recipe, [f"data={demo.pairs}", "max_steps=1", "run=r", *FAST], capsys)
-    with pytest.raises(ValueError, match="already has checkpoints; pass resume=auto"):
+    with pytest.raises(SystemExit) as exit_:
         pretrain_recipe.main([f"data={demo.pairs}", "max_steps=1", "run=r", "resume=never"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("python -m recipes.pretrain: error: run pretrain/r already has checkpoints; "
+                                       "pass resume=auto to continue it or choose another run=NAME\n")
