@@ -28,7 +28,7 @@ def accuracy_bars(table: dict[str, dict[str, dict]], path: Path, title: str = "a
     x = np.arange(len(checkpoints))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(checkpoints) + 2), 4.5))
     for k, suite in enumerate(suites):
-        acc, err = [], [[], []]
+        acc, err, ns = [], [[], []], []
         for c in checkpoints:
             m = table[c].get(suite)
             a = 100 * m["accuracy"] if m else np.nan
@@ -36,7 +36,9 @@ def accuracy_bars(table: dict[str, dict[str, dict]], path: Path, title: str = "a
             acc.append(a)
             err[0].append(max(0.0, a - lo))  # never negative: matplotlib refuses negative error bars
             err[1].append(max(0.0, hi - a))
-        ax.bar(x + (k - (len(suites) - 1) / 2) * width, acc, width, yerr=err, capsize=3, label=suite)
+            ns.append(f"n={m['n']}" if m and m.get("n") is not None else "")
+        bars = ax.bar(x + (k - (len(suites) - 1) / 2) * width, acc, width, yerr=err, capsize=3, label=suite)
+        ax.bar_label(bars, labels=ns, label_type="center", fontsize="x-small", rotation=90)  # n on every bar
     ax.set_xticks(x, checkpoints, rotation=20, ha="right")
     ax.set_ylabel("accuracy (%), 95% Wilson CI")
     ax.set_xlabel("checkpoint (pipeline order)")

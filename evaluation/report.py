@@ -51,8 +51,11 @@ def evaluations(home: Path, checkpoints: list[dict] | None = None) -> list[dict]
     found = collect(reports if reports.is_dir() else home, "metrics.json", ("suite", "overall", "model_path"))
     if checkpoints is None:
         return found
+    # by registry id (stage/run/step: holds in a copied or moved home), else by folder
+    labels = {checkpoint_label(c) for c in checkpoints if c.get("stage") and c.get("run") is not None}
     paths = {str(Path(c["path"]).resolve()) for c in checkpoints if c.get("path")}
-    return [m for m in found if str(Path(m["model_path"]).resolve()) in paths]
+    return [m for m in found if (m.get("checkpoint") or {}).get("stage") and checkpoint_label(m) in labels
+            or str(Path(m["model_path"]).resolve()) in paths]
 
 
 def checkpoint_label(entry: dict) -> str:
@@ -63,6 +66,12 @@ def checkpoint_label(entry: dict) -> str:
     return Path(entry.get("model_path") or entry.get("path") or entry.get("base") or "?").name
 
 
+def result_column(metrics: dict) -> str:
+    """The suite, plus what made the measurement other than the full default one (``demo-mcq @limit8``): results
+    of different settings never share a column."""
+    return f"{metrics['suite']} @{metrics['variant']}" if metrics.get("variant") else metrics["suite"]
+
+
 def accuracy_table(metrics: list[dict], order: list[str] | None = None) -> dict[str, dict[str, dict]]:
     """``table[checkpoint][suite]`` = overall metrics of the newest evaluation; rows in ``order`` (pipeline
     order) or by checkpoint creation time."""
@@ -70,7 +79,7 @@ def accuracy_table(metrics: list[dict], order: list[str] | None = None) -> dict[
     created: dict[str, str] = {}
     for m in sorted(metrics, key=lambda m: m.get("evaluated") or ""):  # newest evaluation wins
         label = checkpoint_label(m)
-        table.setdefault(label, {})[m["suite"]] = m["overall"]
+        table.setdefault(label, {})[result_column(m)] = m["overall"]
         created[label] = (m.get("checkpoint") or {}).get("created") or m.get("evaluated") or ""
     labels = [lb for lb in order if lb in table] if order else sorted(table, key=lambda lb: created[lb])
     return {lb: table[lb] for lb in labels}
@@ -141,6 +150,10 @@ def render_report(run: str | None = None, *, home: str | Path | None = None, out
     if table:
         accuracy_bars(table, out / "accuracy.png", title="accuracy by checkpoint (95% Wilson CI)")
         md += ["![accuracy by checkpoint](accuracy.png)", ""]
+        if any(" @" in col for row in table.values() for col in row):
+            md += ["Columns named `suite @…` come from other settings than the suite's full default evaluation "
+                   "(`limit`, `manifest`, `template`, decoding / judge `settings`): compare only within a column; "
+                   "every bar is labelled with its n.", ""]
         for label, row in table.items():
             md += [f"**{label}**", ""] + metrics_table(row) + [""]
     else:

@@ -15,6 +15,7 @@ across ranks and gathered; only rank 0 writes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import logging
@@ -33,6 +34,7 @@ from evaluation.suites import SUITES, load_suite_report, suite_data
 
 log = logging.getLogger("evaluation")
 DEFAULT_TEMPLATE = "cot"
+DEFAULT_MAX_NEW_TOKENS = Decoding().max_new_tokens  # another budget is a variant (Evaluation.variant)
 BACKENDS = ("hf", "vllm")
 EXPORTS = ("vlmeval",)
 
@@ -201,7 +203,8 @@ class _VLLMGenerator:
 class Evaluation:
     """One checkpoint on one suite's questions: loaded once, run with one or several templates."""
 
-    def __init__(self, model_ref, suite: str, data=None, limit=None, batch_size: int = 8, *, max_new_tokens=256,
+    def __init__(self, model_ref, suite: str, data=None, limit=None, batch_size: int = 8, *,
+                 max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
                  judge=None, judge_model=None, device=None, dtype="auto", progress=True, samples=1,
                  temperature=1.0, top_p=1.0, top_k=0, seed=0, backend="hf", manifest=None, data_root=None,
                  tools=None, view_budget=4, profile="pathor1", **suite_options):
@@ -231,6 +234,7 @@ class Evaluation:
         self.judge = make_judge(judge, judge_model)
         self.judge_spec = judge if isinstance(judge, str) else getattr(judge, "__name__", None)
         self.batch_size, self.backend, self.manifest_file = batch_size, backend, manifest
+        self.limit, self.suite_options = limit, {k: v for k, v in suite_options.items() if v is not None}
         self.rank, self.world = distributed.world()
         if backend == "vllm" and self.tools is not None:
             raise ValueError("--tools runs its multi-turn loop on the transformers backend; drop --backend vllm")
@@ -250,6 +254,29 @@ class Evaluation:
     def _generate(self, decoding: Decoding, template: str) -> list[list[Completion]]:
         local = distributed.shard(self.records, self.rank, self.world)
         return distributed.gather(self.generator(local, decoding, template), self.rank, self.world)
+
+    def variant(self, template: str) -> str:
+        """What makes this measurement other than the suite's full, default one ("" when nothing does), e.g.
+        ``limit8``, ``manifest-<sha>``, ``template-nothink``, ``tokens64``, ``samples4-<sha>``, ``judge-<sha>``,
+        ``split-all``. Results go to ``<suite>@<variant>``, so a limited or otherwise different run never replaces
+        the full one (and the report never plots them as one)."""
+        def short(value) -> str:
+            return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+        parts = [f"limit{self.limit}"] if self.limit else []
+        if self.manifest_file:
+            parts.append("manifest-" + hashlib.sha256(Path(self.manifest_file).read_bytes()).hexdigest()[:8])
+        if template != pick_template(self.checkpoint, None):
+            parts.append(f"template-{_slug(template)}")
+        if self.greedy.max_new_tokens != DEFAULT_MAX_NEW_TOKENS:
+            parts.append(f"tokens{self.greedy.max_new_tokens}")
+        if self.sampling:
+            parts.append(f"samples{self.sampling.samples}-{short(self.sampling.record())}")
+        if self.judge_spec:
+            parts.append(f"judge-{short(self.judge_spec)}")
+        parts += [f"{name}-{_slug(str(self.suite_options[name]))}" for name in ("split", "subset_by")
+                  if self.suite_options.get(name)]
+        return "+".join(parts)
 
     def judge_record(self):
         """The judge as recorded with a score: an endpoint judge's URL, model and failure rate (never its key)."""
@@ -284,10 +311,12 @@ class Evaluation:
             add_sample_columns(rows, self.records, self._generate(self.sampling, template), template, self.judge,
                                self.profile.name)
         seconds = time.perf_counter() - t0
-        key = suite_key(self.suite, self.data)
+        variant = self.variant(template)
+        key = suite_key(self.suite, self.data) + (f"@{variant}" if variant else "")
         out_dir = Path(out) if out else default_out_dir(self.model_path, self.checkpoint, key)
         metrics = {
-            "suite": self.suite, "model": self.model_ref, "model_path": str(self.model_path), "template": template,
+            "suite": self.suite, "variant": variant, "model": self.model_ref, "model_path": str(self.model_path),
+            "template": template,
             "data": str(self.data), "max_new_tokens": self.greedy.max_new_tokens, "batch_size": self.batch_size,
             "judge": self.judge_record(), "settings": self.settings(template),
             "checkpoint": {k: self.checkpoint.get(k) for k in ("stage", "run", "step", "parent", "created")},

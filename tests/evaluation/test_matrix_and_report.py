@@ -44,8 +44,9 @@ def test_matrix_evaluates_every_model_on_every_subset(tiny_model_dir, medr1_spli
     assert m["rows"] == ["CT", "MRI"] and m["subsets"] == ["CT", "MRI"]
     assert m["n"] == [[2, 2], [2, 2]]
     assert all(0.0 <= a <= 1.0 for row in m["accuracy"] for a in row)
-    # every model's own evaluation was kept (foreign folders -> reports/)
-    assert (home() / "reports" / other.name / "omnimed" / "metrics.json").is_file()
+    # every model's own evaluation was kept (foreign folders -> reports/), under what it measured (6 tokens)
+    assert [p.parent.name for p in (home() / "reports" / other.name).glob("*/metrics.json")] == [
+        "omnimed@tokens6"]
     assert "**" in (out / "matrix.md").read_text()  # in-domain cells are bold
     assert_readable_png(out / "matrix.png")
 
@@ -134,3 +135,25 @@ def test_accuracy_bars_at_zero_and_full_accuracy_on_400_questions(tmp_path):
              for name, k in (("base", 0), ("sft", 314), ("rl", 400))}
     out = accuracy_bars(table, tmp_path / "accuracy.png")
     assert Image.open(out).size[0] > 0
+
+
+def test_report_keeps_other_settings_apart_and_reads_a_copied_home(tmp_path, monkeypatch):
+    import shutil
+
+    from evaluation.report import accuracy_table, evaluations
+
+    _, sft, rl = write_history(tmp_path)
+    ck = {"stage": "rl", "run": "r1", "step": 5, "created": "2026-01-05"}
+    limited = {**fake_metrics(rl, "demo-mcq", 1.0, n=8, checkpoint=ck), "variant": "limit8",
+               "evaluated": "2026-02-01T00:00:00"}  # newer than the full run, yet it replaces nothing
+    write_results(home() / "reports" / "rl/r1/step-00000005" / "demo-mcq@limit8", [], limited)
+    copied = tmp_path / "copied-home"
+    shutil.copytree(home(), copied)
+    shutil.rmtree(home())  # every absolute model_path in metrics.json now names nothing
+    monkeypatch.setenv("PATHOR1_HOME", str(copied))
+    chain = list(reversed(Registry(copied).lineage("rl:latest")))
+    table = accuracy_table(evaluations(copied, chain))
+    assert table["rl/r1/step-5"]["demo-mcq"]["n"] == 40 and table["rl/r1/step-5"]["demo-mcq @limit8"]["n"] == 8
+    assert table["rl/r1/step-5"]["demo-mcq"]["accuracy"] == pytest.approx(0.7)
+    md = render_report("rl:latest").read_text()
+    assert "**sft/s1/step-2**" in md and "Columns named `suite @…` come from other settings" in md

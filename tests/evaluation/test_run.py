@@ -33,7 +33,8 @@ def test_registry_checkpoint_uses_its_template_and_writes_under_reports(tiny_mod
     m = evaluate("rl:latest", "pathvqa", yesno_data, batch_size=3, max_new_tokens=8, progress=False)
     assert m["template"] == "nothink"
     assert m["checkpoint"]["stage"] == "rl" and m["checkpoint"]["step"] == 3
-    out = home() / "reports" / "rl" / "r1" / "step-00000003" / "pathvqa"  # keyed by checkpoint and suite
+    # keyed by checkpoint and what was measured: the suite, and the 8-token budget (not the default 256)
+    out = home() / "reports" / "rl" / "r1" / "step-00000003" / "pathvqa@tokens8"
     assert m["out_dir"] == str(out)
     assert sorted(p.name for p in ckpt.rglob("*")) == before  # the checkpoint folder is never written into
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "metrics.json", "predictions.jsonl",
@@ -56,7 +57,7 @@ def test_foreign_folder_goes_to_reports_with_default_template(tiny_model_dir, ye
     folder = tiny_model_dir()
     m = evaluate(folder, "pathvqa", yesno_data, limit=2, max_new_tokens=4, progress=False)
     assert m["template"] == "cot"
-    assert m["out_dir"] == str(home() / "reports" / folder.name / "pathvqa")
+    assert m["out_dir"] == str(home() / "reports" / folder.name / "pathvqa@limit2+tokens4")
     assert not (folder / "eval").exists()  # never writes into a model folder that is not ours
 
 
@@ -93,7 +94,8 @@ def read_rows(out_dir):
 
 def test_every_score_carries_its_settings(tiny_model_dir, yesno_data):
     m = evaluate(tiny_model_dir(), "pathvqa", yesno_data, batch_size=3, max_new_tokens=5, progress=False)
-    s = json.loads((home() / "reports" / tiny_model_dir().name / "pathvqa" / "metrics.json").read_text())["settings"]
+    s = json.loads((home() / "reports" / tiny_model_dir().name / "pathvqa@tokens5" / "metrics.json").read_text())[
+        "settings"]
     from stages.registry import fingerprint_files
 
     assert s["data_sha256"] == fingerprint_files(yesno_data) and s["n"] == 4
@@ -110,11 +112,9 @@ def test_every_score_carries_its_settings(tiny_model_dir, yesno_data):
 
 def test_manifest_fixes_the_questions_and_their_images(tiny_model_dir, yesno_data, tmp_path, capsys):
     m = evaluate(tiny_model_dir(), "pathvqa", yesno_data, max_new_tokens=4, progress=False)
-    written = json.loads((tmp_path / "pathor1_home" / "reports" / tiny_model_dir().name / "pathvqa" /
-                          "manifest.json").read_text())
-    assert [q["id"] for q in written["questions"]] == [r["id"] for r in read_rows(tmp_path / "pathor1_home" /
-                                                                                  "reports" / tiny_model_dir().name /
-                                                                                  "pathvqa")]
+    folder = tmp_path / "pathor1_home" / "reports" / tiny_model_dir().name / "pathvqa@tokens4"
+    written = json.loads((folder / "manifest.json").read_text())
+    assert [q["id"] for q in written["questions"]] == [r["id"] for r in read_rows(folder)]
     assert all(len(q["images"]) == 1 and len(q["images"][0]) == 64 for q in written["questions"])
     lab_b = tmp_path / "subset.json"  # another lab keeps two questions, in its own order
     lab_b.write_text(json.dumps({**written, "questions": [written["questions"][3], written["questions"][1]]}))
@@ -164,3 +164,18 @@ def test_compare_templates_pairs_the_same_questions(tiny_model_dir, yesno_data, 
     assert "McNemar p" in capsys.readouterr().out
     assert main(["--model", str(tiny_model_dir()), "--suite", "pathvqa", "--data", str(yesno_data),
                  "--compare-templates", "cot"]) == 2
+
+
+def test_a_limited_or_other_settings_run_never_replaces_the_full_one(tiny_model_dir, yesno_data):
+    folder = tiny_model_dir()
+    reports = home() / "reports" / folder.name
+    full = evaluate(folder, "pathvqa", yesno_data, max_new_tokens=256, progress=False)
+    assert full["out_dir"] == str(reports / "pathvqa") and full["variant"] == ""
+    before = (reports / "pathvqa" / "metrics.json").read_text()
+    limited = evaluate(folder, "pathvqa", yesno_data, limit=2, max_new_tokens=256, progress=False)
+    nothink = evaluate(folder, "pathvqa", yesno_data, limit=2, template="nothink", max_new_tokens=4, progress=False)
+    assert limited["out_dir"] == str(reports / "pathvqa@limit2") and limited["overall"]["n"] == 2
+    assert nothink["variant"] == "limit2+template-nothink+tokens4"
+    assert (reports / "pathvqa" / "metrics.json").read_text() == before  # the full result is untouched
+    assert sorted(p.name for p in reports.iterdir()) == ["pathvqa", "pathvqa@limit2",
+                                                         "pathvqa@limit2+template-nothink+tokens4"]

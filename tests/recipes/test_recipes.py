@@ -61,7 +61,8 @@ def test_patho_r1_demo_writes_report_and_metrics(tmp_path, capsys):
     key = f"rl/{made['run']}/step-{made['step']:08d}"
     from stages.registry import home
 
-    evaluated = json.loads((home() / "reports" / key / "demo-mcq" / "manifest.json").read_text())
+    # keyed by what it measured: an 8-token budget is not the full default evaluation
+    evaluated = json.loads((home() / "reports" / key / "demo-mcq@tokens8" / "manifest.json").read_text())
     recipe = json.loads((path.parent / "eval" / "rl" / "manifest.json").read_text())
     assert evaluated["n"] == 8 and evaluated["questions"] == recipe["questions"]
     assert not (home() / "demo_corpora" / "n400-e400-s112-seed0").exists()  # no corpus of the default sizes built
