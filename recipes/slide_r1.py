@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from corpora.slides.demo import slide_demo_corpus
 from corpora.slides.sampling import SlideSampling
-from stages.config import load_config_or_exit
-from stages.preflight import preflight_or_exit
+from stages.cli import run_cli
 from stages.registry import home
 
 from recipes import patho_r1
+from recipes.launch import LaunchError
 
 
 def _demo_slides() -> SlideSampling:
@@ -51,12 +51,8 @@ def run(cfg: SlideR1Config):
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config_or_exit(SlideR1Config, argv, prog="python -m recipes.slide_r1")
-    preflight_or_exit(cfg, "python -m recipes.slide_r1")
-    path = run(cfg)
-    if path is not None:
-        print(path)
-    return 0
+    # config, home, packages, then the stages; a known error is one line and exit 2 (stages.cli)
+    return run_cli(SlideR1Config, run, "python -m recipes.slide_r1", argv, extra=(LaunchError,))
 
 
 if __name__ == "__main__":

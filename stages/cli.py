@@ -31,7 +31,13 @@ def known_errors() -> tuple[type[BaseException], ...]:
 def one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename:
         return f"{error.filename}: {error.strerror or 'cannot be read'}"
-    return str(error).strip() or type(error).__name__
+    from corpora.records import DataError
+
+    lines = str(error).strip().splitlines()
+    if isinstance(error, DataError) and len(lines) > 1:  # corpora.validate: a summary, then one file:line per problem
+        more = f" (+{len(lines) - 2} more: python -m corpora.validate lists them)" if len(lines) > 2 else ""
+        return lines[1].strip() + more
+    return "\n".join(lines) or type(error).__name__
 
 
 @contextlib.contextmanager
