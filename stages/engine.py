@@ -193,9 +193,6 @@ class StageTrainer(PublishingTrainer, Trainer):
     and loss curve in the manifest."""
 
     def checkpoint_metrics(self) -> dict:
-        return self._metrics()
-
-    def _metrics(self) -> dict:
         curve = [[e["step"], e["loss"]] for e in self.state.log_history if "loss" in e]
         out = {"train_loss_curve": curve}
         if curve:
