@@ -243,6 +243,10 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:
         print(f"python -m corpora.judge: error: {e}", file=sys.stderr)
         return 2
+    if report["n"] and not report["scored"]:  # nothing was measured: an unreachable or wrong endpoint, not a result
+        print(f"python -m corpora.judge: error: the judge at {args.url} (model {args.model}) scored none of "
+              f"{report['n']} questions; check --url, --model and --api-key-env", file=sys.stderr)
+        return 2
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -1,10 +1,11 @@
 """Corpus alignment check: score every image-caption pair with a reference CLIP, flag the likely misaligned.
 
     python -m pathoclip.align runs/demo_corpora/n400-e400-s112-seed0/pairs.jsonl --model pathoclip:latest --worst 10
-    python -m pathoclip.align pairs.csv --model pathoclip:latest --keep-quantile 0.05 --out pairs.aligned.csv
+    python -m pathoclip.align pairs.csv --model pathoclip:latest --drop-fraction 0.05 --out pairs.aligned.csv
 
 Prints the score distribution (quantiles) and the worst pairs; with ``--out`` writes the pairs that pass
-(score >= --min-score, or above the --keep-quantile quantile) in the corpus's own format.
+(score >= --min-score, or all but the lowest --drop-fraction; --out alone drops the lowest 5 %) in the corpus's
+own format.
 """
 from __future__ import annotations
 
@@ -43,13 +44,16 @@ def summarize(scores: np.ndarray, ids, images, captions, *, worst: int = 10) -> 
                       for i in order]}
 
 
+DEFAULT_DROP = 0.05  # --out without a threshold: drop the lowest-scoring 5 %
+
+
 def keep_mask(scores: np.ndarray, *, min_score: float | None = None, keep_quantile: float | None = None):
     """Pairs to keep: score >= min_score, or score above the ``keep_quantile`` quantile (drops that fraction)."""
     if (min_score is None) == (keep_quantile is None):
-        raise ValueError("give exactly one of --min-score or --keep-quantile")
+        raise ValueError("give exactly one of --min-score or --drop-fraction")
     if keep_quantile is not None:
         if not 0 <= keep_quantile < 1:
-            raise ValueError(f"--keep-quantile must be in [0, 1), got {keep_quantile}")
+            raise ValueError(f"--drop-fraction must be in [0, 1), got {keep_quantile}")
         min_score = float(np.quantile(scores, keep_quantile))
     return scores >= min_score
 
@@ -124,15 +128,21 @@ def main(argv=None) -> int:
     parser.add_argument("--worst", type=int, default=10, help="how many of the lowest-scoring pairs to list")
     parser.add_argument("--out", help="write the kept pairs here, in the corpus's format")
     parser.add_argument("--min-score", type=float, help="keep pairs with cosine >= this")
-    parser.add_argument("--keep-quantile", type=float, help="drop this lowest fraction, e.g. 0.05")
+    parser.add_argument("--drop-fraction", type=float, help="drop this lowest-scoring fraction, e.g. 0.05 "
+                                                            f"(default with --out alone: {DEFAULT_DROP})")
+    parser.add_argument("--keep-quantile", type=float, help=argparse.SUPPRESS)  # old name: it dropped that fraction
     parser.add_argument("--json", help="also write the report as JSON here")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    if args.out and args.min_score is None and args.keep_quantile is None:
-        parser.error("--out needs --min-score or --keep-quantile")
+    if args.keep_quantile is not None:  # the name said "keep" but it always dropped that fraction
+        print("python -m pathoclip.align: warning: --keep-quantile is deprecated (it is the fraction DROPPED); "
+              "use --drop-fraction", file=sys.stderr)
+        args.drop_fraction = args.keep_quantile if args.drop_fraction is None else args.drop_fraction
+    if args.out and args.min_score is None and args.drop_fraction is None:
+        args.drop_fraction = DEFAULT_DROP
     try:
         report = check(args.corpus, args.model, worst=args.worst, out=args.out, min_score=args.min_score,
-                       keep_quantile=args.keep_quantile, device=args.device)
+                       keep_quantile=args.drop_fraction, device=args.device)
     except (RegistryError, ValueError, FileNotFoundError) as e:
         print(f"python -m pathoclip.align: error: {e}", file=sys.stderr)
         return 2

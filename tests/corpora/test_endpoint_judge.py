@@ -181,3 +181,18 @@ def test_calibrate_cli_on_predictions_file(tmp_path, stub, capsys):
     assert main(["calibrate", str(tmp_path / "predictions.jsonl"), "--url", stub.url, "--model", "ok"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["agreement"] == 0.5 and report["confusion"] == {"tp": 1, "fp": 1, "fn": 0, "tn": 0}
+
+
+def test_calibrate_against_an_unreachable_judge_is_an_error(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: every request is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rows = [{"id": "1", "kind": "yesno", "question": "Tumour?", "options": [], "answer": "yes", "prediction": "x",
+             "extracted": "yes", "correct": True}]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    url = f"http://127.0.0.1:{port}"
+    assert main(["calibrate", str(tmp_path / "predictions.jsonl"), "--url", url, "--model", "m", "--timeout", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"the judge at {url} (model m) scored none of 1 questions" in captured.err

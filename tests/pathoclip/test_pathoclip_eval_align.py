@@ -73,13 +73,21 @@ def test_alignment_writes_a_filtered_corpus_in_the_same_format(trained, shuffled
     _, final, _ = trained
     path, records = shuffled_corpus
     out = small_demo.root / "shuffled.aligned.jsonl"
-    assert align.main([str(path), "--model", str(final), "--keep-quantile", "0.5", "--out", str(out)]) == 0
+    assert align.main([str(path), "--model", str(final), "--drop-fraction", "0.5", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "kept 32, dropped 32" in printed and "quantiles:" in printed
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(kept) == 32 and set(kept[0]) == set(records[0])  # records copied as they were
     assert sum(r["true"] for r in kept) >= 24
     assert len(load_pairs(out)) == 32  # still a valid corpus
+    # the old name still works and says what it does; --out alone drops the lowest 5 % (the README's command)
+    old_name = small_demo.root / "old.aligned.jsonl"
+    assert align.main([str(path), "--model", str(final), "--keep-quantile", "0.5", "--out", str(old_name)]) == 0
+    assert old_name.read_text() == out.read_text()
+    assert "--keep-quantile is deprecated (it is the fraction DROPPED); use --drop-fraction" in capsys.readouterr().err
+    default = small_demo.root / "default.aligned.jsonl"
+    assert align.main([str(path), "--model", str(final), "--out", str(default)]) == 0
+    assert 58 <= len(default.read_text().splitlines()) <= 63  # 64 pairs, the lowest ~5 % dropped
 
 
 def test_alignment_filter_as_csv_and_refuses_outside_the_root(trained, small_demo, tmp_path, capsys):
