@@ -78,6 +78,13 @@ gpu-lock:
 test: $(STAMP)
 	OMP_NUM_THREADS=$(CPU_THREADS) $(PY) -m pytest -q
 
+# ruff: pyflakes errors (unused / undefined names); vulture: dead code (scripts/vulture_whitelist.py lists what is
+# unused by design). Both pinned in requirements.lock.
+LINT_PATHS := corpora stages pathoclip evaluation recipes benchmarks scripts tests
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m vulture $(LINT_PATHS) --min-confidence 80
+
 test-slow: $(STAMP)
 	OMP_NUM_THREADS=$(CPU_THREADS) $(PY) -m pytest -q -m slow
 

@@ -14,7 +14,7 @@ import csv
 import json
 import shutil
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsonlines

@@ -227,3 +227,22 @@ def grade(completion: str, answer: str, kind: str, options=(), *, template: str 
         correct = normalize_text(extracted) == normalize_text(answer)
         return Grade(correct, 1.0 if correct else token_f1(extracted, answer), extracted, well_formed)
     raise ValueError(f"unknown question kind {kind!r}; expected mcq, yesno or open")
+
+
+def completion_text(completion) -> str:
+    """The assistant text of a completion given as a string, a message list, or multimodal content parts."""
+    if completion is None:
+        return ""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        # TRL's response parser (used whenever tools are on) moves a leading <think> span into reasoning_content
+        reasoning = completion.get("reasoning_content")
+        text = completion_text(completion.get("content"))
+        return f"<think>{reasoning}</think>{text}" if reasoning else text
+    if isinstance(completion, (list, tuple)):
+        if all(isinstance(m, dict) and "role" in m for m in completion):
+            replies = [m for m in completion if m.get("role") == "assistant"] or list(completion)
+            return completion_text(replies[-1]) if replies else ""
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in completion)
+    return str(completion)

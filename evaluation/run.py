@@ -30,7 +30,7 @@ from evaluation import distributed, navigate
 from evaluation.generate import Completion, Decoding
 from evaluation.metrics import markdown_summary, paired_comparison, summarize
 from evaluation.sampling import majority_index, sampling_summary
-from evaluation.suites import SUITES, load_suite_report, suite_data
+from evaluation.suites import load_suite_report, suite_data
 
 log = logging.getLogger("evaluation")
 DEFAULT_TEMPLATE = "cot"
@@ -274,8 +274,10 @@ class Evaluation:
             parts.append(f"samples{self.sampling.samples}-{short(self.sampling.record())}")
         if self.judge_spec:
             parts.append(f"judge-{short(self.judge_spec)}")
-        parts += [f"{name}-{_slug(str(self.suite_options[name]))}" for name in ("split", "subset_by")
-                  if self.suite_options.get(name)]
+        if self.profile.name != "pathor1":  # a field harness's prompt and parsing
+            parts.append(f"profile-{_slug(self.profile.name)}")
+        if self.suite_options.get("split"):  # (subset_by only regroups the same questions' results)
+            parts.append(f"split-{_slug(str(self.suite_options['split']))}")
         return "+".join(parts)
 
     def judge_record(self):
@@ -395,7 +397,7 @@ def comparison_markdown(report: dict) -> str:
     lo, hi = c["ci95"]
     return "\n".join([
         f"# {report['suite']} — {report['model']}: `{b}` vs `{a}`", "",
-        f"| template | accuracy % |", "|---|---:|",
+        "| template | accuracy % |", "|---|---:|",
         *[f"| {t} | {100 * acc:.1f} |" for t, acc in report["accuracy"].items()], "",
         f"paired difference ({b} - {a}) on the same {c['n']} questions: {100 * c['difference']:+.1f} points, "
         f"95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}], McNemar p = {c['mcnemar_p']:.3g} "

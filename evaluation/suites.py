@@ -134,17 +134,6 @@ def _read_json_records(path: Path) -> list:
         raise SuiteError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
 
 
-def _files(data: Path, patterns: tuple[str, ...]) -> list[Path]:
-    if not data.exists():
-        raise SuiteError(f"{data}: no such file or folder")
-    if data.is_file():
-        return [data]
-    found = sorted(p for pat in patterns for p in data.rglob(pat))
-    if not found:
-        raise SuiteError(f"{data}: no {' / '.join(patterns)} files in this folder")
-    return found
-
-
 def _first(rec: dict, keys: tuple[str, ...], where: str):
     try:
         return first_field(rec, keys, keys[0], skip_empty=True)

@@ -6,14 +6,13 @@ package (``PreflightError``), an unwritable ``$PATHOR1_HOME``, and whatever a CL
 ``SuiteError``...). Each prints ``prog: error: <message>`` -- the message names the file / field and the fix -- and
 exits 2; anything else is a bug and keeps its traceback.
 
-The order every training CLI follows (``run_cli``): config -> home writable -> optional packages -> run. The first
+The order every training CLI follows (``run_cli``): config -> optional packages -> home writable -> run. The first
 three take well under two seconds because this module and everything it imports at the top is light (no torch,
 transformers, trl, peft): the stage's heavy imports happen inside its ``run``.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 
 
@@ -56,21 +55,16 @@ def run_cli(config_cls, run_fn, prog: str, argv: list[str] | None = None, *, ext
     prints the returned registry folder last."""
     from stages.compat import offline_hub
     from stages.config import load_config_or_exit
-    from stages.preflight import check as preflight
+    from stages.preflight import check_all as preflight
     from stages.registry import check_writable
 
     offline_hub()
     cfg = load_config_or_exit(config_cls, argv, prog=prog)
     with error_boundary(prog, extra):
+        preflight(cfg)  # packages (bitsandbytes for 4-bit, deepspeed...) and a usable GPU where asked: nothing written
         check_writable()
-        preflight(cfg)  # e.g. bitsandbytes for 4-bit, deepspeed for a DeepSpeed launch
         result = run_fn(cfg)
     if result is not None:
         print(result)
     preemption = sys.modules.get("stages.preemption")  # imported by the trainers; never imported here (transformers)
     return preemption.exit_code() if preemption is not None else 0  # 75: stopped by SIGTERM / SIGUSR1, checkpointed
-
-
-def quiet_broken_pipe() -> None:
-    """After a reader of our stdout left (``| head``): point stdout at /dev/null so the exit flush cannot fail."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -322,11 +322,15 @@ def from_dict(cls, d: dict, *, _prefix: str = "", _origins: dict | None = None, 
         raise ConfigError(f"{where}: invalid value: {e}") from None
 
 
+def renamed_keys(cls) -> dict[str, str]:
+    """Old name -> new name for ``cls`` (only the renames whose new name is a field of ``cls``)."""
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    return {old: new for old, new in getattr(cls, "RENAMED", {}).items() if new in names and old not in names}
+
+
 def _current_names(cls, d: dict, prefix: str, origins: dict, root) -> dict:
     """``d`` with old key names (``cls.RENAMED``, e.g. steps -> max_steps) moved to the new ones, each with a
     RenamedKeyWarning that names both; both names set at once is an error."""
-    from stages.runs import renamed_keys
-
     renames = {old: new for old, new in renamed_keys(cls).items() if old in d}
     if not renames:
         return d

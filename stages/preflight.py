@@ -1,7 +1,7 @@
 """Preflight: before any stage runs, check that every optional package the run will need is installed.
 
 Without it a missing vLLM surfaces only when TRL's GRPOTrainer starts -- after pretraining and SFT have run for
-hours. ``preflight_or_exit(cfg)`` walks the whole (recipe or stage) config, collects what each stage that will run
+hours. ``check(cfg)`` (run by every CLI through ``stages.cli.run_cli``) walks the whole (recipe or stage) config, collects what each stage that will run
 needs, and fails in seconds with the install command:
 
 * ``vllm`` (within TRL 1.16's range 0.22.0-0.31.0) for every RL config with ``use_vllm=true``;
@@ -19,7 +19,6 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import os
-import sys
 from dataclasses import dataclass
 
 # TRL 1.16 supports these vLLM releases only (trl/import_utils.py: is_vllm_available)
@@ -104,18 +103,12 @@ def check(cfg, environ=None) -> None:
                              "anything trains:\n" + "\n".join(problems))
 
 
-def preflight_or_exit(cfg, prog: str | None = None) -> None:
-    """``check`` for ``main()``, then whether CUDA works where the run needs it (stages/cuda_check.py): print the
-    problems and exit with status 2."""
-    prog = prog or os.path.basename(sys.argv[0])
-    try:
-        check(cfg)
-    except PreflightError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+def check_all(cfg) -> None:
+    """``check``, then whether CUDA works where the run needs it (stages/cuda_check.py); PreflightError for either.
+    Run by every training CLI (``stages.cli.run_cli``) before anything is written."""
+    check(cfg)
     from stages import cuda_check
 
     refusal = cuda_check.check(cfg)
     if refusal:
-        print(f"{prog}: error: {refusal}", file=sys.stderr)
-        raise SystemExit(2)
+        raise PreflightError(refusal)

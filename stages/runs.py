@@ -9,13 +9,16 @@ these and changes only the defaults and its own fields.
 Older names (``steps``, ``batch``, ``wd``, ...) still load from YAML and the command line: ``RENAMED`` maps them to
 the new name, and ``stages.config.from_dict`` warns once with both names (``RenamedKeyWarning``).
 
-Foundation module: imports nothing heavier than the standard library, so every CLI can read it in milliseconds.
+Foundation module: imports only the standard library and stages.config (stages.registry inside functions), so
+every CLI reads it in milliseconds.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
+
+from stages.config import renamed_keys, to_dict
 
 
 def _f(default, help: str):
@@ -74,14 +77,6 @@ class StepRunConfig(RunConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-
-
-def renamed_keys(cls) -> dict[str, str]:
-    """Old name -> new name for ``cls`` (only the renames whose new name is a field of ``cls``)."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    return {old: new for old, new in getattr(cls, "RENAMED", {}).items() if new in names and old not in names}
 
 
 def with_current_names(cls, recorded: dict) -> dict:
@@ -181,7 +176,6 @@ def plan_run(stage: str, cfg, *, init: str, config: dict | None = None, registry
     non-operational field is refused with every changed field named (it would silently mix two runs). ``init`` is
     not compared: a resumed run always continues from the input model its manifest records (``sft:latest`` may
     name a newer entry by now)."""
-    from stages.config import to_dict
     from stages.registry import Registry, is_finished
 
     registry = registry or Registry()

@@ -78,7 +78,8 @@ def library_touches() -> dict[str, set[str]]:
         found.setdefault(name, set()).add(f"{f.relative_to(ROOT)}:{node.lineno}")
 
     for f, tree in trees.items():
-        functions = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        defined_here = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        classes_here = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
         library_classes = []
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef):
@@ -109,10 +110,13 @@ def library_touches() -> dict[str, set[str]]:
                     if isinstance(t.value, ast.Name) and t.value.id in ("self", "cls"):
                         continue
                     v = node.value
+                    # a lambda, a bound method made for the object, a function or class of this file, or an
+                    # instance of one of our private stand-in classes
                     swapped = (isinstance(v, ast.Lambda)
                                or isinstance(v, ast.Call) and ast.unparse(v.func) in ("types.MethodType", "MethodType")
-                               or isinstance(v, ast.Name) and (v.id in functions or v.id[:1].isupper()
-                                                               or v.id in ("real", "stand_in")))
+                               or isinstance(v, ast.Name) and v.id in defined_here
+                               or isinstance(v, ast.Call) and isinstance(v.func, ast.Name)
+                               and v.func.id in classes_here and _private(v.func.id))
                     if swapped:
                         add(t.attr, f, node)
     return found

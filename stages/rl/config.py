@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import functools
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from corpora.judge import JudgeConfig
@@ -326,6 +326,3 @@ class RLConfig(StepRunConfig):
         """Micro-batches per optimizer step on each device: grad_accum x (batch x G / micro_batch)."""
         micro = self.micro_batch or self.batch_size * self.num_generations
         return self.grad_accum * (self.batch_size * self.num_generations // micro)
-
-    def unset_fields(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is None]

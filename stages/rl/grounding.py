@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from corpora.grading import think_text
+from corpora.grading import completion_text, think_text
 
 logger = logging.getLogger(__name__)
 OPEN_CLIP_CONFIG = "open_clip_config.json"  # the file open_clip's hf-hub layout (and pathoclip.export) writes
@@ -125,8 +125,6 @@ class GroundingReward:
             return (image_feats * text_feats).sum(-1).tolist()
 
     def __call__(self, completions, images=None, prompts=None, **columns) -> list[float | None]:
-        from stages.rl.rewards import completion_text
-
         if images is None:
             raise ValueError("the grounding reward needs the `images` column (a vision QA dataset)")
         texts = [completion_text(c) for c in completions]

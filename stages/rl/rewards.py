@@ -13,31 +13,12 @@ from typing import Callable, Sequence
 
 from trl.rewards import get_soft_overlong_punishment
 
-from corpora.grading import answer_follows_reasoning, extract_answer, format_ok, grade
+from corpora.grading import answer_follows_reasoning, completion_text, extract_answer, format_ok, grade
 
 logger = logging.getLogger(__name__)
 RewardFn = Callable[..., list]
 BUILTIN = ("format", "accuracy", "consistency", "length_aware_accuracy", "soft_overlong", "judge", "grounding",
            "view_cost")
-
-
-def completion_text(completion) -> str:
-    """The assistant text of a completion given as a string, a message list, or multimodal content parts."""
-    if completion is None:
-        return ""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        # TRL's response parser (used whenever tools are on) moves a leading <think> span into reasoning_content
-        reasoning = completion.get("reasoning_content")
-        text = completion_text(completion.get("content"))
-        return f"<think>{reasoning}</think>{text}" if reasoning else text
-    if isinstance(completion, (list, tuple)):
-        if all(isinstance(m, dict) and "role" in m for m in completion):
-            replies = [m for m in completion if m.get("role") == "assistant"] or list(completion)
-            return completion_text(replies[-1]) if replies else ""
-        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in completion)
-    return str(completion)
 
 
 def _column(columns: dict, name: str, n: int) -> list:

@@ -48,10 +48,6 @@ def loss_token_count(batch: dict) -> torch.Tensor:
     return mask.sum()
 
 
-def num_rows(batch: dict) -> int:
-    return batch["completion_ids"].size(0)
-
-
 def empty_batch(device) -> dict:
     """A batch with no rows: `PathoGRPOTrainer.compute_loss` turns it into a step that moves nothing."""
     ids = torch.zeros((0, 1), dtype=torch.long, device=device)

@@ -21,7 +21,7 @@ MCQ_CASES = [
     (f"{THINK}<answer>adenocarcinoma</answer>", True),  # option text instead of the letter
     (f"{THINK}<answer>ADENOCARCINOMA</answer>", True),  # option text, upper case
     (f"{THINK}<answer>an adenocarcinoma</answer>", True),  # option text with an article
-    (f"<ANSWER>B</ANSWER>", True),  # tag case does not matter (correctness ignores format)
+    ("<ANSWER>B</ANSWER>", True),  # tag case does not matter (correctness ignores format)
     (f"{THINK}<answer>C</answer>", False),  # wrong letter
     (f"{THINK}<answer>lymphoma</answer>", False),  # wrong option text
     (f"{THINK}<answer>B) lymphoma</answer>", False),  # letter contradicts the text: two answers in one
@@ -37,7 +37,7 @@ MCQ_CASES = [
     (f"{THINK}<answer>B", False),  # unclosed tag
     ("The answer is B.", False),  # answer outside the tags
     (f"{THINK} B", False),  # answer outside the tags after reasoning
-    (f"<think><answer>B</answer></think> C", True),  # the only span counts, text outside is ignored
+    ("<think><answer>B</answer></think> C", True),  # the only span counts, text outside is ignored
     (f"{THINK}<answer>E</answer>", False),  # letter outside the option range
     (f"{THINK}<answer>adeno</answer>", False),  # partial option text is not an option
     (f"{THINK}<answer>a</answer>", False),  # letter A (reference is B)

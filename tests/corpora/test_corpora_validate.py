@@ -1,7 +1,6 @@
 """Validation: every problem class, from a broken file, with its exact `file:line: code: message` line."""
 import json
 
-import jsonlines
 import numpy as np
 import pytest
 from PIL import Image

@@ -26,7 +26,7 @@ def medr1_splits(tmp_path, make_images):
     folder = tmp_path / "splits"
     folder.mkdir()
     for name, chunk in (("CT", imgs[:2]), ("MRI", imgs[2:])):
-        recs = [{"image": p, "problem": f"Which modality is this? A)CT, B)MRI, C)X-ray", "solution": f"<answer> {a} </answer>"}
+        recs = [{"image": p, "problem": "Which modality is this? A)CT, B)MRI, C)X-ray", "solution": f"<answer> {a} </answer>"}
                 for p, a in zip(chunk, "AB")]
         (folder / f"{name}_test.json").write_text(json.dumps(recs))
     return folder
@@ -138,7 +138,6 @@ def test_accuracy_bars_at_zero_and_full_accuracy_on_400_questions(tmp_path):
 
 
 def test_report_keeps_other_settings_apart_and_reads_a_copied_home(tmp_path, monkeypatch):
-    import shutil
 
     from evaluation.report import accuracy_table, evaluations
 

@@ -9,7 +9,7 @@ import pytest
 from evaluation.run import main
 from evaluation.suites import SuiteError, load_suite
 from tests.evaluation import release_fixtures as rf
-from tests.evaluation.test_releases import BUILDERS, FIXTURES, SUITE_OF
+from tests.evaluation.test_releases import BUILDERS, SUITE_OF
 
 
 def _break(kind, root):

@@ -4,7 +4,6 @@ TRL computes the math (we do not re-implement it); these tests pin down that OUR
 what the algorithms prescribe: group-normalised vs unnormalised advantages, clipping at 0.2 / 0.28,
 sequence- vs token-level normalisation, Dr. GRPO's constant normaliser.
 """
-import json
 import math
 
 import pytest

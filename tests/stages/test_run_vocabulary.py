@@ -33,7 +33,7 @@ def test_old_rl_names_load_with_a_warning_naming_the_new_one(tmp_path):
         cfg = load_config(RLConfig, ["--config", str(yaml_file), "batch=3"])
     assert (cfg.max_steps, cfg.batch_size) == (7, 3)
     messages = sorted(str(w.message) for w in caught)
-    assert messages == [f"RLConfig: 'batch' (from command-line argument 'batch=3') is deprecated; use 'batch_size'",
+    assert messages == ["RLConfig: 'batch' (from command-line argument 'batch=3') is deprecated; use 'batch_size'",
                         f"RLConfig: 'steps' (from {yaml_file}:2) is deprecated; use 'max_steps'"]
     assert "steps" not in to_dict(cfg) and to_dict(cfg)["max_steps"] == 7  # saved under the new name only
 
