@@ -140,7 +140,8 @@ def test_bad_data_fails_before_training_with_file_and_line(tmp_path, demo, capsy
     with pytest.raises(SystemExit) as exit_:  # ... and the CLI says it in one line, exit 2
         pretrain_recipe.main([f"data={bad}", "max_steps=1"])
     err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 2 and err.startswith("python -m recipes.pretrain: error: ") and "pairs.jsonl:2" in err
+    assert exit_.value.code == 2 and err.startswith(f"python -m recipes.pretrain: error: {bad}:1: ")  # the first
+    assert err.endswith("(+1 more: python -m corpora.validate lists them)")  # problem, and how many follow
     assert "Traceback" not in err
     assert Registry().latest("pretrain") is None
 
