@@ -115,7 +115,7 @@ def test_patho_r1_stages_run_under_the_drivers_launcher_and_engine(launcher, tmp
                           text=True, timeout=900)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-6000:]
-    assert "rank 0 drives the stages; this rank has nothing to do" in log
+    assert "local rank 0 of each node drives the stages; this rank has nothing to do" in log
     registry = Registry()
     for stage in ("pretrain", "sft", "rl"):
         assert stage_command in log.split(f"== {stage}: ")[1].splitlines()[0]
