@@ -26,7 +26,7 @@ from recipes import pretrain as pretrain_recipe
 from recipes import rl as rl_recipe
 from recipes import sft as sft_recipe
 from stages.engine import StageTrainer
-from stages.registry import MANIFEST, Registry
+from stages.registry import MANIFEST, Registry, RegistryError
 from stages.rl.trainer import PathoGRPOTrainer
 from tests.reliability.children import start_child
 
@@ -111,7 +111,10 @@ def test_sigkill_mid_checkpoint_then_resume_auto(stage, demo, tiny, tmp_path, ca
     assert staging.is_dir() and (staging / "model.safetensors").is_file() and not (staging / MANIFEST).exists()
     assert [e["step"] for e in registry.entries(stage)] == [1]  # the half-written step 2 is not listed
     latest = registry.latest(stage, "crash")
-    assert latest.name == "step-00000001" and registry.resolve(f"{stage}:latest") == latest
+    # the interrupted run is reachable as :latest-any, never as :latest (the newest FINISHED entry; none here)
+    assert latest.name == "step-00000001" and registry.resolve(f"{stage}:latest-any") == latest
+    with pytest.raises(RegistryError, match="was interrupted"):
+        registry.resolve(f"{stage}:latest")
     assert (latest.parent / "LATEST").read_text().strip() == "step-00000001"
     check_complete(latest)
 
