@@ -44,9 +44,10 @@ def test_table_two_checkpoints_two_suites(tiny_model_dir, tmp_path, capsys):
             assert cells[m][s]["accuracy"] == sum(r["correct"] for r in rows.values()) / 3
             lo, hi = cells[m][s]["ci95"]
             assert lo <= cells[m][s]["accuracy"] <= hi
-    # each model's cells are ordinary evaluations, keyed by checkpoint and suite
-    assert cells["tuned"]["vlmeval"]["out_dir"] == str(home() / "reports" / "tiny-seed1" / "vlmeval-PathVQA_mini")
-    assert cells["tuned"]["slake"]["out_dir"] == str(home() / "reports" / "tiny-seed1" / "slake")
+    # each model's cells are ordinary evaluations, keyed by checkpoint, suite and what they measured: 6 new tokens
+    # is not the default decoding, so the folders carry that variant and never replace a default evaluation
+    assert cells["tuned"]["vlmeval"]["out_dir"] == str(home() / "reports" / "tiny-seed1" / "vlmeval-PathVQA_mini@tokens6")
+    assert cells["tuned"]["slake"]["out_dir"] == str(home() / "reports" / "tiny-seed1" / "slake@tokens6")
     assert table["mean_accuracy"]["base"] == pytest.approx(
         (cells["base"]["slake"]["accuracy"] + cells["base"]["vlmeval"]["accuracy"]) / 2)
     diff = table["differences"]["tuned - base"]
