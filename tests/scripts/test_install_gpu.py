@@ -120,7 +120,7 @@ def test_make_without_a_build_says_how_to_choose(tmp_path):
 
 
 def test_make_gpu_lock_check_resolves_under_every_claimed_python():
-    out = subprocess.run(["make", "-n", "gpu-lock", "CHECK=1", "PYTHON=python3"], cwd=ROOT, capture_output=True,
+    out = subprocess.run(["make", "-n", "--no-print-directory", "gpu-lock", "CHECK=1", "PYTHON=python3"], cwd=ROOT, capture_output=True,
                          text=True).stdout.split()
     assert out[:3] == ["python3", "scripts/locks.py", "check"]
     versions = [subprocess.run([p, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
