@@ -49,7 +49,7 @@ def chat_prompt(processor, sample: dict, template: str) -> str:
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _eos_ids(model, processor) -> set[int]:
+def eos_ids(model, processor) -> set[int]:
     eos = model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
     if processor.tokenizer.eos_token_id is not None:
@@ -57,7 +57,7 @@ def _eos_ids(model, processor) -> set[int]:
     return ids
 
 
-def _load_images(paths: list[str]):
+def load_images(paths: list[str]):
     from evaluation.images import open_rgb
 
     return [open_rgb(p) for p in paths]
@@ -112,7 +112,7 @@ def generate_many(model, processor, samples: list[dict], decoding: Decoding, *, 
     prompts = [chat_prompt(processor, s, template) for s in samples]
     # Similar lengths share a batch, so little compute goes to padding; results are put back in input order.
     order = sorted(range(len(samples)), key=lambda i: (len(prompts[i]), len(samples[i]["images"])))
-    eos = _eos_ids(model, processor)
+    eos = eos_ids(model, processor)
     pad_id = processor.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = next(iter(eos), 0)
@@ -129,7 +129,7 @@ def generate_many(model, processor, samples: list[dict], decoding: Decoding, *, 
     bar = tqdm(total=len(samples), desc="generate", unit="sample", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        images = [im for i in idx for im in _load_images(samples[i]["images"])]
+        images = [im for i in idx for im in load_images(samples[i]["images"])]
         inputs = processor(text=[prompts[i] for i in idx], images=images or None, padding=True,
                            return_tensors="pt").to(model.device)
         with torch.inference_mode():

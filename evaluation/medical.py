@@ -28,98 +28,17 @@ Closed questions are graded by ``corpora.grading`` (letters, yes/no). Closed que
 from __future__ import annotations
 
 import ast
-import json
 import re
 from pathlib import Path
 
-from evaluation.releases import Skips, choose_split, extract_once, shard_split
-from evaluation.suites import SuiteError, _as_list, _image_to_path, _ImageFinder, to_record
+from evaluation.reading import ImageFinder, as_list, count_rows, image_to_path, json_array_lines, split_rows, table_rows, \
+    to_record
+from evaluation.releases import Skips, SuiteError, choose_split, image_folder, shard_split
 
 MMMU_HEALTH_MEDICINE = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
                         "Pharmacy", "Public_Health")
 _IMAGE_REF = re.compile(r"<image (\d+)>")
 _ANSWER_CHOICES = re.compile(r"\s*Answer Choices:.*\Z", re.S)
-
-
-def json_array_lines(path: Path) -> list[tuple[int, dict]]:
-    """``(line, record)`` for each element of a JSON array file, so errors can say ``file:line``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise SuiteError(f"{path}: expected UTF-8 JSON, found undecodable byte at offset {e.start}; "
-                         "fix: download the file again") from None
-    decoder, pos = json.JSONDecoder(), 0
-    skip = lambda i: len(text) - len(text[i:].lstrip())  # noqa: E731  (index of the next non-blank)
-    pos = skip(pos)
-    if not text.startswith("[", pos):
-        raise SuiteError(f"{path}:1: expected a JSON list of records")
-    pos, out = skip(pos + 1), []
-    while not text.startswith("]", pos):
-        line = text.count("\n", 0, pos) + 1
-        try:
-            value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise SuiteError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-        if not isinstance(value, dict):
-            raise SuiteError(f"{path}:{line}: expected a record (JSON object), got {type(value).__name__}")
-        out.append((line, value))
-        pos = skip(pos)
-        if text.startswith(",", pos):
-            pos = skip(pos + 1)
-        elif not text.startswith("]", pos):
-            raise SuiteError(f"{path}:{text.count(chr(10), 0, pos) + 1}: expected ',' or ']' between records")
-    return out
-
-
-def table_rows(path: Path) -> list[tuple[str, dict]]:
-    """``(where, row)`` for a parquet (``file: row i``) or JSONL (``file:line``) file."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several types for a truncated or foreign file
-            raise SuiteError(f"{path}: expected a parquet file, found {type(e).__name__}: {e}; "
-                             "fix: download the file again") from None
-        return [(f"{path}: row {i}", r) for i, r in enumerate(table.to_pylist())]
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((f"{path}:{n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise SuiteError(f"{path}:{n}: invalid JSON: {e.msg}") from None
-    return rows
-
-
-def count_rows(path: Path) -> int:
-    """Records in a file that is not read (for the skip log): parquet metadata, JSONL lines, JSON list length."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix == ".jsonl":
-        return sum(1 for line in text.splitlines() if line.strip())
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return 0
-    return len(value) if isinstance(value, list) else 0
-
-
-def image_folder(root: Path, name: str, archive: str, *, required: bool = True) -> Path | None:
-    """``root/name`` as released, else the folder ``root/archive`` unpacks to (once, into the cache); the
-    archive may hold ``name/`` or the images at its top. Neither: an error, or None when not ``required``."""
-    if (root / name).is_dir():
-        return root / name
-    if (root / archive).is_file():
-        unpacked = extract_once(root / archive)
-        return unpacked / name if (unpacked / name).is_dir() else unpacked
-    if not required:
-        return None
-    raise SuiteError(f"{root}: expected the image folder {name}/ or {archive}, found neither; "
-                     f"fix: download {archive} from the release into {root}")
 
 
 def _split_files(folder: Path, pattern: str) -> dict[str, Path]:
@@ -138,15 +57,13 @@ def _skip_other_splits(skips: Skips, files: dict[str, Path], chosen: list[str], 
 def _vqarad_parquet(data: Path, split, skips: Skips, image_root) -> list[dict]:
     """The HF mirror (flaviagiammarino/vqa-rad: data/{train,test}-*.parquet; image struct, question, answer). It
     has no answer_type: yes/no answers are the closed subset here, every other answer is graded open."""
-    from evaluation.pathology import split_rows
-
     out = []
     for s, n, path, where, rec in split_rows(data, split, skips):
-        find = _ImageFinder(path, image_root)
+        find = ImageFinder(path, image_root)
         yesno = str(rec.get("answer", "")).strip().lower() in ("yes", "no")
         out.append(to_record({"id": f"vqarad-{s}-{n}", "question": rec.get("question"), "answer": rec.get("answer"),
                               "subset": "closed" if yesno else "open"}, None, where,
-                             images=[_image_to_path(rec.get("image"), find, where)]))
+                             images=[image_to_path(rec.get("image"), find, where)]))
     return out
 
 
@@ -261,7 +178,7 @@ def load_medxpertqa(data: Path, *, split: str | None = None, skips: Skips | None
                                  f"{type(rec.get('options')).__name__}")
             question = _ANSWER_CHOICES.sub("", str(rec.get("question", ""))).strip()
             out.append(to_record({"id": f"medxpertqa-{s}-{rec.get('id')}",
-                                  "images": [str(n) for n in _as_list(rec.get("images") or [])],
+                                  "images": [str(n) for n in as_list(rec.get("images") or [])],
                                   "question": question, "options": rec["options"], "answer": rec.get("label"),
                                   "subset": str(rec.get("question_type") or "")}, images, where))
     return out
@@ -317,7 +234,7 @@ def load_mmmu_med(data: Path, *, split: str | None = None, skips: Skips | None =
                       count_rows(f))
     out = []
     for path in (f for f, s in zip(files, splits) if s in chosen):
-        find = _ImageFinder(path, image_root)
+        find = ImageFinder(path, image_root)
         for where, rec in table_rows(path):
             if str(rec.get("answer", "")).strip() == "?":
                 raise SuiteError(f"{where}: expected an answer, found '?': {_MMMU_TEST}")
@@ -327,7 +244,7 @@ def load_mmmu_med(data: Path, *, split: str | None = None, skips: Skips | None =
             missing = sorted({int(n) for n in _IMAGE_REF.findall(text)} - set(images))
             if missing:
                 raise SuiteError(f"{where}: the text refers to <image {missing[0]}> but image_{missing[0]} is empty")
-            paths = [_image_to_path(images[n], find, where) for n in sorted(images)]
+            paths = [image_to_path(images[n], find, where) for n in sorted(images)]
             mcq = str(rec.get("question_type", "multiple-choice")) == "multiple-choice"
             subject = re.sub(r"^(validation|dev|test)_|_\d+$", "", str(rec.get("id", "")))
             raw = {"id": rec.get("id"), "question": rec.get("question"),

@@ -19,10 +19,9 @@ import re
 from pathlib import Path
 
 from corpora.grading import LETTERS
-from evaluation.medical import count_rows, json_array_lines
-from evaluation.releases import Skips, choose_split, extract_once
-from evaluation.suites import _ANSWER_TAG, SuiteError, _first, _ImageFinder, inline_options, strip_option_letters, \
-    to_record
+from evaluation.reading import (ANSWER_TAG, ImageFinder, count_rows, first_value, inline_options, json_array_lines,
+                                strip_option_letters, to_record)
+from evaluation.releases import Skips, SuiteError, choose_split, extract_once
 
 _ACCESS = {"open": "Open-access", "restricted": "Restricted-access"}
 _MEDR1_SPLIT = re.compile(r"_(test|train|val)$")
@@ -69,21 +68,21 @@ def load_omnimed(data: Path, *, split: str | None = None, skips: Skips | None = 
     files, root = _omnimed_files(data, split, skips)
     out = []
     for s, path in files:
-        find = _ImageFinder(None, roots=[Path(image_root)]) if image_root else \
-            _ImageFinder(None, roots=[root]) if root else _ImageFinder(path, None)
+        find = ImageFinder(None, roots=[Path(image_root)]) if image_root else \
+            ImageFinder(None, roots=[root]) if root else ImageFinder(path, None)
         file_subset = re.sub(r"(_filtered)?_(test|train|val)$", "", path.stem)
         for i, (line, rec) in enumerate(json_array_lines(path)):  # ids count records: one-line files exist
             where = f"{path}:{line}"
             if "problem" in rec:  # Med-R1 split
                 question, options = inline_options(rec["problem"], where)
-                tag = _ANSWER_TAG.search(str(rec.get("solution", "")))
+                tag = ANSWER_TAG.search(str(rec.get("solution", "")))
                 answer = tag.group(1) if tag else rec.get("solution", "")
-                image, subset = _first(rec, ("image", "image_path"), where), file_subset
+                image, subset = first_value(rec, ("image", "image_path"), where), file_subset
                 rid = f"omnimed-{file_subset}-{s}-{i}"
             else:  # OmniMedVQA QA_information
                 options = [rec[f"option_{c}"] for c in LETTERS if rec.get(f"option_{c}") not in (None, "")]
-                question, answer = _first(rec, ("question",), where), _first(rec, ("gt_answer", "answer"), where)
-                image = _first(rec, ("image_path", "image"), where)
+                question, answer = first_value(rec, ("question",), where), first_value(rec, ("gt_answer", "answer"), where)
+                image = first_value(rec, ("image_path", "image"), where)
                 subset = rec.get("question_type") if subset_by == "question_type" else \
                     rec.get("modality_type") or rec.get("modality")  # one release file writes `modality`
                 rid = f"omnimed-{s}-{file_subset}-{rec.get('question_id', i)}"
@@ -99,15 +98,15 @@ def load_omnimed(data: Path, *, split: str | None = None, skips: Skips | None = 
     return out
 
 
-def _pmcvqa_images(root: Path, image_root) -> _ImageFinder:
+def _pmcvqa_images(root: Path, image_root) -> ImageFinder:
     if image_root:
-        return _ImageFinder(None, roots=[Path(image_root)])
+        return ImageFinder(None, roots=[Path(image_root)])
     folders = [root / n for n in ("images", "figures", "images_2") if (root / n).is_dir()]
     for archive in ("images.zip", "images_2.zip"):
         if (root / archive).is_file() and not folders:
             unpacked = extract_once(root / archive)
             folders += [p for p in (unpacked / "images", unpacked / "figures", unpacked) if p.is_dir()]
-    return _ImageFinder(None, roots=folders + [root])
+    return ImageFinder(None, roots=folders + [root])
 
 
 def load_pmcvqa(data: Path, *, split: str | None = None, skips: Skips | None = None, image_root=None,

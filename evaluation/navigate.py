@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from corpora.slides.viewer import ViewerSettings
-from evaluation.generate import Completion, _eos_ids
+from evaluation.generate import Completion, eos_ids
 
 
 @dataclass
@@ -60,7 +60,7 @@ def navigate_many(model, processor, samples: list[dict], limits: ViewerSettings,
     if limits.budget and getattr(tokenizer, "response_template", None) is None \
             and getattr(tokenizer, "response_schema", None) is None:
         add_response_schema(processor)  # raises for a template TRL cannot parse tool calls of
-    eos, pad_id = _eos_ids(model, processor), tokenizer.pad_token_id
+    eos, pad_id = eos_ids(model, processor), tokenizer.pad_token_id
     envs, conversations = [], []
     for s in samples:
         env = limits.viewer()
@@ -182,44 +182,3 @@ def add_navigation(rows: list[dict], completions: list[NavCompletion]) -> None:
     for row, c in zip(rows, completions):
         row["navigation"] = c.navigation
         row["views"] = len(c.navigation.get("views", []))
-
-
-def compare_thumbnail(model_ref, suite: str, data=None, limit=None, batch_size: int = 8, *, view_budget: int = 4,
-                      template: str | None = None, out=None, **options) -> dict:
-    """The same model on the same slide questions twice -- thumbnail only (budget 0), then navigating with
-    ``view_budget`` views -- and the paired difference tools - thumbnail (95% CI, McNemar p), with
-    ``views_per_question``. The model loads once; each run writes its own folder under ``out``."""
-    from dataclasses import replace
-    from pathlib import Path
-
-    from evaluation.metrics import paired_comparison
-    from evaluation.run import Evaluation, _read_rows, default_out_dir, pick_template, suite_key
-
-    if view_budget < 1:
-        raise ValueError(f"--compare-thumbnail: expected --view-budget >= 1 (the tool run), found {view_budget}")
-    options.pop("tools", None)
-    options.pop("export", None)
-    ev = Evaluation(model_ref, suite, data, limit, batch_size, tools="slide_view", view_budget=view_budget, **options)
-    template = pick_template(ev.checkpoint, template)
-    base = Path(out) if out else default_out_dir(ev.model_path, ev.checkpoint, suite_key(suite, ev.data))
-    out_dir = base / f"compare-thumbnail-vs-views{view_budget}"
-    runs = {}
-    for name, limits in (("thumbnail", replace(ev.tools, budget=0)), ("tools", ev.tools)):
-        ev.tools = ev.generator.limits = limits
-        runs[name] = ev.run(template, out_dir / name)
-    comparison = {}
-    if ev.rank == 0:
-        before, after = ({r["id"]: r["correct"] for r in _read_rows(out_dir / name)} for name in runs)
-        comparison = paired_comparison(before, after)
-    report = {"suite": suite, "model": str(model_ref), "templates": ["thumbnail", "tools"], "comparison": comparison,
-              "accuracy": {name: m["overall"]["accuracy"] for name, m in runs.items()},
-              "views_per_question": {name: m["views_per_question"] for name, m in runs.items()},
-              "settings": {name: m["settings"] for name, m in runs.items()}, "out_dir": str(out_dir)}
-    if ev.rank == 0:
-        import json
-
-        from evaluation.run import comparison_markdown
-
-        (out_dir / "comparison.json").write_text(json.dumps(report, indent=2))
-        (out_dir / "comparison.md").write_text(comparison_markdown(report))
-    return report

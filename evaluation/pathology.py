@@ -21,10 +21,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from evaluation.medical import count_rows, image_folder, json_array_lines, table_rows
-from evaluation.releases import Skips, choose_split, extract_once, shard_split
-from evaluation.suites import (SuiteError, _as_list, _first, _image_to_path, _ImageFinder, _is_yesno,
-                               _read_json_records, strip_option_letters, to_record)
+from evaluation.reading import (ImageFinder, as_list, count_rows, first_value, image_to_path, is_yesno, json_array_lines,
+                                read_json_records, split_rows, strip_option_letters, table_rows, to_record)
+from evaluation.releases import Skips, SuiteError, choose_split, extract_once, image_folder
 
 _LEADING_YES_NO = re.compile(r"^\W*(yes|no)\b", re.I)
 
@@ -32,11 +31,11 @@ _LEADING_YES_NO = re.compile(r"^\W*(yes|no)\b", re.I)
 # ---------------------------------------------------------------------------------------------- PathMMU
 
 
-def _pathmmu_images(root: Path, image_root) -> _ImageFinder:
+def _pathmmu_images(root: Path, image_root) -> ImageFinder:
     if image_root:
-        return _ImageFinder(None, roots=[Path(image_root)])
+        return ImageFinder(None, roots=[Path(image_root)])
     folder = image_folder(root, "images", "images.zip", required=False)
-    return _ImageFinder(None, roots=([folder] if folder else []) + [root])  # eva's mirror: source_img relative to the root
+    return ImageFinder(None, roots=([folder] if folder else []) + [root])  # eva's mirror: source_img relative to the root
 
 
 def load_pathmmu(data: Path, *, split: str | None = None, skips: Skips | None = None, image_root=None,
@@ -46,7 +45,7 @@ def load_pathmmu(data: Path, *, split: str | None = None, skips: Skips | None = 
     if not path.is_file():
         raise SuiteError(f"{data}: expected PathMMU's data.json, found no such file; fix: pass the release folder "
                          "(data.json, images/ or images.zip)")
-    raw = _read_json_records(path)
+    raw = read_json_records(path)
     groups = {"": {"test": raw}} if isinstance(raw, list) else \
         {k: (v if isinstance(v, dict) else {"test": v}) for k, v in raw.items()}
     available = sorted({s for content in groups.values() for s in content})
@@ -60,15 +59,15 @@ def load_pathmmu(data: Path, *, split: str | None = None, skips: Skips | None = 
                 continue
             for i, rec in enumerate(rows):
                 where = f"{path}: {subset or 'record'}[{s}][{i}]"
-                names = _as_list(_first(rec, ("img", "image", "source_img", "images"), where))
+                names = as_list(first_value(rec, ("img", "image", "source_img", "images"), where))
                 images = [find(n, where, optional=True) for n in names]
                 if None in images:
                     skips.add(f"image not in the release ({subset or 'PathMMU'}; the official loader skips it too)")
                     continue
-                options = strip_option_letters(_as_list(_first(rec, ("options",), where)))
+                options = strip_option_letters(as_list(first_value(rec, ("options",), where)))
                 rid = rec.get("No", rec.get("id", i))
                 out.append(to_record({"id": f"pathmmu-{subset or 'all'}-{s}-{rid}", "question": rec.get("question"),
-                                      "options": options, "answer": _first(rec, ("answer",), where), "kind": "mcq",
+                                      "options": options, "answer": first_value(rec, ("answer",), where), "kind": "mcq",
                                       "subset": subset or rec.get("subset", "")}, None, where, images=images))
     return out
 
@@ -76,55 +75,19 @@ def load_pathmmu(data: Path, *, split: str | None = None, skips: Skips | None = 
 # ---------------------------------------------------------------------------------------------- PathVQA
 
 
-def _split_groups(data: Path, patterns: tuple[str, ...]) -> dict[str, list[Path]]:
-    if not data.exists():
-        raise SuiteError(f"{data}: no such file or folder")
-    if data.is_file():
-        return {shard_split(data): [data]}
-    folder = data / "data" if (data / "data").is_dir() else data  # the HF layout keeps the shards in data/
-    groups: dict[str, list[Path]] = {}
-    for f in sorted(p for pat in patterns for p in folder.glob(pat)):
-        groups.setdefault(shard_split(f), []).append(f)
-    if not groups:
-        raise SuiteError(f"{data}: expected {' / '.join(patterns)} files (HF data/<split>-*.parquet), found none")
-    return groups
-
-
-def _rows(path: Path) -> list[tuple[str, dict]]:
-    if path.suffix == ".json":
-        return [(f"{path}:{line}", rec) for line, rec in json_array_lines(path)]
-    return table_rows(path)
-
-
-def split_rows(data: Path, split: str | None, skips: Skips):
-    """``(split, n, path, where, row)`` of the chosen split(s); ``n`` counts every row of the split in file order,
-    so an id built from it does not move when a suite keeps only some rows."""
-    groups = _split_groups(data, ("*.parquet", "*.jsonl", "*.json"))
-    chosen = choose_split(groups, split, "test", str(data))
-    for s, files in groups.items():
-        if s not in chosen:
-            skips.add(f"split {s!r} (reading {', '.join(chosen)})", sum(count_rows(f) for f in files))
-    for s in chosen:
-        n = 0
-        for path in groups[s]:
-            for where, rec in _rows(path):
-                yield s, n, path, where, rec
-                n += 1
-
-
 def _load_vqa(data: Path, keep_yesno: bool, prefix: str, split, skips, image_root) -> list[dict]:
     out = []
     for s, n, path, where, rec in split_rows(data, split, skips):
         kind = rec.get("kind")  # QA-schema JSONL says; a release's row is yes/no by its answer
-        keep = kind == ("yesno" if keep_yesno else "open") if kind else _is_yesno(rec.get("answer", "")) == keep_yesno
+        keep = kind == ("yesno" if keep_yesno else "open") if kind else is_yesno(rec.get("answer", "")) == keep_yesno
         if not keep:
             skips.add(f"rows of kind {kind!r}" if kind else "open-ended rows (the `open` suite grades them)"
                       if keep_yesno else "yes/no rows (the `pathvqa` suite grades them)")
             continue
-        find = _ImageFinder(path, image_root)
-        images = [_image_to_path(v, find, where) for v in _as_list(_first(rec, ("image", "images"), where))]
+        find = ImageFinder(path, image_root)
+        images = [image_to_path(v, find, where) for v in as_list(first_value(rec, ("image", "images"), where))]
         out.append(to_record({"id": rec.get("id") or f"{prefix}-{s}-{n}", "question": rec.get("question"),
-                              "options": [], "answer": str(_first(rec, ("answer",), where)),
+                              "options": [], "answer": str(first_value(rec, ("answer",), where)),
                               "kind": "yesno" if keep_yesno else "open", "subset": rec.get("subset", "")},
                              None, where, images=images))
     return out
@@ -177,9 +140,9 @@ def _quilt_answered(path: Path, image_root) -> list[dict]:
     for line, rec in rows:
         where = f"{path}:{line}"
         kind, answer = _quilt_kind(rec)
-        out.append(to_record({"id": f"quiltvqa-{_first(rec, ('id', 'question_id'), where)}",
-                              "images": [str(_first(rec, ("image",), where))],
-                              "question": _first(rec, ("question", "text"), where), "answer": answer, "kind": kind,
+        out.append(to_record({"id": f"quiltvqa-{first_value(rec, ('id', 'question_id'), where)}",
+                              "images": [str(first_value(rec, ("image",), where))],
+                              "question": first_value(rec, ("question", "text"), where), "answer": answer, "kind": kind,
                               "subset": "closed" if str(rec.get("answer_type", "")).upper() == "CLOSED" else "open"},
                              folder, where))
     return out
@@ -188,7 +151,7 @@ def _quilt_answered(path: Path, image_root) -> list[dict]:
 def _quilt_rows(files: list[Path], image_root) -> list[dict]:
     out = []
     for path in files:
-        find = _ImageFinder(path, image_root)
+        find = ImageFinder(path, image_root)
         for where, rec in table_rows(path):
             if rec.get("image") in (None, ""):
                 raise SuiteError(f"{where}: missing field 'image'")
@@ -197,7 +160,7 @@ def _quilt_rows(files: list[Path], image_root) -> list[dict]:
             out.append(to_record({"id": rec.get("id") or f"quiltvqa-test-{len(out)}",
                                   "question": rec.get("question"), "answer": answer, "kind": kind,
                                   "subset": "closed" if closed else "open"}, None, where,
-                                 images=[_image_to_path(rec["image"], find, where)]))
+                                 images=[image_to_path(rec["image"], find, where)]))
     return out
 
 

@@ -1,5 +1,7 @@
-"""What every benchmark reader needs to read a public release as it is downloaded.
+"""What every benchmark reader needs to read a public release as it is downloaded (the layout; its files and records
+are ``evaluation.reading``).
 
+* ``SuiteError``: bad benchmark data or an unknown suite, one line naming the file and record.
 * ``Skips``: what a reader left out and why (other splits, helper files, other subjects, restricted items),
   counted per reason; ``evaluation.run`` logs it and records it in ``metrics.json["settings"]``.
 * ``choose_split``: the one split to read (the papers' default, ``--split NAME`` or ``all``), refusing a split
@@ -8,6 +10,7 @@
   ``$PATHOR1_HOME/cache/archives`` (keyed by path, size and mtime; a marker written last, so an interrupted
   extraction is redone, never half-used).
 * ``shard_split``: the split of a Hugging Face data file (``data/test-00000-of-00002.parquet`` -> ``test``).
+* ``image_folder``: a release's image folder as released, else the folder its archive unpacks to.
 * ``check_unique_ids``: refuses two records with one id (ids key manifests, paired comparisons, the browser).
 """
 from __future__ import annotations
@@ -23,6 +26,10 @@ log = logging.getLogger("evaluation")
 
 # HF data files: <split>-00000-of-00002.parquet, older uploads add a content hash: <split>-00000-of-00001-<hex>.parquet
 _SHARD = re.compile(r"^(?P<split>[A-Za-z_]+?)(?:[-_]\d{5}-of-\d{5}(?:-[0-9a-f]{8,})?)?$")
+
+
+class SuiteError(ValueError):
+    """Bad benchmark data or an unknown suite; the message names the file and record."""
 
 
 class Skips:
@@ -49,8 +56,6 @@ def choose_split(available, split: str | None, default: str, where: str, *, refu
     e.g. MMMU test whose answers are withheld). Unknown or refused splits raise ``SuiteError``. A release (or the
     one file given) with a single split is read whatever its name, unless ``strict`` (VQA-RAD: a file without
     test questions is more likely a mistake than a choice)."""
-    from evaluation.suites import SuiteError
-
     available = list(dict.fromkeys(available))
     refused = refused or {}
     wanted = split or default
@@ -83,8 +88,6 @@ def archive_cache_dir() -> Path:
 def extract_once(archive: Path) -> Path:
     """The folder ``archive`` (a zip) is unpacked into, unpacking it the first time. Member paths that would
     leave the folder (``../``, absolute) are refused: a release archive is data, not a place to write from."""
-    from evaluation.suites import SuiteError
-
     st = archive.stat()
     key = hashlib.sha1(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     target = archive_cache_dir() / f"{archive.stem}-{key}"
@@ -108,11 +111,23 @@ def extract_once(archive: Path) -> Path:
 
 
 def check_unique_ids(records: list[dict], where: str) -> None:
-    from evaluation.suites import SuiteError
-
     seen: dict[str, int] = {}
     for i, r in enumerate(records):
         if r["id"] in seen:
             raise SuiteError(f"{where}: expected unique question ids, found {r['id']!r} at records {seen[r['id']]} "
                              f"and {i}; fix: give each question its own id")
         seen[r["id"]] = i
+
+
+def image_folder(root: Path, name: str, archive: str, *, required: bool = True) -> Path | None:
+    """``root/name`` as released, else the folder ``root/archive`` unpacks to (once, into the cache); the
+    archive may hold ``name/`` or the images at its top. Neither: an error, or None when not ``required``."""
+    if (root / name).is_dir():
+        return root / name
+    if (root / archive).is_file():
+        unpacked = extract_once(root / archive)
+        return unpacked / name if (unpacked / name).is_dir() else unpacked
+    if not required:
+        return None
+    raise SuiteError(f"{root}: expected the image folder {name}/ or {archive}, found neither; "
+                     f"fix: download {archive} from the release into {root}")

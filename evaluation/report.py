@@ -109,7 +109,7 @@ def _short(d: Path, roots: list[Path]) -> str:
     return d.name
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
 
 
@@ -133,7 +133,7 @@ def render_report(run: str | None = None, *, home: str | Path | None = None, out
     home = Path(home) if home else registry.home()
     chain, log_dirs = history(run, home)
     log_dirs += [Path(p) for p in logs]
-    out = Path(out) if out else registry.reports_dir(f"report-{_slug(run or 'all')}", root=home)
+    out = Path(out) if out else registry.reports_dir(f"report-{slug(run or 'all')}", root=home)
     out.mkdir(parents=True, exist_ok=True)
 
     metrics = evaluations(home, chain or None)
@@ -167,7 +167,7 @@ def render_report(run: str | None = None, *, home: str | Path | None = None, out
                f"{', '.join(map(str, log_dirs)) or home}", ""]
     md += ["## generalisation matrix", ""]
     for i, mx in enumerate(matrices):
-        png = f"matrix-{i}-{_slug(mx['suite'])}.png"
+        png = f"matrix-{i}-{slug(mx['suite'])}.png"
         heatmap(mx, out / png)
         md += [f"![generalisation matrix {mx['suite']}]({png})", "", f"from {mx['_file']}", ""]
     if not matrices:

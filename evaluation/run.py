@@ -7,7 +7,8 @@ checkpoint folder, which may be published or read-only. ``<checkpoint>`` is ``<s
 checkpoints, the folder name otherwise.
 
 ``--samples K --temperature T`` adds pass@k and majority@K to greedy accuracy; ``--compare-templates cot,nothink``
-evaluates both templates on the same questions and reports their paired difference (95% CI, McNemar p);
+evaluates both templates on the same questions and reports their paired difference (95% CI, McNemar p), as
+``--compare-thumbnail`` does for slide questions answered from the thumbnail and with the slide viewer;
 ``--export vlmeval`` also writes VLMEvalKit's prediction TSV; ``--manifest FILE`` evaluates exactly the questions
 of an earlier evaluation's ``manifest.json``. Under ``accelerate launch`` / ``torchrun`` the questions are split
 across ranks and gathered; only rank 0 writes.
@@ -373,13 +374,42 @@ def compare_templates(model_ref: str | Path, suite: str, data: str | Path | None
     base = Path(out) if out else default_out_dir(ev.model_path, ev.checkpoint, suite_key(suite, ev.data))
     out_dir = base / f"compare-{templates[0]}-vs-{templates[1]}"
     results = {t: ev.run(t, out_dir / t, export) for t in templates}
+    return _paired_report(ev, results, out_dir)
+
+
+def compare_thumbnail(model_ref, suite: str, data=None, limit=None, batch_size: int = 8, *, view_budget: int = 4,
+                      template: str | None = None, out=None, **options) -> dict:
+    """The same model on the same slide questions twice -- thumbnail only (budget 0), then navigating with
+    ``view_budget`` views (``evaluation.navigate``) -- and the paired difference tools - thumbnail (95% CI, McNemar
+    p), with ``views_per_question``. The model loads once; each run writes its own folder under ``out``."""
+    from dataclasses import replace
+
+    if view_budget < 1:
+        raise ValueError(f"--compare-thumbnail: expected --view-budget >= 1 (the tool run), found {view_budget}")
+    options.pop("tools", None)
+    options.pop("export", None)
+    ev = Evaluation(model_ref, suite, data, limit, batch_size, tools="slide_view", view_budget=view_budget, **options)
+    template = pick_template(ev.checkpoint, template)
+    base = Path(out) if out else default_out_dir(ev.model_path, ev.checkpoint, suite_key(suite, ev.data))
+    out_dir = base / f"compare-thumbnail-vs-views{view_budget}"
+    runs = {}
+    for name, limits in (("thumbnail", replace(ev.tools, budget=0)), ("tools", ev.tools)):
+        ev.tools = ev.generator.limits = limits
+        runs[name] = ev.run(template, out_dir / name)
+    return _paired_report(ev, runs, out_dir,
+                          views_per_question={name: m["views_per_question"] for name, m in runs.items()})
+
+
+def _paired_report(ev: Evaluation, runs: dict[str, dict], out_dir: Path, **extra) -> dict:
+    """Two runs of ``ev`` on the same questions (``runs``: name -> metrics, predictions in ``out_dir/name``): each
+    run's accuracy and the paired difference second - first; rank 0 writes comparison.json and comparison.md."""
     comparison = {}
     if ev.rank == 0:  # the other ranks generated their share; rank 0 holds every prediction
-        before, after = ({r["id"]: r["correct"] for r in _read_rows(out_dir / t)} for t in templates)
+        before, after = ({r["id"]: r["correct"] for r in _read_rows(out_dir / name)} for name in runs)
         comparison = paired_comparison(before, after)
-    report = {"suite": suite, "model": str(model_ref), "templates": templates, "comparison": comparison,
-              "accuracy": {t: m["overall"]["accuracy"] for t, m in results.items()},
-              "settings": {t: m["settings"] for t, m in results.items()}, "out_dir": str(out_dir)}
+    report = {"suite": ev.suite, "model": ev.model_ref, "templates": list(runs), "comparison": comparison,
+              "accuracy": {name: m["overall"]["accuracy"] for name, m in runs.items()}, **extra,
+              "settings": {name: m["settings"] for name, m in runs.items()}, "out_dir": str(out_dir)}
     if ev.rank == 0:
         (out_dir / "comparison.json").write_text(json.dumps(report, indent=2))
         (out_dir / "comparison.md").write_text(comparison_markdown(report))
@@ -455,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_cli(lambda: compare_templates(cfg.model, cfg.suite, data, out=out, export=export,
                                                  templates=templates, **kwargs), comparison_markdown)
     if args.compare_thumbnail:
-        return run_cli(lambda: navigate.compare_thumbnail(cfg.model, cfg.suite, data, out=out, **kwargs),
+        return run_cli(lambda: compare_thumbnail(cfg.model, cfg.suite, data, out=out, **kwargs),
                        comparison_markdown)
     return run_cli(lambda: evaluate(cfg.model, cfg.suite, data, out=out, export=export, **kwargs), markdown_summary)
 

@@ -23,8 +23,8 @@ import csv
 import re
 from pathlib import Path
 
-from evaluation.releases import Skips
-from evaluation.suites import SuiteError, _is_yesno, _read_json_records, to_record
+from evaluation.reading import is_yesno, read_json_records, to_record
+from evaluation.releases import Skips, SuiteError
 
 _INLINE_OPTION = re.compile(r"(?:^|\s)\(?([A-J])\)\s+")
 _IMAGE_TAG = re.compile(r"^\s*<image>\s*")
@@ -96,7 +96,7 @@ def _file(data: Path, names: tuple[str, ...]) -> Path:
 
 
 def _json_list(path: Path, what: str) -> list:
-    rows = _read_json_records(path)
+    rows = read_json_records(path)
     if not isinstance(rows, list):
         raise SuiteError(f"{path}: expected a JSON list of {what} records, found {type(rows).__name__}")
     return rows
@@ -133,7 +133,7 @@ def load_wsivqa(data: Path, *, image_root=None, checkpoint=None, skips: Skips | 
         if choices and match_option(answer, choices) is None:
             build.skips.add("closed answer that is none of its choices (a curation error of the release)")
             continue
-        kind = "mcq" if choices else "yesno" if _is_yesno(answer) else "open"
+        kind = "mcq" if choices else "yesno" if is_yesno(answer) else "open"
         build.add(where, build.slides.by_case(str(rec["Id"])[:12]), {
             "id": f"wsivqa-{n}", "question": rec["Question"], "options": choices, "answer": answer, "kind": kind})
     return build.records
@@ -165,7 +165,7 @@ def load_wsibench(data: Path, *, image_root=None, checkpoint=None, skips: Skips 
             raise SuiteError(f"{where}: expected id, image and a human/gpt conversation, found {rec!r:.120}")
         question, options = split_wsibench_question(str(turns[0].get("value", "")))
         answer = str(turns[1].get("value", "")).strip()
-        kind = "mcq" if options and re.fullmatch(r"[A-J]", answer) else "yesno" if _is_yesno(answer) else "open"
+        kind = "mcq" if options and re.fullmatch(r"[A-J]", answer) else "yesno" if is_yesno(answer) else "open"
         image = str(rec["image"])
         build.add(where, build.slides.by_name(image), {
             "id": str(rec.get("id") or f"wsibench-{n}"), "question": question,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.generate import Completion, Decoding, _load_images, chat_prompt
+from evaluation.generate import Completion, Decoding, load_images, chat_prompt
 
 
 def generate_vllm(model_path: str | Path, samples: list[dict], decoding: Decoding, *, template: str = "cot",
@@ -33,7 +33,7 @@ def generate_vllm(model_path: str | Path, samples: list[dict], decoding: Decodin
     for s in samples:
         request = {"prompt": chat_prompt(processor, s, template)}
         if s["images"]:
-            request["multi_modal_data"] = {"image": _load_images(s["images"])}
+            request["multi_modal_data"] = {"image": load_images(s["images"])}
         requests.append(request)
     outputs = llm.generate(requests, params)
     return [[Completion(text=o.text, n_tokens=len(o.token_ids)) for o in out.outputs] for out in outputs]

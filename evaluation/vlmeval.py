@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 from corpora.grading import LETTERS
-from evaluation.suites import SuiteError, _image_to_path, _ImageFinder
+from evaluation.reading import ImageFinder, image_to_path, to_record
+from evaluation.releases import SuiteError
 
 REQUIRED = ("index", "question", "answer")
 META_COLUMNS = ("category", "l2-category", "split")
@@ -77,8 +78,8 @@ def _images(row: dict, by_index: dict, tsv_dir: Path, where: str) -> list[str]:
         cells = _list_cell(row["image"])
         if len(cells) == 1 and len(cells[0]) <= _REFERENCE_MAX_CHARS and cells[0] in by_index:
             cells = _list_cell(by_index[cells[0]])
-        finder = _ImageFinder(tsv_dir, None)
-        return [_image_to_path(_decode(c, where), finder, where) for c in cells]
+        finder = ImageFinder(tsv_dir, None)
+        return [image_to_path(_decode(c, where), finder, where) for c in cells]
     out = []
     for p in _list_cell(row.get("image_path", "")):
         if not p:
@@ -95,8 +96,6 @@ def _images(row: dict, by_index: dict, tsv_dir: Path, where: str) -> list[str]:
 
 def load_vlmeval(data: Path, **_) -> list[dict]:
     """QA records from a VLMEvalKit TSV (MCQ, yes/no or VQA rows); ``id`` is the row's ``index``."""
-    from evaluation.suites import to_record
-
     if data.is_dir() or data.suffix != ".tsv":
         raise SuiteError(f"{data}: expected a VLMEvalKit .tsv file")
     header, rows = _rows(data)

@@ -95,7 +95,7 @@ class LocalTeacher:
 
         from evaluation.generate import load_model
         from stages.registry import Registry, read_manifest
-        from stages.rollouts import vision_token_ids
+        from stages.model import vision_token_ids
 
         self.path = Registry().resolve(ref)
         info = read_manifest(self.path) or {}
@@ -156,7 +156,7 @@ class EndpointTeacher:
 
 
 # -- files
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     """Records of a JSONL file; a torn last line (a crash mid-write) is left out."""
     rows = []
     if path.is_file():
@@ -168,11 +168,11 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def _relative_images(images: list[str], out: Path) -> list[str]:
+def relative_images(images: list[str], out: Path) -> list[str]:
     from corpora.sources import dataset_root
 
     root = dataset_root(out)
@@ -187,7 +187,7 @@ def _relative_images(images: list[str], out: Path) -> list[str]:
 
 def resume_state(out: Path, progress: Path, settings: dict, batch_size: int) -> set[int]:
     """Indices of batches already finished; out and progress are trimmed to exactly those batches."""
-    lines = _read_jsonl(progress)
+    lines = read_jsonl(progress)
     if lines and lines[0].get("settings") != settings:
         raise ValueError(f"{out} was started with other settings ({progress}: {lines[0].get('settings')}); "
                          f"use another --out or delete both files")
@@ -197,9 +197,9 @@ def resume_state(out: Path, progress: Path, settings: dict, batch_size: int) -> 
         per_batch[r["question_index"] // batch_size] = per_batch.get(r["question_index"] // batch_size, 0) + 1
     sizes = settings["batch_sizes"]
     done = {b for b, count in per_batch.items() if count == sizes[b]}
-    records = [r for r in _read_jsonl(out) if r.get("provenance", {}).get("question_index", -1) // batch_size in done]
-    _write_jsonl(out, records)
-    _write_jsonl(progress, [{"settings": settings}] + [r for r in done_rows if r["question_index"] // batch_size in done])
+    records = [r for r in read_jsonl(out) if r.get("provenance", {}).get("question_index", -1) // batch_size in done]
+    write_jsonl(out, records)
+    write_jsonl(progress, [{"settings": settings}] + [r for r in done_rows if r["question_index"] // batch_size in done])
     return done
 
 
@@ -241,7 +241,7 @@ def distill(args, *, after_batch=None) -> dict:
             stats.append(row)
             prompt = render_prompt(args.template, q["question"], q["options"])
             for j, trace in enumerate(kept):
-                records.append({"id": f"{q['id']}-distill{j}", "images": _relative_images(q["images"], out),
+                records.append({"id": f"{q['id']}-distill{j}", "images": relative_images(q["images"], out),
                                 "messages": [{"role": "user", "content": prompt},
                                              {"role": "assistant", "content": trace}],
                                 "provenance": {**row, "answer": q["answer"], "teacher": teacher.describe,
@@ -255,7 +255,7 @@ def distill(args, *, after_batch=None) -> dict:
         if after_batch is not None:
             after_batch(b)
     bar.close()
-    rows = _read_jsonl(progress_file)[1:]
+    rows = read_jsonl(progress_file)[1:]
     sampled, correct = sum(r["sampled"] for r in rows), sum(r["correct"] for r in rows)
     return {"out": str(out), "questions": len(rows), "sampled": sampled, "correct": correct,
             "kept": sum(r["kept"] for r in rows), "acceptance_rate": correct / sampled if sampled else 0.0,

@@ -124,7 +124,7 @@ def check_inputs(args) -> tuple[list[dict], list[list[str]], Path]:
     place (its dataset root must hold the images), the model reference."""
     from corpora.readers import load_qa
     from corpora.validate import validate
-    from recipes.distill import _relative_images
+    from recipes.distill import relative_images
     from stages.registry import Registry
 
     data = Path(args.data)
@@ -142,7 +142,7 @@ def check_inputs(args) -> tuple[list[dict], list[list[str]], Path]:
     if not questions:
         raise ValueError(f"{data}: expected QA records, found none")
     out = Path(args.out).resolve()
-    images = [_relative_images(q["images"], out) for q in questions]
+    images = [relative_images(q["images"], out) for q in questions]
     if not args.model.startswith(("http://", "https://")):
         Registry().resolve(args.model)  # an unknown ref fails here, not after a model load
     return questions, images, out
@@ -150,9 +150,9 @@ def check_inputs(args) -> tuple[list[dict], list[list[str]], Path]:
 
 def finished(progress: Path, settings: dict, batch_sizes: list[int], out: Path) -> dict[int, dict]:
     """{question index: its progress line} of the batches already finished; the file is trimmed to them."""
-    from recipes.distill import _read_jsonl, _write_jsonl
+    from recipes.distill import read_jsonl, write_jsonl
 
-    lines = _read_jsonl(progress)
+    lines = read_jsonl(progress)
     if lines and lines[0].get("settings") != settings:
         raise ValueError(f"{out}: started with other settings ({progress}: {lines[0].get('settings')}); expected "
                          f"the same; fix: use another --out or delete {progress.name}")
@@ -161,7 +161,7 @@ def finished(progress: Path, settings: dict, batch_sizes: list[int], out: Path) 
     done = {i: rows[i] for b, start in enumerate(starts)
             if all(i in rows for i in range(start, start + batch_sizes[b]))
             for i in range(start, start + batch_sizes[b])}
-    _write_jsonl(progress, [{"settings": settings}] + [done[i] for i in sorted(done)])
+    write_jsonl(progress, [{"settings": settings}] + [done[i] for i in sorted(done)])
     return done
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from stages.cuda_check import CUDA_BUILDS, _driver, build_for_driver  # noqa: E402
+from stages.cuda_check import CUDA_BUILDS, nvidia_driver, build_for_driver  # noqa: E402
 
 from locks import normalize, pins as lock_pins  # noqa: E402  (scripts/locks.py, beside this file)
 
@@ -142,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "detect":
-            print(detect(_driver()[0]))
+            print(detect(nvidia_driver()[0]))
             return 0
         if args.command == "install":
-            cuda = args.cuda or detect(_driver()[0])
+            cuda = args.cuda or detect(nvidia_driver()[0])
             requirements = GPU_LOCK if cuda == PYPI_BUILD else \
                 args.requirements or Path(args.python).parent.parent / f"requirements-gpu-{cuda}.txt"
             text, commands = install_commands(cuda, args.python, GPU_LOCK.read_text(), requirements)

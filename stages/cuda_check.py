@@ -156,7 +156,7 @@ def _fields(cfg, name: str):
 
 
 # ------------------------------------------------------------------------------------- the real machine
-def _driver() -> tuple[str | None, int]:
+def nvidia_driver() -> tuple[str | None, int]:
     """(driver version, GPUs listed) from nvidia-smi, else from the kernel module's /proc file."""
     smi = shutil.which("nvidia-smi")
     if smi:
@@ -185,7 +185,7 @@ def gather() -> CudaFacts:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         available = torch.cuda.is_available()
-    driver, gpus = _driver()
+    driver, gpus = nvidia_driver()
     return CudaFacts(torch_version=torch.__version__.split("+")[0], torch_cuda=torch.version.cuda,
                      available=available, driver=driver, gpus=gpus,
                      visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),

@@ -242,6 +242,29 @@ def _cached_tiny(family: str, seed: int = 0, image_size: int = 112) -> Path:
                              marker="config.json")
 
 
+# ----------------------------------------------------------------------------------------------- vision tokens
+# Tokens a completion must never contain (RL and opd rollouts and the distillation teacher suppress them): a sampled
+# <|image_pad|> (or a vision start/end) makes the policy forward count more image tokens than the prompt has images,
+# and Qwen-VL's rope-index code fails on it.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def vision_token_ids(processor) -> list[int]:
+    """The ids of the ``VISION_TOKENS`` the processor's vocabulary has, ascending."""
+    return [i for i, _ in _vision_tokens(processor)]
+
+
+def vision_tokens(processor) -> list[str]:
+    """The same tokens as strings, in the order of their ids (vLLM's sampling takes strings)."""
+    return [t for _, t in _vision_tokens(processor)]
+
+
+def _vision_tokens(processor) -> list[tuple[int, str]]:
+    vocab = getattr(processor, "tokenizer", processor).get_vocab()
+    return sorted((vocab[t], t) for t in VISION_TOKENS if t in vocab)
+
+
+
 # ----------------------------------------------------------------------------------------------- loading
 def resolve_model_path(name_or_path: str) -> str:
     """``tiny:<family>`` -> the cached tiny folder; anything else through ``Registry.resolve_model`` (the one

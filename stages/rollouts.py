@@ -1,8 +1,8 @@
 """What sampling from the policy needs, shared by RL (stages.rl) and on-policy distillation (stages.opd): QA rows
-as TRL prompt rows, the vision tokens a completion must never contain, left-padded prompts, and the prompt order
-(`CurriculumPlan` / `CurriculumSampler`: phases of the dataset in TRL's RepeatSampler layout, one pass over every
-planned step, so resuming lands on the same prompts -- TRL's own sampler reshuffles per epoch from a generator
-that a resumed run does not replay)."""
+as TRL prompt rows, left-padded prompts and the prompt order (`CurriculumPlan` / `CurriculumSampler`: phases of the
+dataset in TRL's RepeatSampler layout, one pass over every planned step, so resuming lands on the same prompts --
+TRL's own sampler reshuffles per epoch from a generator that a resumed run does not replay). The vision tokens a
+completion must never contain belong to the processor: stages.model.vision_token_ids."""
 from __future__ import annotations
 
 import math
@@ -23,24 +23,6 @@ def prompt_dataset(qa, template: str):
 
     ds = qa.map(to_prompt, desc="rendering prompts")
     return ds.cast_column("images", List(Image()))
-
-
-# Tokens a completion must never contain: a sampled <|image_pad|> (or a vision start/end) makes the policy
-# forward count more image tokens than the prompt has images, and Qwen-VL's rope-index code fails on it.
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-
-
-def vision_token_ids(processor) -> list[int]:
-    return [i for i, _ in _vision_tokens(processor)]
-
-
-def vision_tokens(processor) -> list[str]:
-    return [t for _, t in _vision_tokens(processor)]
-
-
-def _vision_tokens(processor) -> list[tuple[int, str]]:
-    vocab = getattr(processor, "tokenizer", processor).get_vocab()
-    return sorted((vocab[t], t) for t in VISION_TOKENS if t in vocab)
 
 
 def pad_prompts_left(processor) -> None:

@@ -50,22 +50,8 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-# Cycles that exist on main today in modules other helpers are rewriting (issue 23's readers, issue 25's slides,
-# issue 26's navigation);
-# each must be cut, and then removed from here: a cycle not listed, or a listed one that is gone, fails the test.
-KNOWN = [
-    ["corpora.slides.reader", "corpora.slides.tiling", "corpora.slides.reader"],
-    ["evaluation.suites", "evaluation.releases", "evaluation.suites"],
-    ["evaluation.suites", "evaluation.slide_benchmarks", "evaluation.suites"],
-    ["evaluation.medical", "evaluation.pathology", "evaluation.medical"],
-    ["evaluation.run", "evaluation.navigate", "evaluation.run"],
-]
-
-
-def test_the_project_has_no_new_import_cycle():
-    found = cycles(graph())
-    assert [c for c in found if c not in KNOWN] == []
-    assert [c for c in KNOWN if c not in found] == [], "a known cycle is gone: remove it from KNOWN"
+def test_the_project_has_no_import_cycle():
+    assert cycles(graph()) == []
 
 
 def test_the_check_sees_a_cycle():

@@ -2,7 +2,7 @@
 
 Public API (what corpora records, the stages, evaluation and the slide-navigation environment call)::
 
-    from corpora.slides import open_slide, tile_slide, TileParams, SlideError
+    from corpora.slides import open_slide, plan_tiles, tile_slide, TileParams, SlideError
 
     with open_slide("case.svs", mpp_fallback="objective") as slide:   # or "refuse"
         slide.info                      # SlideInfo: width, height, levels, downsamples, level_dimensions,
@@ -13,7 +13,7 @@ Public API (what corpora records, the stages, evaluation and the slide-navigatio
         slide.thumbnail(1024)           # whole slide, longest side 1024
         slide.associated("label")       # thumbnail / label / macro, as the format provides
         mask = slide.tissue_mask()      # TissueMask: .mask (bool, thumbnail grid), .fraction, .fractions(...), .overlay(img)
-        slide.tiles(mpp=0.5, size=224, overlap=0, min_tissue=0.5)  # [TileSpec(x, y, level, mpp, size, tissue)]
+        plan_tiles(slide, mpp=0.5, size=224, overlap=0, min_tissue=0.5)  # [TileSpec(x, y, level, mpp, size, tissue)]
 
     tiles = tile_slide("case.svs", TileParams(mpp=0.5, size=224), cache_root=None)  # TileSet (cached)
     tiles.records(); tiles.paths(); tiles.summary; tiles.export(out_dir)

@@ -142,17 +142,12 @@ class Slide:
                              f"{self.info.associated or 'none'}")
         return _rgb_on_white(self._osr.associated_images[name])
 
-    # ---- tissue and tiles (corpora.slides.tissue / corpora.slides.tiling) --------------------------------------
+    # ---- tissue (corpora.slides.tissue); the tile grid is corpora.slides.tiling.plan_tiles(slide, ...), which
+    # builds on this module
     def tissue_mask(self, thumb_size: int = 1024):
         from corpora.slides.tissue import TissueMask
 
         return TissueMask.of_slide(self, thumb_size)
-
-    def tiles(self, mpp: float = 0.5, size: int = 224, overlap: int = 0, min_tissue: float = 0.5, mask=None):
-        """Tile specs (level-0 x, y, level, mpp, size, tissue) of every full tile with enough tissue."""
-        from corpora.slides.tiling import plan_tiles
-
-        return plan_tiles(self, mpp=mpp, size=size, overlap=overlap, min_tissue=min_tissue, mask=mask)
 
     def mpp_or_raise(self) -> float:
         if self.info.mpp is None:

@@ -27,8 +27,8 @@ def browse(ref: str, compare: list[str] = (), *, out=None, home=None, **options)
     inline_max = options.pop("inline_max", None)
     data = gather(ref, list(compare), home=home, **options)
     if out is None:
-        from evaluation.report import _slug
+        from evaluation.report import slug
 
-        out = registry.reports_dir(f"browse-{_slug(ref)}", root=home)
+        out = registry.reports_dir(f"browse-{slug(ref)}", root=home)
     kwargs = {} if inline_max is None else {"inline_max": inline_max}
     return write_browser(data, out, **kwargs)

@@ -65,9 +65,9 @@ def run(cfg: OPDConfig) -> Path:
     from corpora.training_data import check_data, data_file
     from stages import distributed
     from stages.checkpointing import TRAIN_POLICIES, Publication, StopAfter, resume_argument
-    from stages.model import load_model, resolve_model_path
+    from stages.model import load_model, resolve_model_path, vision_token_ids
     from stages.registry import Registry, home, logs_dir, parse_ref
-    from stages.rollouts import pad_prompts_left, prompt_dataset, vision_token_ids
+    from stages.rollouts import pad_prompts_left, prompt_dataset
     from stages.runs import plan_run
 
     if missing_teacher(cfg):

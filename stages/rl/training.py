@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 from stages.rl.config import RLConfig
+from stages.model import vision_token_ids, vision_tokens
 # shared with on-policy distillation (stages.opd); imported from here by older callers
-from stages.rollouts import (VISION_TOKENS, pad_prompts_left, prompt_dataset, vision_token_ids,  # noqa: F401
-                             vision_tokens)
+from stages.rollouts import pad_prompts_left, prompt_dataset
 
 logger = logging.getLogger(__name__)
 STAGE = "rl"

@@ -19,7 +19,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from corpora.slides import SlideError, TileParams, open_slide, tile_slide
+from corpora.slides import SlideError, TileParams, open_slide, plan_tiles, tile_slide
 from corpora.slides import tiling
 from corpora.slides.__main__ import main
 from corpora.slides.synthetic import GLASS, write_pyramidal_tiff, write_svs
@@ -92,7 +92,7 @@ def test_no_mpp_falls_back_to_the_objective_power_or_is_refused(slides):
     with open_slide(slides["nompp_tiff"]) as s:  # no objective either: info works, tiling cannot
         assert s.info.mpp is None
         with pytest.raises(SlideError, match=r"nompp\.tiff: expected a resolution"):
-            s.tiles()
+            plan_tiles(s, mpp=0.5, size=224)
 
 
 def test_tissue_mask_keeps_tissue_and_drops_glass_and_pen(slides):
@@ -108,17 +108,17 @@ def test_tissue_mask_keeps_tissue_and_drops_glass_and_pen(slides):
 
 def test_tile_counts_match_the_tissue_and_coordinates_are_level0(slides):
     with open_slide(slides["svs"]) as s:
-        tiles = s.tiles(mpp=0.5, size=128, min_tissue=0.5)
+        tiles = plan_tiles(s, mpp=0.5, size=128, min_tissue=0.5)
         assert sorted((t.y // 128, t.x // 128) for t in tiles) == [(1, 2), (1, 3), (2, 2), (2, 3), (2, 4)]
         assert all(t.tissue > 0.9 and t.level == 0 and t.mpp == 0.5 for t in tiles)
         # at 1 µm/px a 128 px tile covers 2x2 cells (256 level-0 px): rows 0-1 and 2-3 of cols 2-3 are half
         # tissue, rows 2-3 of cols 4-5 a quarter
-        coarse = s.tiles(mpp=1.0, size=128, min_tissue=0.4)
+        coarse = plan_tiles(s, mpp=1.0, size=128, min_tissue=0.4)
         assert [(t.x, t.y) for t in coarse] == [(256, 0), (256, 256)]
         assert [t.tissue for t in coarse] == pytest.approx([0.5, 0.5], abs=0.05)
-        everything = s.tiles(mpp=0.5, size=128, min_tissue=0.0)
+        everything = plan_tiles(s, mpp=0.5, size=128, min_tissue=0.0)
         assert len(everything) == 96
-        overlapping = s.tiles(mpp=0.5, size=128, overlap=64, min_tissue=0.0)  # stride 64: 23 x 15 full tiles
+        overlapping = plan_tiles(s, mpp=0.5, size=128, overlap=64, min_tissue=0.0)  # stride 64: 23 x 15 full tiles
         assert len(overlapping) == 23 * 15
 
 

@@ -6,7 +6,8 @@ import json
 import pytest
 from PIL import Image
 
-from evaluation.suites import SUITES, SuiteError, inline_options, load_suite
+from evaluation.reading import inline_options
+from evaluation.suites import SUITES, SuiteError, load_suite
 
 
 def png(path, colour=(200, 30, 90)):

@@ -11,10 +11,11 @@ import json
 import pytest
 import torch
 
+from corpora.grading import completion_text
 from corpora.slides.viewer import SlideViewer
 from stages.config import ConfigError, load_config
 from stages.rl.config import RLConfig, grpo_settings
-from stages.rl.rewards import AccuracyReward, FormatReward, build_rewards, completion_text
+from stages.rl.rewards import AccuracyReward, FormatReward, build_rewards
 from stages.rl.tools import ToolsConfig, ViewCountReward, check_tool_template
 from tests.slide_tools import AFTER, CALL, scripted, slide_qa_file
 

@@ -137,7 +137,8 @@ def test_rollouts_never_sample_vision_tokens(tmp_path):
     # a sampled <|image_pad|> breaks Qwen-VL's rope index in the policy forward (seen at 112 px in the demo)
     from stages.model import resolve_model_path
     from stages.rl.config import RLConfig
-    from stages.rl.training import grpo_args, vision_token_ids
+    from stages.model import vision_token_ids
+    from stages.rl.training import grpo_args
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(resolve_model_path("tiny:qwen2_5_vl"))

@@ -16,7 +16,8 @@ from stages.config import ConfigError, load_config
 from stages.model import ModelConfig, build_tiny, load_model
 from stages.rl.config import PRESETS, RLConfig
 from stages.rl.trainer import PathoGRPOTrainer
-from stages.rl.training import grpo_args, vision_token_ids, vision_tokens
+from stages.model import vision_token_ids, vision_tokens
+from stages.rl.training import grpo_args
 
 G, L_MAX = 4, 8
 ROOT = Path(__file__).resolve().parents[2]
