@@ -290,9 +290,9 @@ def stage_callbacks(cfg: StageConfig, model) -> list:
     return callbacks
 
 
-def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files) -> Path:
-    """Train (or continue) the run and return its newest registry checkpoint."""
-    plan = plan_run(stage, cfg, init=init)  # before any model loads: a changed config is refused here
+def run_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files, plan: RunPlan | None = None) -> Path:
+    """Train (or continue) the run and return its newest registry checkpoint (``plan``: the caller's plan_run)."""
+    plan = plan or plan_run(stage, cfg, init=init)  # before any model loads: a changed config is refused here
     if plan.finished:  # a finished run is not trained again (the Trainer would add one more step)
         print(plan.describe(), flush=True)
         return plan.resume_from

@@ -271,13 +271,60 @@ def resolve_model_path(name_or_path: str) -> str:
     resolver): a folder or registry ref (``sft:latest``, ``sft/RUN/step-N``) -> its folder, a hub id -> the id;
     a ref that names nothing raises a clear RegistryError."""
     if name_or_path.startswith("tiny:"):
-        family = name_or_path[len("tiny:"):]
-        if family not in FAMILIES:
-            raise ValueError(f"unknown tiny family {family!r}; choose one of {', '.join(FAMILIES)}")
-        return str(_cached_tiny(family))
+        return str(_cached_tiny(_tiny_family(name_or_path)))
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())
     return Registry().resolve_model(name_or_path)
+
+
+def _tiny_family(ref: str) -> str:
+    family = ref[len("tiny:"):]
+    if family not in FAMILIES:
+        from stages.config import ConfigError
+
+        raise ConfigError(f"unknown tiny family {family!r} in {ref!r}; choose one of "
+                          f"{', '.join('tiny:' + f for f in FAMILIES)}")
+    return family
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_model_ref(ref: str, field: str = "init") -> None:
+    """Refuse a model reference that names nothing, building and loading nothing (so a CLI answers in a second,
+    before its data or any model loads): an unknown tiny family, a folder that is not a model, a registry ref
+    without an entry, or -- with the hub offline (pathor1's default) -- a hub id not in the local hub cache.
+    Online, a hub id is left for transformers to look up."""
+    from stages.config import ConfigError
+    from stages.registry import RegistryError
+
+    if not ref:
+        raise ConfigError(f"{field} is empty; fix: {field}=REF (a registry ref such as sft:latest, a model folder, "
+                          f"tiny:qwen2_5_vl or a hub id)")
+    if ref.startswith("tiny:"):
+        try:
+            _tiny_family(ref)
+        except ValueError as e:
+            raise type(e)(f"{field}={ref}: {e}") from None
+        return
+    try:
+        path = resolve_model_path(ref)
+    except RegistryError as e:
+        raise RegistryError(f"{field}={ref}: {e}") from None
+    if Path(path).is_dir():
+        try:
+            _check_folder(path)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{field}={ref}: {e}") from None
+    elif _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+            raise RegistryError(
+                f"{field}={ref}: no folder, registry entry or tiny preset of that name, and no hub model {ref!r} "
+                f"in the local hub cache (HF_HUB_OFFLINE=1); fix: {field}=sft:latest (or another registry ref), a "
+                f"model folder, tiny:qwen2_5_vl, or download it first (HF_HUB_OFFLINE=0)")
 
 
 def _check_folder(path: str) -> None:

@@ -15,7 +15,9 @@ from corpora.prompts import render_prompt, render_response
 from corpora.readers import load_pairs
 from corpora.training_data import check_data, data_file
 from stages.stage_config import StageConfig
+from stages.model import check_model_ref
 from stages.registry import Registry, home
+from stages.runs import plan_run
 
 STAGE = "pretrain"
 
@@ -43,6 +45,10 @@ def caption_rows(pairs, template: str):
 
 def run(cfg: PretrainConfig) -> Path:
     """Train and return the final registry checkpoint folder (parent: the input model)."""
+    init = cfg.model.name_or_path if cfg.init == "auto" else cfg.init
+    plan = plan_run(STAGE, cfg, init=init)  # a changed config or an unknown input model: refused in a second
+    if not plan.finished:
+        check_model_ref(plan.init)
     path = data_file(cfg.data, "pairs.jsonl", home())
     from stages import distributed  # accelerate + torch: imported when training starts
 
@@ -50,7 +56,6 @@ def run(cfg: PretrainConfig) -> Path:
         slides = cfg.slides.resolved(Registry().resolve)
         bad = check_data(path, "pairs", cfg.validate, cfg.template, slides)
         rows = caption_rows(load_pairs(path, skip=bad, slides=slides), cfg.template)
-    init = cfg.model.name_or_path if cfg.init == "auto" else cfg.init
     from stages.engine import run_stage  # torch, transformers, TRL: only once training starts
 
-    return run_stage(cfg, stage=STAGE, rows=rows, init=init, data_files=[path])
+    return run_stage(cfg, stage=STAGE, rows=rows, init=init, data_files=[path], plan=plan)

@@ -14,7 +14,9 @@ from pathlib import Path
 from corpora.readers import load_sft
 from corpora.training_data import check_data, data_file
 from stages.stage_config import StageConfig
+from stages.model import check_model_ref
 from stages.registry import Registry, home
+from stages.runs import plan_run
 
 STAGE = "sft"
 
@@ -41,10 +43,14 @@ def training_rows(cfg: SFTConfig):
 
 def run(cfg: SFTConfig) -> Path:
     """Train and return the final registry checkpoint folder (parent: the input model)."""
+    init = default_init(cfg)
+    plan = plan_run(STAGE, cfg, init=init)  # a changed config or an unknown input model: refused in a second
+    if not plan.finished:
+        check_model_ref(plan.init)
     from stages import distributed  # accelerate + torch: imported when training starts
 
     with distributed.main_process_first():  # every rank checks the data, the main process first
         rows, path = training_rows(cfg)
     from stages.engine import run_stage  # torch, transformers, TRL: only once training starts
 
-    return run_stage(cfg, stage=STAGE, rows=rows, init=default_init(cfg), data_files=[path])
+    return run_stage(cfg, stage=STAGE, rows=rows, init=init, data_files=[path], plan=plan)

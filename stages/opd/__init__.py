@@ -69,6 +69,14 @@ def missing_teacher(cfg: OPDConfig) -> str | None:
 
 
 def run(cfg: OPDConfig):
+    from stages.model import check_model_ref
+    from stages.runs import plan_run
+
+    plan = plan_run(STAGE, cfg, init=cfg.init)  # student and teacher checked in a second, before TRL is imported
+    if not plan.finished:
+        check_model_ref(plan.init)
+        if cfg.teacher:  # an empty one: missing_teacher's message (stages.opd.training)
+            check_model_ref(cfg.teacher, "teacher")
     from stages.opd.training import run as _run
 
     return _run(cfg)

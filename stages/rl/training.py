@@ -129,21 +129,9 @@ def tool_environment(cfg: RLConfig, logs_dir):
 
 def run(cfg: RLConfig) -> Path:
     """Train with RL from `cfg.init`; returns the final registry checkpoint folder (rl/<run>/step-N)."""
-    from corpora.readers import load_qa
-    from stages import distributed
-    from stages.checkpointing import TRAIN_POLICIES, Publication, StopAfter, resume_argument
-    from stages.preemption import Preemption
-    from corpora.training_data import check_data, data_file
-    from stages.model import load_model, resolve_model_path
+    from stages.model import check_model_ref
     from stages.registry import Registry, home, logs_dir, parse_ref
-    from stages.config import ConfigError
     from stages.runs import plan_run
-    from datasets import concatenate_datasets
-
-    from stages.rl import curriculum, tools
-    from stages.rl.algos import SubsetScaling
-    from stages.rl.rewards import build_rewards
-    from stages.rl.trainer import PathoGRPOTrainer
 
     cfg = cfg.resolved()
     registry = Registry()
@@ -152,6 +140,22 @@ def run(cfg: RLConfig) -> Path:
         logger.warning(run_plan.describe())
         return run_plan.resume_from
     resume_from, init = run_plan.resume_from, run_plan.init  # a resumed run keeps its recorded input model
+    check_model_ref(init)  # an input model that names nothing: one line, before the heavy imports below
+
+    from corpora.readers import load_qa
+    from stages import distributed
+    from stages.checkpointing import TRAIN_POLICIES, Publication, StopAfter, resume_argument
+    from stages.preemption import Preemption
+    from corpora.training_data import check_data, data_file
+    from stages.model import load_model, resolve_model_path
+    from stages.config import ConfigError
+    from datasets import concatenate_datasets
+
+    from stages.rl import curriculum, tools
+    from stages.rl.algos import SubsetScaling
+    from stages.rl.rewards import build_rewards
+    from stages.rl.trainer import PathoGRPOTrainer
+
     if parse_ref(init) is not None:
         init = str(registry.resolve(init))  # sft:latest -> the newest finished SFT entry; RegistryError if none
 

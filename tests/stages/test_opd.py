@@ -26,9 +26,10 @@ def test_an_unknown_reference_or_bad_data_is_one_line_exit_2(tmp_path, capsys):
     bad.write_text('{"question": "x?", "answer": "Z", "options": ["a", "b"], "images": []}\n')
     assert opd_recipe.main(["teacher=sft:big", "init=sft:none"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("python -m recipes.opd: error: no checkpoint for 'sft:none'")
+    assert len(err.splitlines()) == 1 and err.startswith("python -m recipes.opd: error: init=sft:none: no checkpoint for 'sft:none'")
     student = tmp_path / "student"
-    student.mkdir()  # folders are taken as they are: the data is checked next, before any model loads
+    student.mkdir()  # a model folder (config.json) is taken as it is: the data is checked next, before any model loads
+    (student / "config.json").write_text("{}")
     assert opd_recipe.main([f"teacher={student}", f"init={student}", f"data={bad}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{bad}:1:" in err, err
