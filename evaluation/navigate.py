@@ -21,9 +21,12 @@ from evaluation.generate import Completion, eos_ids
 @dataclass
 class NavCompletion(Completion):
     """A completion (the final answer turn) plus the question's navigation: ``SlideViewer.record`` (views with
-    their coordinates and µm/px, refusals, region listings) and ``turns`` (assistant turns generated)."""
+    their coordinates and µm/px, refusals, region listings) and ``turns`` (assistant turns generated); ``messages``
+    is the whole conversation (user turn with the overview, assistant tool calls, tool results with their views,
+    the answer), what recipes.distill writes as a navigation trace."""
 
     navigation: dict = field(default_factory=dict)
+    messages: list = field(default_factory=list, repr=False)
 
 
 def _turns(limits: ViewerSettings) -> int:
@@ -48,9 +51,12 @@ def _call(env, call: dict):
 
 
 def navigate_many(model, processor, samples: list[dict], limits: ViewerSettings, *, template: str = "cot",
-                  max_new_tokens: int = 256, batch_size: int = 8, progress: bool = True) -> list[list[NavCompletion]]:
+                  max_new_tokens: int = 256, batch_size: int = 8, progress: bool = True,
+                  sampling: dict | None = None) -> list[list[NavCompletion]]:
     """Greedy answers to slide questions (rows of ``corpora.slides.viewer.slide_questions``), each navigating its
-    slide with a fresh ``SlideViewer``; ``max_new_tokens`` bounds the tokens the model writes over all its turns."""
+    slide with a fresh ``SlideViewer``; ``max_new_tokens`` bounds the tokens the model writes over all its turns.
+    ``sampling``: ``generate``'s sampling settings (do_sample, temperature, ...) instead of greedy decoding, as
+    recipes.distill samples a teacher's navigations (seed torch before the call)."""
     import torch
     from trl.chat_template_utils import add_response_schema, parse_response
 
@@ -61,6 +67,7 @@ def navigate_many(model, processor, samples: list[dict], limits: ViewerSettings,
             and getattr(tokenizer, "response_schema", None) is None:
         add_response_schema(processor)  # raises for a template TRL cannot parse tool calls of
     eos, pad_id = eos_ids(model, processor), tokenizer.pad_token_id
+    decoding = sampling or {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     envs, conversations = [], []
     for s in samples:
         env = limits.viewer()
@@ -88,8 +95,7 @@ def navigate_many(model, processor, samples: list[dict], limits: ViewerSettings,
                                                    ).to(model.device)
             room = max(1, max_new_tokens - min(used[i] for i in idx))
             with torch.inference_mode():
-                out = model.generate(**inputs, max_new_tokens=room, pad_token_id=pad_id, do_sample=False,
-                                     temperature=None, top_p=None, top_k=None)
+                out = model.generate(**inputs, max_new_tokens=room, pad_token_id=pad_id, **decoding)
             prompt_len = inputs["input_ids"].shape[1]
             for j, i in enumerate(idx):
                 toks = out[j, prompt_len:].tolist()
@@ -110,8 +116,9 @@ def navigate_many(model, processor, samples: list[dict], limits: ViewerSettings,
                     still.append(i)
                     continue
                 text = tokenizer.decode(toks, skip_special_tokens=True)
-                final[i] = NavCompletion(text=text, n_tokens=used[i],
-                                         navigation={**envs[i].record, "turns": turns[i]})
+                conversations[i].append({"role": "assistant", "content": text})
+                final[i] = NavCompletion(text=text, n_tokens=used[i], navigation={**envs[i].record, "turns": turns[i]},
+                                         messages=conversations[i])
                 bar.update(1)
         active = still
     bar.close()

@@ -10,6 +10,13 @@ endpoint (`vllm serve`, a hosted API; images go as data URLs, replies are cached
 >= `--dedup`), optionally keep only the `--keep-shortest` k. Each record is a chat SFT record (`messages` +
 `images`) with `provenance`: teacher, template, sampling settings and the question's acceptance rate.
 
+With `--tools slide_view [--view-budget N]` the questions name a whole slide (records with `slide`) and the
+teacher (a checkpoint) navigates it through the same multi-turn loop as `evaluation.run --tools`
+(evaluation/navigate.py: overview, `zoom` / `tissue_regions` calls, each view as an image in a tool turn); a kept
+navigation is written as a trace in the schema of `corpora.slides.navdemo`'s traces.jsonl (assistant
+`tool_calls` / `tool` messages, the overview and views saved under `<out stem>-views/`, `images` in order of
+appearance, paths relative to the output's folder, the views' records), with the same provenance.
+
 Resume: `<out>.progress.jsonl` lists the settings and every finished question; a rerun with the same settings
 skips finished batches, drops records a crash left half-written, and produces the same file an uninterrupted run
 would (every batch is sampled with its own seed). The last printed line is a JSON summary.
@@ -39,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep-shortest", type=int, default=0, help="keep only the k shortest correct traces (0 = all)")
     p.add_argument("--dedup", type=float, default=0.9,
                    help="drop a trace this similar (0-1, difflib ratio of normalised text) to a kept one")
+    p.add_argument("--tools", choices=["slide_view"],
+                   help="the teacher navigates each question's slide with the viewer (records name a slide)")
+    p.add_argument("--view-budget", type=int, default=4, help="--tools: views per question (default 4)")
     add_sampler_arguments(p, samples=4, temperature=0.7)
     args = p.parse_args(argv)
     for name in ("samples", "batch_size", "max_new_tokens", "concurrency"):
@@ -48,6 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("need --keep-shortest >= 0, 0 < --dedup <= 1 and --temperature > 0")
     if args.teacher.startswith(("http://", "https://")) and not args.teacher_model:
         p.error("an endpoint teacher needs --teacher-model (the model name it serves)")
+    if args.tools and args.teacher.startswith(("http://", "https://")):
+        p.error("--tools slide_view runs the viewer between the teacher's turns in this process: give a checkpoint "
+                "--teacher (registry ref or folder), not an endpoint")
+    if args.tools and args.view_budget < 1:
+        p.error(f"--view-budget: expected >= 1 with --tools (the views the teacher may take), got {args.view_budget}")
     return args
 
 
@@ -76,13 +91,24 @@ def _normalised(text: str) -> str:
 def select_traces(traces: list[str], answer: str, kind: str, options, template: str, *, dedup: float,
                   keep_shortest: int) -> tuple[list[str], int]:
     """(kept traces, number correct): correct by `corpora.grading.grade`, shortest first, near-duplicates dropped."""
+    kept, n_correct = select_indices(traces, answer, kind, options, template, dedup=dedup,
+                                     keep_shortest=keep_shortest)
+    return [traces[i] for i in kept], n_correct
+
+
+def select_indices(answers: list[str], answer: str, kind: str, options, template: str, *, dedup: float,
+                   keep_shortest: int, keys: list[str] | None = None) -> tuple[list[int], int]:
+    """select_traces by index: ``answers`` are graded, ``keys`` (default: the answers; a navigation's calls and
+    answer) are what length and near-duplicates are judged on."""
     from corpora.grading import grade
 
-    correct = [t for t in traces if grade(t, answer, kind, options, template=template).correct]
-    kept: list[str] = []
-    for t in sorted(correct, key=len):  # stable: equal lengths keep sampling order
-        if all(difflib.SequenceMatcher(None, _normalised(t), _normalised(k)).ratio() < dedup for k in kept):
-            kept.append(t)
+    keys = answers if keys is None else keys
+    correct = [i for i, t in enumerate(answers) if grade(t, answer, kind, options, template=template).correct]
+    kept: list[int] = []
+    for i in sorted(correct, key=lambda i: len(keys[i])):  # stable: equal lengths keep sampling order
+        if all(difflib.SequenceMatcher(None, _normalised(keys[i]), _normalised(keys[k])).ratio() < dedup
+               for k in kept):
+            kept.append(i)
     return (kept[:keep_shortest] if keep_shortest else kept), len(correct)
 
 
@@ -131,6 +157,20 @@ class LocalTeacher:
             stop = next((j for j, t in enumerate(row) if t in eos), len(row))
             texts.append(tok.decode(row[:stop], skip_special_tokens=True).strip())
         return [texts[i * n:(i + 1) * n] for i in range(len(questions))]
+
+    def navigations(self, questions: list[dict], seed: int, limits) -> list[list]:
+        """`samples` sampled navigations (evaluation.navigate.NavCompletion) per slide question."""
+        from evaluation.navigate import navigate_many
+
+        n, a = self.args.samples, self.args
+        rows = [q for q in questions for _ in range(n)]
+        self.torch.manual_seed(seed)
+        done = navigate_many(self.model, self.processor, rows, limits, template=a.template,
+                             max_new_tokens=a.max_new_tokens, batch_size=len(rows), progress=False,
+                             sampling={"do_sample": True, "temperature": a.temperature, "top_p": a.top_p, "top_k": 0,
+                                       "suppress_tokens": self.suppress or None})
+        flat = [c[0] for c in done]
+        return [flat[i * n:(i + 1) * n] for i in range(len(questions))]
 
 
 class EndpointTeacher:
@@ -185,6 +225,38 @@ def relative_images(images: list[str], out: Path) -> list[str]:
     return rel
 
 
+def navigation_key(completion) -> str:
+    """What a navigation is judged on for length and near-duplicates: its tool calls in order, then its answer."""
+    calls = [c.get("function", c) for m in completion.messages for c in m.get("tool_calls") or []]
+    return json.dumps(calls, sort_keys=True) + completion.text
+
+
+def navigation_record(q: dict, completion, out: Path, name: str, provenance: dict) -> dict:
+    """A kept navigation as a trace in corpora.slides.navdemo's schema: the conversation with every image block
+    emptied and its image saved as ``<out stem>-views/<name>-<k>.png`` (k in order of appearance: the overview,
+    then the views), ``images`` relative to the output's folder, the slide and the views' records."""
+    folder, views = out.parent, f"{out.stem}-views"
+    (folder / views).mkdir(exist_ok=True)
+    images, messages = [], []
+    for message in completion.messages:
+        content = message["content"]
+        if isinstance(content, list):
+            blocks = []
+            for block in content:
+                if block.get("type") == "image":
+                    images.append(f"{views}/{name}-{len(images)}.png")
+                    block["image"].save(folder / images[-1])
+                    block = {"type": "image"}
+                blocks.append(dict(block))
+            content = blocks
+        messages.append({**message, "content": content})
+    slide = Path(q["slide"]).resolve()
+    slide = str(slide.relative_to(folder.resolve())) if slide.is_relative_to(folder.resolve()) else str(slide)
+    return {"id": name, "slide": slide, "images": images, "messages": messages,
+            "views": [{**v, "slide": slide} for v in completion.navigation.get("views", [])],
+            "provenance": provenance}
+
+
 def resume_state(out: Path, progress: Path, settings: dict, batch_size: int) -> set[int]:
     """Indices of batches already finished; out and progress are trimmed to exactly those batches."""
     lines = read_jsonl(progress)
@@ -209,7 +281,14 @@ def distill(args, *, after_batch=None) -> dict:
     from corpora.prompts import render_prompt
     from corpora.readers import load_qa
 
-    questions = list(load_qa(args.data))[: args.limit or None]
+    limits = None
+    if getattr(args, "tools", None):
+        from evaluation.navigate import tool_limits, tool_records
+
+        limits = tool_limits(args.tools, args.view_budget)
+        questions = tool_records("qa", args.data, limits)[: args.limit or None]
+    else:
+        questions = list(load_qa(args.data))[: args.limit or None]
     if not questions:
         raise ValueError(f"{args.data}: no questions")
     out = Path(args.out).resolve()
@@ -224,28 +303,41 @@ def distill(args, *, after_batch=None) -> dict:
     settings = {"data": str(Path(args.data).resolve()), "teacher": teacher.describe, "template": args.template,
                 "sampling": sampling, "dedup": args.dedup, "keep_shortest": args.keep_shortest,
                 "batch_sizes": [len(b) for b in batches]}
+    if limits is not None:
+        from dataclasses import asdict
+
+        sampling["tools"] = {"env": args.tools, **asdict(limits)}  # in the settings and every provenance
     done = resume_state(out, progress_file, settings, bs)
     bar = tqdm(total=len(questions), initial=sum(len(batches[b]) for b in done), desc="distill", unit="question",
                disable=args.no_progress)
     for b, batch in enumerate(batches):
         if b in done:
             continue
-        traces = teacher.samples(batch, seed=args.seed * 1_000_003 + b)
+        seed = args.seed * 1_000_003 + b
+        navigations = teacher.navigations(batch, seed, limits) if limits is not None else None
+        traces = [[c.text for c in n] for n in navigations] if navigations else teacher.samples(batch, seed=seed)
         records, stats = [], []
         for k, (q, sampled) in enumerate(zip(batch, traces)):
-            kept, n_correct = select_traces(sampled, q["answer"], q["kind"], q["options"], args.template,
-                                            dedup=args.dedup, keep_shortest=args.keep_shortest)
+            keys = [navigation_key(c) for c in navigations[k]] if navigations else None
+            kept, n_correct = select_indices(sampled, q["answer"], q["kind"], q["options"], args.template,
+                                             dedup=args.dedup, keep_shortest=args.keep_shortest, keys=keys)
             rate = n_correct / len(sampled) if sampled else 0.0
             row = {"question_index": b * bs + k, "question_id": q["id"], "sampled": len(sampled),
                    "correct": n_correct, "kept": len(kept), "acceptance_rate": rate}
+            if navigations:
+                row["views"] = sum(len(c.navigation.get("views", [])) for c in navigations[k])
             stats.append(row)
             prompt = render_prompt(args.template, q["question"], q["options"])
-            for j, trace in enumerate(kept):
+            for j, i in enumerate(kept):
+                provenance = {**row, "answer": q["answer"], "teacher": teacher.describe, "template": args.template,
+                              "sampling": sampling}
+                if navigations:
+                    records.append(navigation_record(q, navigations[k][i], out, f"{q['id']}-distill{j}", provenance))
+                    continue
                 records.append({"id": f"{q['id']}-distill{j}", "images": relative_images(q["images"], out),
                                 "messages": [{"role": "user", "content": prompt},
-                                             {"role": "assistant", "content": trace}],
-                                "provenance": {**row, "answer": q["answer"], "teacher": teacher.describe,
-                                               "template": args.template, "sampling": sampling}})
+                                             {"role": "assistant", "content": sampled[i]}],
+                                "provenance": provenance})
         # records first, then the batch's progress lines: a crash in between leaves records resume_state drops
         with out.open("a") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
@@ -257,9 +349,12 @@ def distill(args, *, after_batch=None) -> dict:
     bar.close()
     rows = read_jsonl(progress_file)[1:]
     sampled, correct = sum(r["sampled"] for r in rows), sum(r["correct"] for r in rows)
-    return {"out": str(out), "questions": len(rows), "sampled": sampled, "correct": correct,
-            "kept": sum(r["kept"] for r in rows), "acceptance_rate": correct / sampled if sampled else 0.0,
-            "questions_with_a_kept_trace": sum(r["kept"] > 0 for r in rows), "teacher": teacher.describe}
+    summary = {"out": str(out), "questions": len(rows), "sampled": sampled, "correct": correct,
+               "kept": sum(r["kept"] for r in rows), "acceptance_rate": correct / sampled if sampled else 0.0,
+               "questions_with_a_kept_trace": sum(r["kept"] > 0 for r in rows), "teacher": teacher.describe}
+    if limits is not None:
+        summary["views_per_sample"] = sum(r["views"] for r in rows) / sampled if sampled else 0.0
+    return summary
 
 
 def main(argv=None) -> int:

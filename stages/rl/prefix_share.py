@@ -24,7 +24,14 @@ Gradient checkpointing: both passes run under it, with caches that give a recomp
 it first saw (`stages.rl.prefix_cache`; non-reentrant checkpointing only). Not exact, so not used (TRL's own
 forward runs instead): reentrant gradient checkpointing, active dropout while training (one mask for the shared prompt
 instead of G: e.g. LoRA dropout > 0), sliding-window layers, MoE aux loss, model inputs other than
-Qwen-VL's pixel_values / image_grid_thw / mm_token_type_ids, and image tokens inside completions.
+Qwen-VL's pixel_values / image_grid_thw / mm_token_type_ids, and video tokens inside completions.
+
+Images inside completions (multi-turn tools: a view the slide viewer returned, stages.rl.tools) share exactly: a
+row's images are its prompt's (counted by their vision-start tokens before the cut), then its tool results'.
+Rows group by their prompt images only; pass 1 encodes the prompt images of each group once, pass 2 encodes each
+row's tool images with its completion (Qwen-VL scatters image features into the image tokens of the ids it is
+given, and Qwen3-VL's deepstack features follow the same mask), and the 3-D positions of the whole row were
+computed over all its images. So the prompt is shared up to the first tool result and nothing after it is.
 
 The same sharing for the rollouts' prefill lives in `stages.rl.prefill_share`.
 """
@@ -68,11 +75,15 @@ class PrefixStats:
 
 
 def plan_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pixel_values: torch.Tensor | None,
-                image_grid_thw: torch.Tensor | None, num_images: list[int] | None) -> list[list[int]]:
-    """Rows with the same prompt (ids, mask and images), as lists of row indices in first-seen order."""
+                image_grid_thw: torch.Tensor | None, num_images: list[int] | None,
+                prompt_images: list[int] | None = None) -> list[list[int]]:
+    """Rows with the same prompt (ids, mask and images), as lists of row indices in first-seen order.
+    ``prompt_images``: how many of each row's images are its prompt's (the rest are tool results, not compared)."""
     key_rows = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
     _, inverse = torch.unique(key_rows, dim=0, return_inverse=True)
     images = images_per_row(pixel_values, image_grid_thw, num_images, prompt_ids.size(0))
+    if images is not None and prompt_images is not None:
+        images = [split_row_images(im, k)[0] for im, k in zip(images, prompt_images)]
     groups: list[list[int]] = []
     by_key: dict[int, list[int]] = {}
     for row, key in enumerate(inverse.tolist()):
@@ -96,6 +107,22 @@ def images_per_row(pixel_values, image_grid_thw, num_images, n_rows):
     return list(zip(pixels, grids))
 
 
+def split_row_images(image, k: int):
+    """One row's (pixel rows, grids) as (its first ``k`` images, the rest)."""
+    pixels, grids = image
+    n = int(grids[:k].prod(-1).sum())
+    return (pixels[:n], grids[:k]), (pixels[n:], grids[k:])
+
+
+def vision_start_id(unwrapped) -> int | None:
+    return getattr(unwrapped.config, "vision_start_token_id", None)
+
+
+def prompt_image_counts(unwrapped, input_ids: torch.Tensor, end: int) -> list[int]:
+    """Images of each row that lie before column ``end`` (one vision-start token each): the prompt's."""
+    return (input_ids[:, :end] == vision_start_id(unwrapped)).sum(1).tolist()
+
+
 def _same_images(images, a: int, b: int) -> bool:
     if images is None:
         return True
@@ -107,8 +134,12 @@ def unshareable_reason(model: torch.nn.Module, logits_to_keep: int, extra_inputs
     """Why the shared forward would not be exact for this model and these inputs (None: it is)."""
     unwrapped = unwrap_model(model)
     mm = extra_inputs.get("mm_token_type_ids")
-    if mm is not None and bool((mm[:, -logits_to_keep - 1:] != 0).any()):
-        return "image or video tokens inside the completions"
+    if mm is not None:
+        completion_types = mm[:, -logits_to_keep - 1:]
+        if bool((completion_types > 1).any()):
+            return "video tokens inside the completions"
+        if bool((completion_types == 1).any()) and vision_start_id(unwrapped) is None:
+            return "image tokens inside the completions of a model without a vision_start_token_id"
     if extra_inputs.get("compute_aux_loss"):
         return "MoE aux loss requested"
     unsupported = sorted(k for k, v in extra_inputs.items()
@@ -208,8 +239,11 @@ def try_shared_logps(model, input_ids, attention_mask, logits_to_keep: int, inpu
     if reason:
         logger.debug("shared-prefix forward skipped: %s", reason)
         return None
+    counts = None
+    if inputs.get("pixel_values") is not None and vision_start_id(unwrap_model(model)) is not None:
+        counts = prompt_image_counts(unwrap_model(model), input_ids, input_ids.size(1) - logits_to_keep)
     groups = plan_groups(input_ids[:, :-logits_to_keep], attention_mask[:, :-logits_to_keep],
-                         inputs.get("pixel_values"), inputs.get("image_grid_thw"), inputs.get("num_images"))
+                         inputs.get("pixel_values"), inputs.get("image_grid_thw"), inputs.get("num_images"), counts)
     if len(groups) == input_ids.size(0):  # no prompt repeats in this batch
         return None
     return shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep, groups,
@@ -231,6 +265,10 @@ def shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep: int, g
     cut = length - logits_to_keep - 1  # pass 1: prompt minus its last token; pass 2: that token + completion
     positions = _position_ids(unwrapped, input_ids, attention_mask, image_grid_thw, mm_token_type_ids)
     images = images_per_row(pixel_values, image_grid_thw, num_images, n_rows)
+    if images is not None:  # (prompt images, tool-result images) per row; all the prompt's without a vision start
+        counts = prompt_image_counts(unwrapped, input_ids, cut) if vision_start_id(unwrapped) is not None \
+            else [len(grids) for _, grids in images]
+        images = [split_row_images(im, k) for im, k in zip(images, counts)]
     out_logps, out_entropies, out_rows = [], [], []
     for chunk in _chunks(groups, batch_size):
         reps = [g[0] for g in chunk]
@@ -240,9 +278,10 @@ def shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep: int, g
         row_index = torch.tensor(rows, device=input_ids.device)
         prefix_inputs = {"input_ids": input_ids[rep_index, :cut], "attention_mask": attention_mask[rep_index, :cut],
                          "position_ids": _take_rows(positions, rep_index, slice(0, cut))}
+        suffix_images = {}
         if images is not None:
-            prefix_inputs["pixel_values"] = torch.cat([images[r][0] for r in reps])
-            prefix_inputs["image_grid_thw"] = torch.cat([images[r][1] for r in reps])
+            prefix_inputs.update(_image_inputs([images[r][0] for r in reps]))
+            suffix_images = _image_inputs([images[r][1] for r in rows])  # tool results, in row order
         suffix_ids = input_ids[row_index, cut:]
         labels = suffix_ids.masked_fill(attention_mask[row_index, cut:] == 0, -100)
         labels[:, 0] = -100  # the last prompt token is context, not a completion token
@@ -250,7 +289,7 @@ def shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep: int, g
         with prefix_cache.keep_cache_when_checkpointing(unwrapped):
             model(**prefix_inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
             # every row reads its group's prompt keys/values (their gradients sum back into the one prompt pass)
-            out = model(input_ids=suffix_ids, attention_mask=attention_mask[row_index],
+            out = model(input_ids=suffix_ids, attention_mask=attention_mask[row_index], **suffix_images,
                         position_ids=_take_rows(positions, row_index, slice(cut, length)),
                         past_key_values=cache.for_rows(owner), labels=labels, fused_lm_head=True)
         out_rows.append(row_index)
@@ -268,3 +307,11 @@ def shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep: int, g
         stats.shared_forwards += 1
         stats.tokens_unshared += n_rows * length
     return logps, entropies
+
+
+def _image_inputs(parts) -> dict:
+    """pixel_values / image_grid_thw of (pixel rows, grids) parts, in order; {} when they hold no image."""
+    parts = [(p, g) for p, g in parts if g.numel()]
+    if not parts:
+        return {}
+    return {"pixel_values": torch.cat([p for p, _ in parts]), "image_grid_thw": torch.cat([g for _, g in parts])}

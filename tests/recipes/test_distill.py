@@ -3,6 +3,7 @@ small SFT checkpoint trained here on the demo corpus, sampled in process (slow t
 import json
 
 import pytest
+from PIL import Image
 
 from corpora.demo import build_demo
 from corpora.grading import grade
@@ -153,3 +154,113 @@ def test_bad_arguments_fail_fast(demo, tmp_path, capsys):
     assert "--teacher-model" in capsys.readouterr().err
     code = distill.main(["--teacher", "sft:none", "--data", str(demo.eval_mcq), "--out", str(tmp_path / "o.jsonl")])
     assert code == 2 and "error" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- --tools slide_view
+def nav_args(teacher, data, out, *extra):
+    return distill.parse_args(["--teacher", str(teacher), "--data", str(data), "--out", str(out), "--tools",
+                               "slide_view", "--view-budget", "2", "--samples", "2", "--batch-size", "2",
+                               "--max-new-tokens", "200", "--device", "cpu", "--no-progress", *extra])
+
+
+def test_tools_arguments_are_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        nav_args("http://127.0.0.1:1", "x", "y", "--teacher-model", "m")
+    assert e.value.code == 2 and "give a checkpoint --teacher" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        nav_args("sft:latest", "x", "y", "--view-budget", "0")
+    assert "--view-budget: expected >= 1 with --tools" in capsys.readouterr().err
+    # a QA file whose records name no slide: one line naming file:line, before any model loads
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"id": "q", "question": "?", "answer": "yes"}) + "\n")
+    code = distill.main(["--teacher", "sft:none", "--data", str(tmp_path / "qa.jsonl"), "--out",
+                         str(tmp_path / "o.jsonl"), "--tools", "slide_view"])
+    err = capsys.readouterr().err
+    assert code == 2 and "qa.jsonl:1: missing-field" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_navigation_becomes_a_trace_with_its_images_saved_in_order(tmp_path):
+    from corpora.slides.viewer import ViewRecord
+    from evaluation.navigate import NavCompletion
+
+    overview, view = Image.new("RGB", (8, 6), "white"), Image.new("RGB", (4, 4), "red")
+    call = {"type": "function", "function": {"name": "zoom", "arguments": {"x": 3, "y": 2, "mpp": 0.5}}}
+    record = ViewRecord(1, 3, 2, 0.5, 4, 0, 2.0, "/elsewhere/s.tiff", "q1").to_json()
+    nav = NavCompletion(text="<answer>A</answer>", n_tokens=9, navigation={"views": [record]}, messages=[
+        {"role": "user", "content": [{"type": "image", "image": overview}, {"type": "text", "text": "Q?"}]},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "name": "zoom", "content": [{"type": "image", "image": view}, {"type": "text", "text": "v"}]},
+        {"role": "assistant", "content": "<answer>A</answer>"}])
+    (tmp_path / "s.tiff").touch()
+    got = distill.navigation_record({"slide": str(tmp_path / "s.tiff")}, nav, tmp_path / "t.jsonl", "q1-distill0",
+                                    {"question_id": "q1"})
+    assert got["images"] == ["t-views/q1-distill0-0.png", "t-views/q1-distill0-1.png"]
+    assert Image.open(tmp_path / got["images"][1]).size == (4, 4) and Image.open(tmp_path / got["images"][0]).size == (8, 6)
+    assert got["messages"][0]["content"][0] == {"type": "image"} and got["messages"][1]["tool_calls"] == [call]
+    assert got["messages"][2]["content"] == [{"type": "image"}, {"type": "text", "text": "v"}]
+    assert got["slide"] == "s.tiff" and got["views"][0]["slide"] == "s.tiff" and got["provenance"] == {"question_id": "q1"}
+    json.dumps(got)  # JSON all the way down
+    assert distill.navigation_key(nav) == json.dumps([call["function"]], sort_keys=True) + "<answer>A</answer>"
+
+
+@pytest.mark.slow
+def test_distill_with_the_slide_viewer_writes_navigation_traces_and_resumes(tmp_path, monkeypatch):
+    """A tiny Qwen3-VL teacher whose turns follow tests/slide_tools.py's script (per question, sample 0 zooms at
+    1 µm/px then answers A, sample 1 answers B from the overview), through evaluation's navigation loop."""
+    from corpora.slides.navdemo import build_nav_demo, sft_dataset
+    from stages.model import build_tiny
+    from tests.slide_tools import scripted
+
+    teacher = build_tiny("qwen3_vl", tmp_path / "teacher")
+    nav = build_nav_demo(tmp_path / "nav", n_train=1, n_eval=4, view_size=56)
+    questions = {json.loads(line)["id"]: json.loads(line) for line in (nav / "eval.jsonl").read_text().splitlines()}
+    init = distill.LocalTeacher.__init__
+
+    def init_and_script(self, ref, args):
+        init(self, ref, args)
+        scripted(self.model, self.processor.tokenizer)
+
+    monkeypatch.setattr(distill.LocalTeacher, "__init__", init_and_script)
+    out = tmp_path / "full" / "traces.jsonl"
+    summary = distill.distill(nav_args(teacher, nav / "eval.jsonl", out))
+    assert summary["questions"] == 4 and summary["sampled"] == 8 and summary["views_per_sample"] == 0.5
+    answers = [q["answer"] for q in questions.values()]
+    assert summary["kept"] == summary["correct"] == 4  # one of the two samples is right on every question
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    with_views = [r for r in records if r["views"]]
+    assert len(with_views) == answers.count("A") >= 1
+    for r in records:
+        q = questions[r["provenance"]["question_id"]]
+        assert grade(r["messages"][-1]["content"], q["answer"], "mcq", q["options"]).correct
+        assert r["provenance"]["sampling"]["tools"]["budget"] == 2 and r["provenance"]["teacher"]["path"] == str(teacher)
+        blocks = [b for m in r["messages"] if isinstance(m["content"], list) for b in m["content"]]
+        assert [b for b in blocks if b["type"] == "image"] == [{"type": "image"}] * len(r["images"])
+        assert all((out.parent / f).is_file() for f in r["images"])  # overview, then each view
+        assert r["slide"] == str((nav / q["slide"]).resolve())
+    for r in with_views:  # the navdemo schema: call, tool result with its view, answer
+        user, call, tool, answer = r["messages"]
+        assert [m["role"] for m in r["messages"]] == ["user", "assistant", "tool", "assistant"]
+        assert call["tool_calls"] == [{"type": "function",
+                                       "function": {"name": "zoom", "arguments": {"x": 300, "y": 200, "mpp": 1.0}}}]
+        assert tool["name"] == "zoom" and tool["content"][1]["text"].startswith("view 1/2: centre (300, 200)")
+        assert [(v["x"], v["y"], v["mpp"], v["slide"]) for v in r["views"]] == [(300, 200, 1.0, r["slide"])]
+        assert len(r["images"]) == 2 and Image.open(out.parent / r["images"][1]).size == (224, 224)
+    rows = sft_dataset(out)  # SFT reads the traces as navdemo's: the view inside its tool turn
+    first = rows[[r["id"] for r in records].index(with_views[0]["id"])]
+    assert len(first["images"]) == 1 and first["messages"][2]["content"][0]["image"].size == (224, 224)
+
+    # resumable: crash after the first batch (a record torn in half), rerun -> the same file and views
+    partial = tmp_path / "resumed" / "traces.jsonl"
+
+    def crash(batch):
+        if batch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill.distill(nav_args(teacher, nav / "eval.jsonl", partial), after_batch=crash)
+    partial.write_text(partial.read_text() + '{"id": "torn-rec')
+    assert distill.distill(nav_args(teacher, nav / "eval.jsonl", partial))["kept"] == 4
+    assert partial.read_text() == out.read_text()
+    views = sorted(p.name for p in (out.parent / "traces-views").iterdir())
+    assert views == sorted(p.name for p in (partial.parent / "traces-views").iterdir())
+    assert all((out.parent / "traces-views" / v).read_bytes() == (partial.parent / "traces-views" / v).read_bytes()
+               for v in views)

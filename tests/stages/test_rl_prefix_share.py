@@ -230,10 +230,13 @@ def test_falls_back_where_not_exact(folder, dataset, tmp_path):
     t.model.eval()
     assert prefix_share.unshareable_reason(t.model, keep, dict(extra, token_type_ids=ids)) == \
         "model inputs ['token_type_ids'] are not supported"
+    video_in_completion = extra["mm_token_type_ids"].clone()
+    video_in_completion[0, -1] = 2
+    assert prefix_share.unshareable_reason(t.model, keep, dict(extra, mm_token_type_ids=video_in_completion)) == \
+        "video tokens inside the completions"
     image_in_completion = extra["mm_token_type_ids"].clone()
-    image_in_completion[0, -1] = 1
-    assert prefix_share.unshareable_reason(t.model, keep, dict(extra, mm_token_type_ids=image_in_completion)) == \
-        "image or video tokens inside the completions"
+    image_in_completion[0, -1] = 1  # a tool result's image: shared (tests/stages/test_rl_tools.py)
+    assert prefix_share.unshareable_reason(t.model, keep, dict(extra, mm_token_type_ids=image_in_completion)) is None
     # what falls back is TRL's own forward: still the same numbers, nothing shared
     t.model.train()
     before = t.prefix_stats.shared_forwards
@@ -292,6 +295,20 @@ def test_plan_groups_by_prompt_and_images():
     other_mask = mask.clone()
     other_mask[2, 0] = 1  # same ids, different padding: not the same prompt
     assert plan_groups(ids, other_mask, None, None, None) == [[0, 3], [1, 4], [2]]
+    # tool results: rows 0 and 2 add a view (another image) after their prompt's; only prompt images are compared
+    view = torch.full((4, 3), 7.0)
+    pixels = torch.cat([a, view, b, a, b, b])
+    grids = torch.tensor([[1, 2, 2]] * 6)
+    assert plan_groups(ids, mask, pixels, grids, [2, 1, 1, 1, 1]) == [[0], [1, 4], [2], [3]]  # all images compared
+    assert plan_groups(ids, mask, pixels, grids, [2, 1, 1, 1, 1], [1] * 5) == [[0, 2], [1, 4], [3]]
+
+
+def test_split_row_images_into_prompt_and_tool_results():
+    pixels, grids = torch.arange(20.0)[:, None], torch.tensor([[1, 2, 2], [1, 4, 4]])
+    (p_pix, p_grid), (t_pix, t_grid) = prefix_share.split_row_images((pixels, grids), 1)
+    assert p_pix.shape[0] == 4 and p_grid.tolist() == [[1, 2, 2]]
+    assert t_pix[0].item() == 4.0 and t_pix.shape[0] == 16 and t_grid.tolist() == [[1, 4, 4]]
+    assert prefix_share._image_inputs([(p_pix[:0], p_grid[:0])]) == {}  # no image: no vision inputs
 
 
 def test_chunks_keep_groups_whole():

@@ -159,12 +159,48 @@ def test_a_rollout_that_zooms_gets_the_view_as_an_image_and_one_grpo_step_trains
     changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(before[n], p)]
     assert len(changed) == len(before)
     assert trainer.state.log_history[0]["tools/call_frequency"] == 0.5
-    # the rollouts' first turn (G copies of one prompt) was prefilled once; the log-prob forwards, whose
-    # completions hold a view, fell back to TRL's own forward (the documented fallback of the shared prefix)
+    # the rollouts' first turn (G copies of one prompt) was prefilled once; the log-prob forward, whose
+    # completions hold a view, shared the prompt up to the first tool result
     from stages.rl.prefill_share import prefill_stats
 
     assert prefill_stats(trainer.model).shared_forwards >= 2  # one per rollout round
-    assert trainer.prefix_stats.forwards >= 1 and trainer.prefix_stats.shared_forwards == 0
+    assert trainer.prefix_stats.shared_forwards == trainer.prefix_stats.forwards >= 1
+
+
+def test_shared_prefix_with_a_view_in_the_completion_matches_trls_forward(tiny, tmp_path):
+    """A real tool batch (two questions, G=2: rows 0 and 2 hold a view inside their completion): the shared
+    forward -- each prompt and its overview run once, each view encoded with its row's completion -- gives TRL's
+    log-probs, entropies, loss and gradients, and the four rows form one group (views are not prompt images)."""
+    from stages.rl import prefix_share
+    from tests.stages.test_rl_prefix_share import assert_grads_match, forward_args, logps, loss_and_grads
+
+    data = slide_qa_file(tmp_path, n=2)  # the same slide and question twice: one prompt
+    trainer, dataset = make_trainer(tiny, data, tmp_path, share_prefix=True, batch_size=2)
+    trainer.model.eval()
+    batch = trainer._generate_and_score_completions([dataset[i] for i in (0, 1) for _ in range(G)])
+    assert batch["num_images"] == [2, 1, 2, 1]
+    ids, mask, keep, extra = forward_args(batch)
+    assert int((extra["mm_token_type_ids"][:, -keep:] == 1).sum()) > 0  # image tokens inside the completions
+    assert prefix_share.unshareable_reason(trainer.model, keep, extra) is None
+    counts = prefix_share.prompt_image_counts(trainer.model, ids, ids.size(1) - keep)
+    assert counts == [1, 1, 1, 1]
+    assert prefix_share.plan_groups(ids[:, :-keep], mask[:, :-keep], extra["pixel_values"], extra["image_grid_thw"],
+                                    extra["num_images"], counts) == [[0, 1, 2, 3]]
+    before = trainer.prefix_stats.shared_forwards
+    shared, shared_entropy = logps(trainer, trainer.model, batch, True)
+    assert trainer.prefix_stats.shared_forwards == before + 1
+    unshared, unshared_entropy = logps(trainer, trainer.model, batch, False)
+    torch.testing.assert_close(shared, unshared, rtol=0, atol=1e-5)
+    torch.testing.assert_close(shared_entropy, unshared_entropy, rtol=0, atol=1e-5)
+    batch["old_per_token_logps"] = unshared
+    batch["advantages"] = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    loss, grads = loss_and_grads(trainer, batch, True)
+    assert trainer.prefix_stats.shared_forwards == before + 2
+    expected_loss, expected = loss_and_grads(trainer, batch, False)
+    torch.testing.assert_close(loss, expected_loss, rtol=0, atol=1e-6)
+    assert_grads_match(grads, expected)
+    # the view's pixels reach the gradient: the vision tower's parameters have one
+    assert any(n.startswith("model.visual") for n in grads)
 
 
 @pytest.mark.slow
