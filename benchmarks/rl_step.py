@@ -8,6 +8,13 @@ forwards and the backward: stages.rl.prefix_share, stages.rl.prefill_share), enc
     OMP_NUM_THREADS=1 python benchmarks/rl_step.py --image-size 896 --completion 256  # 1,024 image tokens
     OMP_NUM_THREADS=1 python benchmarks/rl_step.py --gradient-checkpointing          # both trainers checkpoint
     OMP_NUM_THREADS=1 python benchmarks/rl_step.py --tiles 8 --image-size 224          # 8 slide tiles per prompt
+    OMP_NUM_THREADS=1 python benchmarks/rl_step.py --tools --image-size 224            # multi-turn slide viewer
+
+``--tools``: tiny Qwen3-VL on slide questions with ``tools.env=slide_view``; the rollouts follow
+tests/slide_tools.py's script (even rows call zoom and answer after the view, odd rows answer at once), so every
+step has the same tool turns. Four trainers in one run: TRL's GRPOTrainer with the tool, pathor1's with the prompt
+shared up to the first tool result, pathor1's with the shared prefix off (TRL's own log-prob forward), and pathor1's
+without the tool (the same script: the call is written as text and nothing runs -- the thumbnail-only step).
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ def parse(argv=None):
     p.add_argument("--image-size", type=int, default=448, help="image side in pixels (448 -> 256 image tokens)")
     p.add_argument("--generations", type=int, default=8, help="G, completions per prompt")
     p.add_argument("--batch", type=int, default=2, help="prompts per step")
-    p.add_argument("--completion", type=int, default=8, help="max completion tokens")
+    p.add_argument("--completion", type=int, help="max completion tokens (default 8)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per trainer (after one warm-up step)")
     p.add_argument("--tiles", type=int, default=1,
                    help="images per prompt; > 1: that many tiles of a whole-slide image (corpora.slides), a new "
@@ -39,7 +46,12 @@ def parse(argv=None):
                    help="which towers train (all: gradients flow into the vision tower)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="gradient checkpointing on in both trainers (the GPU configs' setting)")
-    return p.parse_args(argv)
+    p.add_argument("--tools", action="store_true",
+                   help="slide viewer rollouts on tiny Qwen3-VL (overview and views of --image-size px); "
+                        "--completion defaults to 256 (the tool turn's tokens count)")
+    a = p.parse_args(argv)
+    a.completion = a.completion or (256 if a.tools else 8)
+    return a
 
 
 def make_data(folder: Path, size: int, n: int, tiles: int = 1):
@@ -103,25 +115,91 @@ class StepTimer:
         return _Cb()
 
 
-def time_trainer(cls, folder, dataset, args_fn, rewards, train, **extra):
+def time_trainer(cls, folder, dataset, args_fn, rewards, train, script=False, **extra):
     import torch
 
     from stages.model import ModelConfig, load_model
     from stages.checkpointing import TRAIN_POLICIES
+    from stages.rl.training import pad_prompts_left
 
     freeze = dict(zip(("freeze_vision", "freeze_projector", "freeze_llm"), TRAIN_POLICIES[train]))
     model, processor = load_model(ModelConfig(name_or_path=str(folder), **freeze))
+    pad_prompts_left(processor)
     torch.manual_seed(0)
     trainer = cls(model=model, reward_funcs=rewards, args=args_fn(), train_dataset=dataset,
                   processing_class=processor, **extra)
+    if script:
+        from tests.slide_tools import scripted
+
+        scripted(trainer.model, processor.tokenizer)  # over the shared prefill's generate, if any
     timer = StepTimer()
     trainer.add_callback(timer.callback())
     trainer.train()
     return timer.times[1:], trainer  # the first step pays one-off costs
 
 
+def tools_main(a) -> int:
+    """--tools: step time of tool rollouts (TRL, pathor1 shared / unshared) and of the same script without the tool."""
+    from dataclasses import replace
+
+    import torch
+    from trl import GRPOTrainer
+
+    from stages.model import build_tiny
+    from stages.rl.config import RLConfig
+    from stages.rl.rewards import build_rewards
+    from stages.rl.tools import ToolsConfig
+    from stages.rl.training import grpo_args, prompt_dataset, tool_environment, tool_questions
+    from stages.rl.trainer import PathoGRPOTrainer
+    from tests.slide_tools import slide_qa_file
+
+    work = Path(tempfile.mkdtemp(prefix="rl_step_tools_"))
+    folder = build_tiny("qwen3_vl", work / "tiny", image_size=a.image_size)
+    (work / "data").mkdir()
+    data = slide_qa_file(work / "data", n=a.batch * (a.steps + 1))
+    tools = ToolsConfig(env="slide_view", budget=2, view_size=a.image_size, overview_size=a.image_size)
+    cfg = RLConfig(algorithm="grpo", beta=0.0, init=str(folder), data=str(data), num_generations=a.generations,
+                   batch_size=a.batch, max_completion_length=a.completion, max_steps=a.steps + 1, lr=1e-5,
+                   train=a.train, gradient_checkpointing=a.gradient_checkpointing, rewards=["accuracy", "view_cost"],
+                   tools=tools).resolved()
+    plain = replace(cfg, tools=ToolsConfig(overview_size=a.image_size), rewards=["accuracy"], reward_weights=[1.0])
+    dataset = prompt_dataset(tool_questions(cfg, data), "cot")
+    runs = {}
+    for name, cls, c, extra in (
+            ("trl_tools", GRPOTrainer, cfg, {}),
+            ("pathor1_tools", PathoGRPOTrainer, cfg, {"share_vision": True}),
+            ("pathor1_tools_unshared", PathoGRPOTrainer, cfg, {"share_vision": True, "share_prefix": False}),
+            ("pathor1_no_tools", PathoGRPOTrainer, plain, {"share_vision": True})):
+        env = tool_environment(c, work / "logs" / name)
+        times, trainer = time_trainer(cls, folder, dataset, lambda c=c: grpo_args(c, work / "out"),
+                                      build_rewards(c.resolved_rewards()), a.train, script=True,
+                                      **extra, **({"environment_factory": env} if env else {}))
+        logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
+        stats = getattr(trainer, "prefix_stats", None)
+        runs[name] = {"step_s": round(statistics.median(times), 4), "steps_s": [round(t, 4) for t in times],
+                      "completion_tokens": round(statistics.mean(h["completions/mean_length"] for h in logs), 1),
+                      "tool_calls_per_rollout": round(statistics.mean(h.get("tools/call_frequency", 0.0)
+                                                                      for h in logs), 3),
+                      **({"shared_forwards": stats.shared_forwards, "logprob_forwards": stats.forwards,
+                          "forward_token_saving": stats.as_metrics()["prefix_share/token_saving"]} if stats else {})}
+        print(f"{name:24s} {runs[name]['step_s']:.3f} s  (steps {runs[name]['steps_s']})")
+    step = {k: v["step_s"] for k, v in runs.items()}
+    print(json.dumps({
+        "benchmark": "rl_step", "tools": "slide_view", "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "image_size": a.image_size, "num_generations": a.generations, "batch": a.batch,
+        "max_completion_length": a.completion, "train": a.train, "gradient_checkpointing": a.gradient_checkpointing,
+        "runs": runs,
+        "speedup": round(step["trl_tools"] / step["pathor1_tools"], 3),  # TRL / pathor1, both with the tool
+        "share_gain": round(step["pathor1_tools_unshared"] / step["pathor1_tools"], 3),  # old fallback / shared
+        "tool_cost": round(step["pathor1_tools"] / step["pathor1_no_tools"], 3),  # with the tool / thumbnail only
+    }))
+    return 0
+
+
 def main(argv=None) -> int:
     a = parse(argv)
+    if a.tools:
+        return tools_main(a)
     import torch
     from trl import GRPOTrainer
 

@@ -10,12 +10,13 @@ What this module adds (TRL has none of it): the ``tools.*`` config fields, the s
 (``corpora.slides.viewer.SlideViewer``) as a factory, a view-cost reward in TRL's reward signature, and a one-line refusal of a chat template that renders no tools
 (Qwen2-VL / Qwen2.5-VL: their released templates have no tool section; Qwen3-VL's has, and TRL parses its calls).
 
-Compatibility with pathor1's speed paths (measured in tests/stages/test_rl_tools.py and README "Slide navigation"):
-dynamic sampling works unchanged (it calls TRL's generation + scoring, tool loop included); the shared prefix is
-exact only up to the first tool result, and a micro-batch whose completions hold tool images runs TRL's own
-forward (``prefix_share.unshareable_reason``: image tokens inside the completions) -- the documented fallback.
-The vLLM path: TRL's tool loop generates every turn with the same ``_generate_single_turn`` (vLLM included), so
-the tools need nothing of their own there.
+Compatibility with pathor1's speed paths (tests/stages/test_rl_tools.py, tests/reliability/test_tools_ddp.py,
+README "Slide navigation"): dynamic sampling works unchanged (it calls TRL's generation + scoring, tool loop
+included), also on 2 gloo ranks; the shared prefix shares each group's prompt up to the first tool result and
+encodes each row's views with its completion (``stages.rl.prefix_share``: exact vs TRL's forward, tested). The
+vLLM path: TRL's tool loop generates every turn with the same ``_generate_single_turn``, which hands vLLM the
+row's ids (one run of image tokens per image) with the overview and the views as its images, so the tools need
+nothing of their own there (tested against a stand-in engine; vLLM itself needs a GPU).
 """
 from __future__ import annotations
 

@@ -218,3 +218,67 @@ def test_dynamic_sampling_keeps_tool_rollouts_with_their_views_and_tool_masks(ti
     trainer.train()  # the same through Trainer.train: the merged batch of tool rollouts trains
     assert trainer.state.log_history[0]["dynamic_sampling/groups_kept"] == 2
     assert all(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+def test_the_vllm_path_runs_every_tool_turn_through_vllm_with_the_view(tiny, slide_data, tmp_path, monkeypatch):
+    """use_vllm=true with tools: TRL's tool loop generates every turn with its own VLLMGeneration.generate
+    (colocate), here against a stand-in for vLLM's LLM that writes the script's tokens. The turn after a zoom reaches
+    vLLM as the row's ids -- one run of image tokens per image, as long as the processor makes them -- with the
+    overview and the view as its images (what vLLM matches its placeholders against); the batch then holds the view
+    as without vLLM. What the stand-in cannot show is vLLM's own reading of those ids (GPU only)."""
+    import types
+
+    from trl.generation import vllm_generation
+
+    from tests.slide_tools import DIRECT
+
+    trainer, dataset = make_trainer(tiny, slide_data, tmp_path, share_prefix=True)
+    processor = trainer.processing_class
+    tok = processor.tokenizer
+    end = [tok.convert_tokens_to_ids("<|im_end|>")]
+    call, direct, after = (tok.encode(t) + end for t in (CALL, DIRECT, AFTER))
+    requests = []
+
+    def fake_vllm_generate(prompts, sampling_params, use_tqdm):
+        requests.append(prompts)
+        token = types.SimpleNamespace(logprob=-1.0, rank=1)
+        scripted_ids = [(call if i % 2 == 0 else direct) if len(requests) == 1 else after for i in range(len(prompts))]
+        return [types.SimpleNamespace(prompt_token_ids=p["prompt_token_ids"], outputs=[types.SimpleNamespace(
+            token_ids=ids, logprobs=[{t: token} for t in ids])]) for p, ids in zip(prompts, scripted_ids)]
+
+    monkeypatch.setattr(vllm_generation, "SamplingParams", lambda **kw: kw, raising=False)
+    engine = object.__new__(vllm_generation.VLLMGeneration)
+    llm = types.SimpleNamespace(generate=fake_vllm_generate, llm_engine=types.SimpleNamespace(
+        model_config=types.SimpleNamespace(max_model_len=4096)))
+    engine.__dict__.update(
+        mode="colocate", enable_sleep_mode=False, tensor_parallel_size=1, structured_outputs_regex=None,
+        accelerator=types.SimpleNamespace(), model=torch.nn.Linear(1, 1), temperature=1.0, top_p=1.0, top_k=0,
+        min_p=0.0, repetition_penalty=1.0, max_completion_length=256, logprobs=0, generation_kwargs={}, llm=llm)
+    engine.sync_weights = lambda: None
+    trainer.use_vllm, trainer.vllm_mode, trainer._last_loaded_step, trainer.vllm_generation = True, "colocate", -1, engine
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([dataset[0]] * G)
+
+    assert len(requests) == 2 and len(requests[0]) == G and len(requests[1]) == 1  # only the zooming row goes on
+    image_pad = tok.convert_tokens_to_ids("<|image_pad|>")
+
+    def runs(ids):  # lengths of the runs of image tokens
+        lengths, n = [], 0
+        for t in ids + [-1]:
+            if t == image_pad:
+                n += 1
+            elif n:
+                lengths, n = lengths + [n], 0
+        return lengths
+
+    overview = requests[0][0]["multi_modal_data"]["image"]
+    images = requests[1][0]["multi_modal_data"]["image"]
+    assert len(images) == 2 and images[0] is overview and images[1].size == (56, 56)  # overview, then the view
+    grids = processor.image_processor(images=images, return_tensors="pt")["image_grid_thw"]
+    assert runs(requests[1][0]["prompt_token_ids"]) == [int(g.prod()) // 4 for g in grids]
+    assert requests[1][0]["prompt_token_ids"][-len(tok.encode("<|im_start|>assistant\n")):] == \
+        tok.encode("<|im_start|>assistant\n")  # the tool result, then the next assistant turn
+    assert out["num_images"] == [2, 1] and CALL in tok.decode(out["completion_ids"][0])
+    rewards = {name: list(v) for name, v in trainer._logs["rewards"].items()}
+    assert rewards["accuracy_reward"][-G:] == [1.0, 0.0] and rewards["view_cost"][-G:] == [-1.0, 0.0]
