@@ -1,8 +1,9 @@
 """Leakage between a training and an evaluation set: the same image (exact content hash of the decoded
 pixels, so a lossless re-encode is still "exact"), a near-duplicate image (perceptual hash: resized,
 JPEG re-encoded, slightly recoloured), the same whole-slide image (records naming a ``slide``: SHA-256 of the
-file, so a copied or renamed slide is found; its tiles differ by selection, the slide does not) and questions
-asked in both.
+file, so a copied or renamed slide is found; its tiles differ by selection, the slide does not; records naming
+tiles of a slide, from the tile cache or a ``python -m corpora.slides tile --out`` folder, count as that slide)
+and questions asked in both.
 
     python -m corpora.leakage TRAIN EVAL [--max-distance 8] [--json]
 
@@ -100,14 +101,23 @@ def collect_slides(path) -> list[str]:
     return list(dict.fromkeys(slides))
 
 
-def _slide_leaks(train, eval) -> list[tuple[str, str]]:
-    from corpora.slides.tiling import default_cache_root, slide_hash
+def _slides_by_hash(path, images: list[str]) -> dict[str, str]:
+    """content hash -> a name, for every slide of ``path``: the slides its records name, and the slides its images
+    are tiles (or thumbnails) of (corpora.slides.tiling.slide_of_image: a tile set's summary holds the hash)."""
+    from corpora.slides.tiling import default_cache_root, slide_hash, slide_of_image
 
-    by_hash = {}
-    for slide in collect_slides(train):
-        by_hash.setdefault(slide_hash(slide, default_cache_root()), slide)
-    return [(by_hash[h], slide) for slide in collect_slides(eval)
-            if (h := slide_hash(slide, default_cache_root())) in by_hash]
+    found = {}
+    for slide in collect_slides(path):
+        found.setdefault(slide_hash(slide, default_cache_root()), slide)
+    for image in images:
+        if (digest := slide_of_image(image)) is not None:
+            found.setdefault(digest, image)
+    return found
+
+
+def _slide_leaks(train, eval, train_images, eval_images) -> list[tuple[str, str]]:
+    in_train = _slides_by_hash(train, train_images)
+    return [(in_train[h], name) for h, name in _slides_by_hash(eval, eval_images).items() if h in in_train]
 
 
 def _hashes(images: list[str], desc: str) -> tuple[list[str], np.ndarray]:
@@ -142,7 +152,7 @@ def find_leaks(train, eval, *, max_distance: int = 8, chunk: int = 1024) -> Leak
                 report.near.append((*pair, int(distances[i, j])))
     train_counts, eval_counts = Counter(train_questions), Counter(eval_questions)
     report.questions = sorted((q, train_counts[q], eval_counts[q]) for q in train_counts.keys() & eval_counts.keys())
-    report.slides = _slide_leaks(train, eval)
+    report.slides = _slide_leaks(train, eval, train_images, eval_images)
     return report
 
 

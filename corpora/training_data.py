@@ -37,15 +37,43 @@ def check_data(path: Path, kind: str, policy: str, template: str, slides=None) -
 
 
 def split_by_image(rows, fraction: float, seed: int):
-    """(train, eval) with ``fraction`` of the distinct images held out, so no image is in both."""
+    """(train, eval) with ``fraction`` of the distinct images held out, so no image is in both.
+
+    Images are grouped before the draw: every image of one record goes with it, and every tile (and the thumbnail)
+    of one slide counts as that slide (corpora.slides.tiling.slide_of_image: the slide's content hash), so two
+    records naming the same slide -- under any name, with other tiles chosen -- never fall on both sides."""
     if fraction <= 0:
         return rows, None
-    keys = sorted({r[0] if r else "" for r in rows["images"]})
+    groups = _image_groups(rows["images"])
+    keys = sorted(set(groups))
     random.Random(seed).shuffle(keys)
     held = set(keys[: max(1, round(fraction * len(keys)))])
-    is_eval = [(imgs[0] if imgs else "") in held for imgs in rows["images"]]
+    is_eval = [g in held for g in groups]
     train = rows.select([i for i, e in enumerate(is_eval) if not e])
     evaluation = rows.select([i for i, e in enumerate(is_eval) if e])
     if len(train) == 0:
         raise ValueError(f"eval_fraction={fraction} leaves no training samples")
     return train, evaluation
+
+
+def _image_groups(images_per_row) -> list[str]:
+    """One group name per row: records sharing an image or a slide share a group (union-find over their keys);
+    the name is the group's smallest key, so plain one-image records keep their image path as before."""
+    from corpora.slides.tiling import slide_of_image
+
+    parent: dict[str, str] = {}
+
+    def find(key):
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    row_keys = []
+    for images in images_per_row:
+        keys = [f"slide:{sha}" if (sha := slide_of_image(i)) else i for i in images] or [""]
+        for other in keys[1:]:
+            a, b = sorted((find(keys[0]), find(other)))
+            parent[b] = a  # the smaller key names the merged group
+        row_keys.append(keys[0])
+    return [find(k) for k in row_keys]

@@ -2,10 +2,14 @@
 and a policy: strict refuses data with any problem, lenient skips bad records and counts them.
 
     python -m corpora.validate PATH [--kind pairs|sft|qa|rl|eval] [--policy strict|lenient] [--root DIR]
+                               [--slides.k 8 --slides.mpp 0.5 --slides.size 224 --slides.min-tissue 0.5 ...]
+
+Records naming a ``slide`` are tiled under the ``--slides.*`` options (the ``slides.*`` fields of the stage configs,
+same names and defaults: pass the values the run will use), and each must yield at least ``slides.k`` tiles.
 
 Problem codes: malformed-line, missing-field, bad-field, bad-options, bad-kind, bad-messages, empty-caption,
 empty-question, answer-not-in-options, text-too-long, bad-image-path, path-escapes-root, missing-image,
-empty-image, unreadable-image, truncated-image, image-too-large, unreadable-slide, duplicate-id, no-records. Non-RGB images (grey, RGBA, palette,
+empty-image, unreadable-image, truncated-image, image-too-large, unreadable-slide, too-few-tiles, duplicate-id, no-records. Non-RGB images (grey, RGBA, palette,
 16-bit) are not problems: the processors convert them to RGB.
 """
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from corpora.records import NORMALIZERS, DataError, RecordError, canonical_kind
+from corpora.records import NORMALIZERS, SLIDE_KEYS, DataError, RecordError, canonical_kind, first_field
 from corpora.sources import iter_raw
 
 __all__ = ["DataError", "Problem", "Report", "validate", "check_image", "MAX_IMAGE_PIXELS"]
@@ -102,6 +106,21 @@ def check_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[str, str
     return None
 
 
+def _slide_problems(raw: dict, sample: dict, slides) -> list[tuple[str, str]]:
+    """A slide record must yield ``slides.k`` tiles: a prompt with fewer is not what the run trains on."""
+    if first_field(raw, SLIDE_KEYS, "slide", required=False, skip_empty=True) is None:
+        return []
+    from corpora.slides.sampling import SlideSampling
+
+    slides = slides or SlideSampling()
+    tiles = len(sample["images"]) - bool(slides.thumbnail)
+    if tiles >= slides.k:
+        return []
+    return [("too-few-tiles", f"slide {first_field(raw, SLIDE_KEYS, 'slide')} yields {tiles} tiles of {slides.size} px "
+                              f"with >= {slides.min_tissue:g} tissue at {slides.mpp:g} µm/px, slides.k={slides.k} asks "
+                              f"for {slides.k}; lower slides.k or slides.min_tissue (or drop the record)")]
+
+
 def validate(path, kind: str, policy: str = "strict", *, root=None, template: str = "cot",
              check_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS, slides=None) -> Report:
     """Check every record of `path` as `kind`; never raises for bad data (see `Report.raise_if_errors`).
@@ -126,6 +145,7 @@ def validate(path, kind: str, policy: str = "strict", *, root=None, template: st
             except RecordError as e:
                 found.append((e.code, e.message))
             else:
+                found.extend(_slide_problems(record.data, sample, slides))
                 if sample["id"] in seen_ids:
                     found.append(("duplicate-id", f"id {sample['id']!r} already used at {seen_ids[sample['id']]}"))
                 else:
@@ -142,6 +162,34 @@ def validate(path, kind: str, policy: str = "strict", *, root=None, template: st
     return report
 
 
+def slide_options(parser: argparse.ArgumentParser) -> None:
+    """``--slides.NAME`` (also ``--slides.NAME_WITH_UNDERSCORES``) for every field of SlideSampling, with its
+    default and help: the same settings a stage's ``slides.NAME=VALUE`` takes."""
+    from dataclasses import fields
+
+    from corpora.slides.sampling import SlideSampling
+
+    group = parser.add_argument_group("slides", "how records naming a slide become tiles (the stages' slides.*)")
+    for f in fields(SlideSampling):
+        names = dict.fromkeys([f"--slides.{f.name.replace('_', '-')}", f"--slides.{f.name}"])
+        kind = {"bool": argparse.BooleanOptionalAction}.get(type(f.default).__name__)
+        options = {"action": kind} if kind else {"type": type(f.default), "metavar": f.name.upper()}
+        group.add_argument(*names, dest=f"slides__{f.name}", default=f.default,
+                           help=f.metadata["help"] + (f" (default: {f.default})" if f.default != "" else ""), **options)
+
+
+def slide_sampling(args):
+    """The SlideSampling of parsed ``--slides.*`` options; a bad value raises ValueError naming the field.
+    select=clip is checked as select=tissue: the ranking picks among the same tiles, so the count is the same,
+    and corpora resolves no registry ref (a stage checks its own ranking when it starts)."""
+    from dataclasses import replace
+
+    from corpora.slides.sampling import SlideSampling
+
+    slides = SlideSampling(**{k.removeprefix("slides__"): v for k, v in vars(args).items() if k.startswith("slides__")})
+    return replace(slides, select="tissue", clip_model="") if slides.select == "clip" else slides
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m corpora.validate", description=__doc__.split("\n\n")[0],
                                      epilog="Exit status: 0 when the data is usable under the policy, 1 otherwise.")
@@ -152,10 +200,11 @@ def main(argv=None) -> int:
     parser.add_argument("--root", default=None, help="folder relative image paths resolve against")
     parser.add_argument("--template", default="cot", help="prompt template for QA records read as sft")
     parser.add_argument("--no-images", action="store_true", help="skip decoding the images (fast)")
+    slide_options(parser)
     args = parser.parse_args(argv)
     try:
         report = validate(args.path, args.kind, args.policy, root=args.root, template=args.template,
-                          check_images=not args.no_images)
+                          check_images=not args.no_images, slides=slide_sampling(args))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

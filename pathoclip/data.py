@@ -6,6 +6,14 @@ Every later run on the same corpus file (same size and mtime, ``corpora.sources.
 instead of the corpus, and phase A's subset CSV is cut from it. Only paths and captions are cached: open_clip
 reads the images themselves at training time. WebDataset shards hold image bytes, so they are written per run.
 
+A pair naming a whole-slide image (``"slide": PATH``, CSV ``slide_path``) stands for its ``slides.k`` tiles
+(corpora.slides.sampling, by the run's ``slides.*`` settings, the thumbnail too with ``slides.thumbnail``): each
+becomes one (tile, caption) row, read by open_clip from the slide tile cache, so no epoch opens a slide. The
+cache folder is keyed by those settings as well: other tiles are other rows. Rows, phase A's subset and
+``samples`` count these image rows. Before the CSV is written the corpus is validated as a stage validates it
+(corpora.validate, strict, images not decoded): an unreadable slide, or one with fewer than ``slides.k`` tiles,
+is a DataError naming file:line, raised before open_clip_train is imported.
+
 Files are written to a private temporary name and renamed into place, so several torchrun ranks preparing
 the same data, or a resumed run, never see a half-written file.
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -64,24 +73,41 @@ def _read_csv(path: Path):
 class PreparedCorpus:
     """One pairs corpus as open_clip_train input, cached by the corpus's fingerprint."""
 
-    def __init__(self, data, cache_root: Path):
+    def __init__(self, data, cache_root: Path, slides=None):
         from corpora.sources import fingerprint
 
         self.data = Path(data).resolve()
         if not self.data.exists():
             raise FileNotFoundError(f"data not found: {self.data}")
-        self.folder = Path(cache_root) / fingerprint(self.data)
+        self.slides = slides  # corpora.slides.SlideSampling; None = its defaults
+        key = fingerprint(self.data)
+        if slides is not None:
+            settings = json.dumps(slides.to_dict(), sort_keys=True).encode()
+            key += f"-slides{hashlib.sha1(settings).hexdigest()[:12]}"
+        self.folder = Path(cache_root) / key
         self.pairs_csv = self.folder / "pairs.csv"
         self._n: int | None = None
 
     def _samples(self):
+        """One sample per image row: a slide pair as one sample per tile (the caption repeated), any other pair
+        as its first image (open_clip pairs one image with one caption)."""
         from corpora.readers import iter_samples  # validates every record, DataError naming file:line
+        from corpora.slides.tiling import slide_of_image
 
-        return iter_samples(self.data, "pairs")
+        for sample in iter_samples(self.data, "pairs", slides=self.slides):
+            images = sample["images"] if slide_of_image(sample["images"][-1]) else sample["images"][:1]
+            for i, image in enumerate(images):
+                yield {**sample, "id": sample["id"] if len(images) == 1 else f"{sample['id']}/{i}", "images": [image]}
+
+    def _validate(self) -> None:
+        from corpora.validate import validate
+
+        validate(self.data, "pairs", "strict", check_images=False, slides=self.slides).raise_if_errors()
 
     def __len__(self) -> int:
         if self._n is None:
             if not self.pairs_csv.is_file():  # first run on this corpus version: read and validate it once
+                self._validate()
                 self.folder.mkdir(parents=True, exist_ok=True)
                 _write_csv(self.pairs_csv, ((s["images"][0], s["caption"]) for s in self._samples()))
             self._n = sum(1 for _ in _read_csv(self.pairs_csv))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from corpora.slides.sampling import SlideSampling
 from stages.cli import run_cli
 from stages.config import to_dict
 from stages.registry import Registry, RegistryError, cache_dir, home, logs_dir
@@ -73,6 +74,9 @@ class CLIPTrainConfig(RunConfig):
     save_frequency: int = field(default=1, metadata={"help": "save an open_clip_train checkpoint every N epochs"})
     zeroshot_dir: str = field(default="", metadata={"help": "ImageFolder for the zero-shot metric (demo: eval/zeroshot)"})
     zeroshot_prompts: str = field(default="", metadata={"help": "prompt JSON for zero-shot (demo: its prompts)"})
+    slides: SlideSampling = field(default_factory=SlideSampling, metadata={
+        "help": "How pairs naming a whole-slide image (\"slide\": PATH, CSV slide_path) become images: each of the "
+                "K tiles (and the thumbnail, if asked) is one (tile, caption) row; the stages' slides.* fields."})
     extra_args: list[str] = field(default_factory=list, metadata={"help": "passed verbatim to open_clip_train, e.g. "
                                                                            "['--grad-checkpointing']"})
 
@@ -198,6 +202,13 @@ def train(cfg: CLIPTrainConfig) -> Path | None:
         return _train(cfg)
 
 
+def prepare_corpus(cfg: CLIPTrainConfig) -> PreparedCorpus:
+    """The corpus as open_clip's CSV, validated (file:line) and tiled (slide pairs) on its first use."""
+    corpus = PreparedCorpus(cfg.data, cache_dir(STAGE), cfg.slides.resolved(Registry().resolve))
+    len(corpus)
+    return corpus
+
+
 def _train(cfg: CLIPTrainConfig) -> Path | None:
     cfg = resolve_corpus(cfg)
     registry, logs = Registry(), logs_dir(STAGE, cfg.run)
@@ -205,7 +216,7 @@ def _train(cfg: CLIPTrainConfig) -> Path | None:
     if run_plan.finished:
         print(run_plan.describe())
         return run_plan.resume_from
-    corpus = PreparedCorpus(cfg.data, cache_dir(STAGE))
+    corpus = prepare_corpus(cfg)
     model, pretrained = _pretrained(cfg)
     parent, step = None, 0
     for phase, rows in phase_rows(len(corpus), cfg.subset_fraction, cfg.seed).items():
@@ -222,7 +233,10 @@ def _train(cfg: CLIPTrainConfig) -> Path | None:
 
 
 def _import_and_train(cfg: CLIPTrainConfig) -> Path | None:
-    import_open_clip_train()  # after the config is known good: a bad field fails in a second, not after imports
+    # After the config is known good and the data validated: a bad field or record fails in a second, before
+    # open_clip_train is imported (the CSV is cached, so train() reads it again for free).
+    prepare_corpus(resolve_corpus(cfg))
+    import_open_clip_train()
     return train(cfg)
 
 

@@ -48,6 +48,9 @@ class SlideSampling:
             raise ValueError(f"slides.k must be >= 1, got {self.k}")
         if self.mpp_fallback not in MPP_FALLBACKS:
             raise ValueError(f"slides.mpp_fallback must be one of {', '.join(MPP_FALLBACKS)}, got {self.mpp_fallback!r}")
+        if not (self.mpp > 0 and self.size >= 8 and 0 <= self.overlap < self.size and 0 <= self.min_tissue <= 1):
+            raise ValueError(f"slides.* expects mpp > 0, size >= 8, 0 <= overlap < size and min_tissue in [0, 1], got "
+                             f"mpp={self.mpp} size={self.size} overlap={self.overlap} min_tissue={self.min_tissue}")
         if self.select == "clip" and not self.clip_model:
             raise ValueError("slides.select=clip needs slides.clip_model (a PathoCLIP checkpoint)")
 

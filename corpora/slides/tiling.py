@@ -8,6 +8,7 @@ or a corrupt tile mid-way leaves nothing, and a second pass (another epoch, anot
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -152,6 +153,29 @@ class TileSet:
             except OSError:
                 shutil.copyfile(self.root / rel, target)
         return out
+
+
+def tile_set_root(image) -> Path | None:
+    """The tile set (a cache entry, or a folder ``python -m corpora.slides tile --out`` exported) that ``image`` is
+    a tile or the thumbnail of, else None: how a split or the leakage check knows two images came from one slide."""
+    image = Path(image)
+    root = image.parent.parent if image.parent.name == "tiles" else image.parent
+    return root if image.name != SUMMARY and (root / SUMMARY).is_file() and (root / "tiles.jsonl").is_file() else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _tile_set_slide(root: Path) -> str | None:
+    try:
+        return json.loads((root / SUMMARY).read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def slide_of_image(image) -> str | None:
+    """The SHA-256 of the slide whose tile (or thumbnail) ``image`` is, from its tile set's summary; None for an
+    image that is not part of a tile set. The same slide under any name or tiling parameters gives one hash."""
+    root = tile_set_root(image)
+    return None if root is None else _tile_set_slide(root)
 
 
 def tile_slide(path, params: TileParams | None = None, *, cache_root=None, workers: int = 1) -> TileSet:
