@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 from corpora.demo import demo_corpus
+from corpora.records import DataError
 from corpora.validate import validate
 
 
@@ -51,8 +52,9 @@ def split_by_image(rows, fraction: float, seed: int):
     is_eval = [g in held for g in groups]
     train = rows.select([i for i, e in enumerate(is_eval) if not e])
     evaluation = rows.select([i for i, e in enumerate(is_eval) if e])
-    if len(train) == 0:
-        raise ValueError(f"eval_fraction={fraction} leaves no training samples")
+    if len(train) == 0:  # a DataError: the CLIs' one line and exit 2, not a traceback
+        raise DataError(f"eval_fraction={fraction} holds out all {len(keys)} image groups (records sharing an image "
+                        "or a slide), leaving no training samples; lower eval_fraction or add data")
     return train, evaluation
 
 

@@ -180,10 +180,14 @@ def load_suite_report(name: str, data: str | Path | None = None, **options) -> t
         raise SuiteError(f"{path}: expected no --split for suite {name!r} (its data has one split), found "
                          f"--split {options['split']}; fix: drop --split")
     options = {k: v for k, v in options.items() if v not in (None, "")}
+    from corpora.records import DataError
+
     try:
         records = suite.load(path, skips=skips, **options)
     except SuiteError:
         raise
+    except DataError as e:  # corpora's own message already names file:line and the fix (a bad slide, a bad record)
+        raise SuiteError(str(e)) from None
     except (OSError, LookupError, TypeError, AttributeError, ValueError) as e:
         # A reader met a shape it does not name (a list where a record was, a truncated archive...): still one
         # line naming the data, never a traceback. The readers' own checks give the precise ones.

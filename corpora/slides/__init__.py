@@ -23,11 +23,9 @@ than a tile, a µm/px finer than the scan) raises ``SlideError`` whose message i
 prints it and exits 2. CLI: ``python -m corpora.slides info|tile|thumbnail`` (see corpora/slides/__main__.py).
 The cache lives under ``$PATHOR1_HOME/cache/slides`` unless ``cache_root`` is given. This package imports no torch.
 """
-from corpora.slides.reader import MPP_FALLBACKS, Slide, SlideError, SlideInfo, open_slide
+from corpora.slides.reader import MPP_FALLBACKS, SLIDE_SUFFIXES, Slide, SlideError, SlideInfo, open_slide
 from corpora.slides.tiling import TileParams, TileSet, TileSpec, default_cache_root, plan_tiles, read_tiles, tile_slide
 from corpora.slides.tissue import TissueMask, tissue_array
-
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
 
 __all__ = ["MPP_FALLBACKS", "SLIDE_SUFFIXES", "Slide", "SlideError", "SlideInfo", "TileParams", "TileSet",
            "TileSpec", "TissueMask", "default_cache_root", "open_slide", "plan_tiles", "read_tiles", "tile_slide",

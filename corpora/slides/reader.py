@@ -19,6 +19,7 @@ MICRONS_AT_1X = 10.0
 # A requested µm/px this close to a level's counts as that level (0.499 vs 0.5): no resize of a 0.2% difference.
 MPP_TOLERANCE = 0.01
 MPP_FALLBACKS = ("objective", "refuse")
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
 
 
 class SlideError(ValueError):
@@ -105,10 +106,10 @@ class Slide:
         """Level-0 pixels per output pixel at ``mpp``; refuses a µm/px finer than the scan (no upsampling)."""
         base = self.mpp_or_raise()
         if mpp <= 0 or not math.isfinite(mpp):
-            raise SlideError(f"{self.path}: expected a positive µm/px, found {mpp}; pass e.g. --mpp 0.5")
+            raise SlideError(f"{self.path}: expected a positive µm/px, found {mpp}; pass e.g. --mpp 0.5 (a stage: slides.mpp=0.5)")
         if mpp < base * (1 - MPP_TOLERANCE):
             raise SlideError(f"{self.path}: expected a µm/px of at least the scan's {base:g}, found {mpp:g} "
-                             f"(would upsample); pass --mpp {base:g} or coarser")
+                             f"(would upsample); pass --mpp {base:g} or coarser (a stage: slides.mpp={base:g})")
         return 1.0 if abs(mpp - base) <= base * MPP_TOLERANCE else mpp / base
 
     def read_region_mpp(self, x: int, y: int, mpp: float, size: int | tuple[int, int]) -> Image.Image:
@@ -152,8 +153,8 @@ class Slide:
     def mpp_or_raise(self) -> float:
         if self.info.mpp is None:
             raise SlideError(f"{self.path}: expected a resolution (µm/px or objective power), found none; "
-                             "give --mpp-fallback objective with a slide that records its objective, or re-export "
-                             "with resolution tags")
+                             "it records no objective power either, so no --mpp-fallback (slides.mpp_fallback) "
+                             "helps; re-export it with resolution tags")
         return self.info.mpp
 
 
@@ -184,7 +185,7 @@ def open_slide(path, *, mpp_fallback: str = "objective") -> Slide:
         raise SlideError(f"{path}: expected a slide, found an unreadable file ({e}); re-export it") from None
     if vendor is None:
         raise SlideError(f"{path}: expected a slide format OpenSlide reads (SVS, NDPI, MRXS, SCN, tiled TIFF...), "
-                         f"found {path.suffix or 'no extension'} it does not recognise; convert it to pyramidal TIFF")
+                         f"found {_unrecognised(path)}")
     try:
         handle = openslide.OpenSlide(str(path))
     except (openslide.OpenSlideError, OSError) as e:
@@ -199,6 +200,21 @@ def open_slide(path, *, mpp_fallback: str = "objective") -> Slide:
     return Slide(handle, info)
 
 
+def _unrecognised(path: Path) -> str:
+    """What a file OpenSlide does not recognise probably is: the one line says which fix applies."""
+    if path.is_dir():
+        return "a folder; name the slide file (MRXS: the .mrxs beside its folder)"
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file (0 bytes); copy the slide again"
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] in (b"II", b"MM") or path.suffix.lower() in SLIDE_SUFFIXES:  # a TIFF-based scan cut short
+        return f"a {path.suffix or 'file'} of {size} bytes it cannot parse (truncated, or a TIFF that is not tiled); " \
+               "copy the slide again, or convert it to tiled pyramidal TIFF"
+    return f"{path.suffix or 'no extension'}, which it does not recognise; convert it to tiled pyramidal TIFF"
+
+
 def _info(path: Path, handle, mpp_fallback: str) -> SlideInfo:
     props = handle.properties
     mpp, mpp_y = _float(props, "openslide.mpp-x"), _float(props, "openslide.mpp-y")
@@ -206,9 +222,13 @@ def _info(path: Path, handle, mpp_fallback: str) -> SlideInfo:
     source = _mpp_source(props) if mpp else "none"
     if mpp is None and power is not None and mpp_fallback == "objective":
         mpp, mpp_y, source = MICRONS_AT_1X / power, MICRONS_AT_1X / power, "objective-power"
+    if mpp is None and mpp_fallback == "refuse" and power is None:
+        raise SlideError(f"{path}: expected a µm/px (vendor field or TIFF resolution tags), found none, nor an "
+                         "objective power to fall back on; re-export it with resolution tags")
     if mpp is None and mpp_fallback == "refuse":
         raise SlideError(f"{path}: expected a µm/px (vendor field or TIFF resolution tags), found none; "
-                         "drop --mpp-fallback refuse to use the objective power, or re-export with resolution")
+                         "use --mpp-fallback objective (a stage: slides.mpp_fallback=objective) to take 10 / objective "
+                         "power, or re-export with resolution tags")
     width, height = handle.dimensions
     return SlideInfo(
         path=str(path.resolve()), width=int(width), height=int(height), levels=int(handle.level_count),

@@ -55,7 +55,7 @@ class TileParams:
 
     def check(self, path) -> None:
         if not (isinstance(self.size, int) and self.size >= 8):
-            raise SlideError(f"{path}: expected a tile size >= 8 pixels, found {self.size!r}; pass e.g. --size 224")
+            raise SlideError(f"{path}: expected a tile size >= 8 pixels, found {self.size!r}; pass e.g. --size 224 (a stage: slides.size=224)")
         if not (isinstance(self.overlap, int) and 0 <= self.overlap < self.size):
             raise SlideError(f"{path}: expected 0 <= overlap < size ({self.size}), found {self.overlap!r}")
         if not 0.0 <= self.min_tissue <= 1.0:
@@ -74,7 +74,8 @@ def plan_tiles(slide, *, mpp: float, size: int, overlap: int = 0, min_tissue: fl
     width, height = slide.info.width, slide.info.height
     if width < tile0 or height < tile0:
         raise SlideError(f"{slide.path}: expected a slide of at least one tile ({tile0:.0f} level-0 px = {size} px at "
-                         f"{mpp:g} µm/px), found {width}x{height}; pass a smaller --size or a finer --mpp")
+                         f"{mpp:g} µm/px), found {width}x{height}; pass a smaller --size or a finer --mpp (a stage: "
+                         "slides.size / slides.mpp)")
     nx, ny = int((width - tile0) // stride0) + 1, int((height - tile0) // stride0) + 1
     gx, gy = np.meshgrid(np.arange(nx) * stride0, np.arange(ny) * stride0)
     xs, ys = np.round(gx.ravel()).astype(np.int64), np.round(gy.ravel()).astype(np.int64)

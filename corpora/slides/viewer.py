@@ -304,6 +304,7 @@ def slide_questions(path, *, overview_size: int = 448, mpp_fallback: str = "obje
                                raw.root, f"{Path(raw.file).stem}-{raw.line}", images=[])
             if slide not in overviews:
                 with open_slide(slide, mpp_fallback=mpp_fallback) as s:
+                    s.mpp_or_raise()  # the viewer states and zooms in µm/px: a slide without one fails here, not mid-run
                     overviews[slide] = s.thumbnail(overview_size)
         except RecordError as e:
             raise DataError(f"{where}: {e.code}: {e.message}") from None

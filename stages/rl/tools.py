@@ -92,7 +92,9 @@ def check_tool_template(processor, where: str = "init") -> None:
     reach the prompt the model is trained on."""
     from trl.chat_template_utils import supports_tool_calling
 
+    from stages.config import ConfigError  # the CLI boundary's one line and exit 2, not a traceback
+
     if not supports_tool_calling(processor):
-        raise ValueError(f"{where}: expected a chat template that renders tool calls for tools.env, found one that "
+        raise ConfigError(f"{where}: expected a chat template that renders tool calls for tools.env, found one that "
                          "does not (Qwen2-VL / Qwen2.5-VL ship none); use a Qwen3-VL model (init=tiny:qwen3_vl or a "
                          "Qwen3-VL checkpoint)")

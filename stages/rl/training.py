@@ -111,7 +111,8 @@ def tool_questions(cfg: RLConfig, path):
 
     from corpora.slides.viewer import slide_questions
 
-    return Dataset.from_list(slide_questions(path, overview_size=cfg.tools.overview_size))
+    return Dataset.from_list(slide_questions(path, overview_size=cfg.tools.overview_size,
+                                             mpp_fallback=cfg.slides.mpp_fallback))
 
 
 def tool_environment(cfg: RLConfig, logs_dir):
