@@ -1,7 +1,7 @@
 """Corpus -> what open_clip_train reads: a tab-separated CSV or WebDataset shards (corpora's writer).
 
 The corpus is read once per version: its validated pairs are streamed (``corpora.readers.iter_samples``, no
-Arrow dataset, so a run does not pay for importing ``datasets``) into ``cache/pathoclip/<fingerprint>/pairs.csv``.
+Arrow dataset, so a run does not pay for importing ``datasets``) into ``cache/pathoclip/<fingerprint>-slides<settings hash>/pairs.csv``.
 Every later run on the same corpus file (same size and mtime, ``corpora.sources.fingerprint``) reads that CSV
 instead of the corpus, and phase A's subset CSV is cut from it. Only paths and captions are cached: open_clip
 reads the images themselves at training time. WebDataset shards hold image bytes, so they are written per run.

@@ -10,7 +10,7 @@ this module only prepares the data, builds its argv and exports what it saved.
     torchrun --nproc_per_node 8 -m pathoclip.train --config pathoclip/configs/vit_l14.yaml
 
 Layout under ``$PATHOR1_HOME``: ``logs/pathoclip/<run>/{a,b}/`` (open_clip_train's log, ``tensorboard/``,
-``checkpoints/epoch_N.pt``), ``cache/pathoclip/<corpus fingerprint>/`` (the corpus as open_clip's CSV, shared
+``checkpoints/epoch_N.pt``), ``cache/pathoclip/<corpus fingerprint>-slides<hash>/`` (the corpus as open_clip's CSV, shared
 by every run on that corpus version: pathoclip.data), ``logs/pathoclip/<run>/data/`` (WebDataset shards) and the
 registry entries ``pathoclip/<run>/step-N``.
 """

@@ -29,7 +29,7 @@ class PretrainConfig(StageConfig):
         default="projector_llm", metadata={"help": "Which towers train (sets model.freeze_*): projector only, projector + LLM "
                                               "(vision frozen), or all."})
     lr: float = field(default=1e-4, metadata={"help": "Peak learning rate."})
-    eval_fraction: float = field(default=0.1, metadata={"help": "Share of images held out for the eval caption loss."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Share of images held out for the eval caption loss; records sharing an image or a slide stay on one side."})
 
 
 def caption_messages(caption: str, template: str) -> list[dict]:

@@ -55,7 +55,7 @@ class StageConfig(StepRunConfig):
     max_steps: int = field(default=-1, metadata={"help": "Planned optimizer steps; > 0 overrides epochs."})
     group_by_length: bool = field(default=True, metadata={"help": "Batch samples of similar length to limit padding."})
     max_length: int | None = field(default=None, metadata={"help": "Truncate sequences to this many tokens."})
-    eval_fraction: float = field(default=0.0, metadata={"help": "Share of images held out for an eval loss (0 = none)."})
+    eval_fraction: float = field(default=0.0, metadata={"help": "Share of images held out for an eval loss (0 = none); records sharing an image or a slide stay on one side."})
     center_image_features: bool = field(
         default=False, metadata={"help": "Batch-centre the image tokens in training and fold the mean into the "
                                          "projector bias (stages/centering.py): for small models trained from scratch."})
