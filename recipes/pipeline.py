@@ -45,11 +45,14 @@ def corpus_dir(data: str, demo: DemoCorpusConfig) -> Path:
     return demo_corpus(home(), demo.seed, n_train=demo.n_train, n_eval=demo.n_eval, image_size=demo.image_size).root
 
 
+# The files of the demo layout the recipes train and evaluate on, with their record kinds.
+CORPUS_FILES = (("pairs.jsonl", "pairs"), ("sft.jsonl", "sft"), ("rl.jsonl", "qa"), ("eval/mcq.jsonl", "qa"))
+
+
 def validate_corpus(root: Path, slides=None) -> None:
     """Refuse bad data before any model is built: every stage's file, strict policy; slide records are tiled
     with ``slides`` (the stages' corpora.slides.SlideSampling), so the stages then read the tile cache."""
-    for name, kind in (("pairs.jsonl", "pairs"), ("sft.jsonl", "sft"), ("rl.jsonl", "qa"),
-                       ("eval/mcq.jsonl", "qa")):
+    for name, kind in CORPUS_FILES:
         if (root / name).exists():
             validate(root / name, kind, policy="strict", slides=slides).raise_if_errors()
             print(f"validated {root / name}")

@@ -17,6 +17,7 @@ Public API (what corpora records, the stages, evaluation and the slide-navigatio
 
     tiles = tile_slide("case.svs", TileParams(mpp=0.5, size=224), cache_root=None)  # TileSet (cached)
     tiles.records(); tiles.paths(); tiles.summary; tiles.export(out_dir)
+    tile_slides(paths, TileParams(...), processes=2)  # warm the cache for many slides; returns their errors
 
 Every problem with a slide (missing, unsupported format, unreadable or truncated, no µm/px under ``refuse``, smaller
 than a tile, a µm/px finer than the scan) raises ``SlideError`` whose message is one line naming the file; the CLI
@@ -24,9 +25,10 @@ prints it and exits 2. CLI: ``python -m corpora.slides info|tile|thumbnail`` (se
 The cache lives under ``$PATHOR1_HOME/cache/slides`` unless ``cache_root`` is given. This package imports no torch.
 """
 from corpora.slides.reader import MPP_FALLBACKS, SLIDE_SUFFIXES, Slide, SlideError, SlideInfo, open_slide
-from corpora.slides.tiling import TileParams, TileSet, TileSpec, default_cache_root, plan_tiles, read_tiles, tile_slide
+from corpora.slides.tiling import (TileParams, TileSet, TileSpec, default_cache_root, plan_tiles, read_tiles, tile_slide,
+                                   tile_slides)
 from corpora.slides.tissue import TissueMask, tissue_array
 
 __all__ = ["MPP_FALLBACKS", "SLIDE_SUFFIXES", "Slide", "SlideError", "SlideInfo", "TileParams", "TileSet",
            "TileSpec", "TissueMask", "default_cache_root", "open_slide", "plan_tiles", "read_tiles", "tile_slide",
-           "tissue_array"]
+           "tile_slides", "tissue_array"]

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -194,6 +194,30 @@ def tile_slide(path, params: TileParams | None = None, *, cache_root=None, worke
         return TileSet(final)
     build_folder_once(final, lambda staging: _build(path, params, content, staging, workers), SUMMARY)
     return TileSet(final)
+
+
+def tile_slides(paths, params: TileParams | None = None, *, cache_root=None, processes: int = 1) -> list[str]:
+    """Warm the cache for many slides, ``processes`` slides at a time (tiling one small slide is mostly Python,
+    PNG and mask work, so threads would share one core); returns the one-line errors of the slides that could not be
+    tiled, in the order of ``paths`` (validation then names them with file:line)."""
+    paths = [str(p) for p in paths]
+    if processes <= 1 or len(paths) < 2:
+        return [e for e in (_tile_or_error(p, params, cache_root) for p in paths) if e]
+    import multiprocessing
+
+    # fork: the workers need nothing but this module, and spawning would re-import the caller's packages
+    with ProcessPoolExecutor(min(processes, len(paths)), mp_context=multiprocessing.get_context("fork")) as pool:
+        errors = pool.map(_tile_or_error, paths, [params] * len(paths), [cache_root] * len(paths),
+                          chunksize=max(1, len(paths) // (8 * processes)))
+        return [e for e in errors if e]
+
+
+def _tile_or_error(path: str, params, cache_root) -> str | None:
+    try:
+        tile_slide(path, params, cache_root=cache_root)
+    except SlideError as e:
+        return str(e)
+    return None
 
 
 def _build(path, params: TileParams, content: str, staging: Path, workers: int) -> None:
