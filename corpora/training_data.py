@@ -71,9 +71,16 @@ def _image_groups(images_per_row) -> list[str]:
             key = parent[key]
         return key
 
+    known: dict[str, str] = {}  # QA files ask many questions about one image: look each up once
+
+    def key_of(image):
+        if image not in known:
+            known[image] = f"slide:{sha}" if (sha := slide_of_image(image)) else image
+        return known[image]
+
     row_keys = []
     for images in images_per_row:
-        keys = [f"slide:{sha}" if (sha := slide_of_image(i)) else i for i in images] or [""]
+        keys = [key_of(i) for i in images] or [""]
         for other in keys[1:]:
             a, b = sorted((find(keys[0]), find(other)))
             parent[b] = a  # the smaller key names the merged group

@@ -3,9 +3,11 @@ and a policy: strict refuses data with any problem, lenient skips bad records an
 
     python -m corpora.validate PATH [--kind pairs|sft|qa|rl|eval] [--policy strict|lenient] [--root DIR]
                                [--slides.k 8 --slides.mpp 0.5 --slides.size 224 --slides.min-tissue 0.5 ...]
+                               [--config RUN.yaml [--stage sft]]
 
 Records naming a ``slide`` are tiled under the ``--slides.*`` options (the ``slides.*`` fields of the stage configs,
-same names and defaults: pass the values the run will use), and each must yield at least ``slides.k`` tiles.
+same names and defaults: pass the values the run will use, or ``--config`` the run's YAML), and each must yield
+at least ``slides.k`` tiles.
 
 Problem codes: malformed-line, missing-field, bad-field, bad-options, bad-kind, bad-messages, empty-caption,
 empty-question, answer-not-in-options, text-too-long, bad-image-path, path-escapes-root, missing-image,
@@ -164,29 +166,59 @@ def validate(path, kind: str, policy: str = "strict", *, root=None, template: st
 
 def slide_options(parser: argparse.ArgumentParser) -> None:
     """``--slides.NAME`` (also ``--slides.NAME_WITH_UNDERSCORES``) for every field of SlideSampling, with its
-    default and help: the same settings a stage's ``slides.NAME=VALUE`` takes."""
+    default and help: the same settings a stage's ``slides.NAME=VALUE`` takes; ``--config`` reads them from the
+    run's YAML (its ``slides:`` section, or that of ``--stage``'s section in a recipe config)."""
     from dataclasses import fields
 
     from corpora.slides.sampling import SlideSampling
 
     group = parser.add_argument_group("slides", "how records naming a slide become tiles (the stages' slides.*)")
+    group.add_argument("--config", default=None, help="the run's config YAML: its slides.* settings (options override)")
+    group.add_argument("--stage", default=None, help="with a recipe --config: the section (pretrain, sft, rl, opd...)")
     for f in fields(SlideSampling):
         names = dict.fromkeys([f"--slides.{f.name.replace('_', '-')}", f"--slides.{f.name}"])
         kind = {"bool": argparse.BooleanOptionalAction}.get(type(f.default).__name__)
         options = {"action": kind} if kind else {"type": type(f.default), "metavar": f.name.upper()}
-        group.add_argument(*names, dest=f"slides__{f.name}", default=f.default,
+        group.add_argument(*names, dest=f"slides__{f.name}", default=None,  # None: not given, the config's or default
                            help=f.metadata["help"] + (f" (default: {f.default})" if f.default != "" else ""), **options)
 
 
+def _config_slides(path: str | None, stage: str | None) -> dict:
+    if path is None:
+        if stage:
+            raise ValueError("--stage names a section of --config; pass --config FILE too")
+        return {}
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"--config {path}: expected a readable YAML config, found {type(e).__name__}: {e}") from None
+    section = config.get(stage) if stage else config
+    if not isinstance(section, dict):
+        raise ValueError(f"--config {path}: expected a section {stage!r}, found none; pass --stage as the recipe "
+                         "config names it")
+    slides = section.get("slides") or {}
+    if not isinstance(slides, dict):
+        raise ValueError(f"--config {path}: expected 'slides' to be a mapping of slides.* fields, found {slides!r}")
+    return slides
+
+
 def slide_sampling(args):
-    """The SlideSampling of parsed ``--slides.*`` options; a bad value raises ValueError naming the field.
-    select=clip is checked as select=tissue: the ranking picks among the same tiles, so the count is the same,
-    and corpora resolves no registry ref (a stage checks its own ranking when it starts)."""
-    from dataclasses import replace
+    """The SlideSampling of parsed ``--slides.*`` options over ``--config``'s; a bad value raises ValueError naming
+    the field. select=clip is checked as select=tissue: the ranking picks among the same tiles, so the count is the
+    same, and corpora resolves no registry ref (a stage checks its own ranking when it starts)."""
+    from dataclasses import fields, replace
 
     from corpora.slides.sampling import SlideSampling
 
-    slides = SlideSampling(**{k.removeprefix("slides__"): v for k, v in vars(args).items() if k.startswith("slides__")})
+    settings = _config_slides(args.config, args.stage)
+    unknown = set(settings) - {f.name for f in fields(SlideSampling)}
+    if unknown:
+        raise ValueError(f"--config {args.config}: unknown slides field(s) {', '.join(sorted(unknown))}")
+    settings.update({k.removeprefix("slides__"): v for k, v in vars(args).items()
+                     if k.startswith("slides__") and v is not None})
+    slides = SlideSampling(**settings)
     return replace(slides, select="tissue", clip_model="") if slides.select == "clip" else slides
 
 

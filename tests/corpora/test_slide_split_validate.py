@@ -137,3 +137,24 @@ def test_validate_a_slide_without_mpp_falls_back_or_is_refused_as_in_stages(data
 def test_validate_refuses_a_bad_slide_setting_in_one_line(tmp_path, capsys, option, value, message):
     code, out, err = run_validate(capsys, write_qa(tmp_path / "qa.jsonl", ["a.svs"]), option, value)
     assert code == 2 and len(err) == 1 and message in err[0] and out == []
+
+
+def test_validate_reads_the_slide_settings_of_the_runs_config(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATHOR1_HOME", str(tmp_path))
+    qa = write_qa(data / "cfg.jsonl", ["a.svs", "b.svs"])
+    stage = tmp_path / "sft.yaml"
+    stage.write_text("template: cot\nslides:\n  k: 4\n  size: 64\n  mpp: 0.5\n")
+    code, out, _ = run_validate(capsys, qa, "--config", str(stage))
+    assert code == 1 and out[0].startswith(f"{qa}:2: too-few-tiles: ") and "slides.k=4" in out[0]
+    assert run_validate(capsys, qa, "--config", str(stage), "--slides.k", "3")[0] == 0  # an option overrides it
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run: x\nsft:\n  slides: {k: 3, size: 64}\nrl:\n  slides: {k: 5, size: 64}\n")
+    assert run_validate(capsys, qa, "--config", str(recipe), "--stage", "sft")[0] == 0
+    assert run_validate(capsys, qa, "--config", str(recipe), "--stage", "rl")[0] == 1
+    for bad, message in [(["--config", str(recipe), "--stage", "opd"], "expected a section 'opd'"),
+                         (["--stage", "sft"], "pass --config FILE too")]:
+        code, out, err = run_validate(capsys, qa, *bad)
+        assert code == 2 and len(err) == 1 and message in err[0]
+    stage.write_text("slides:\n  k: 2\n  tiles: 3\n")
+    code, _, err = run_validate(capsys, qa, "--config", str(stage))
+    assert code == 2 and err == [f"error: --config {stage}: unknown slides field(s) tiles"]

@@ -112,3 +112,18 @@ def test_a_bad_slide_is_one_line_with_file_line_before_open_clip(corpus, tmp_pat
     assert not (home / "cache" / "pathoclip").exists() or not list((home / "cache" / "pathoclip").rglob("*.csv"))
     assert not [p for p in (home / "cache" / "slides").rglob("*") if p.name.startswith(".staging")]
     assert not (home / "logs" / "pathoclip" / "bad").exists()
+
+
+def test_webdataset_shards_hold_the_same_tile_rows(corpus, tmp_path):
+    import tarfile
+
+    prepared = clip_train.prepare_corpus(load_config(CLIPTrainConfig, [f"data={corpus}", "slides.k=2", *SLIDES]))
+    assert len(prepared) == 4 * 2 + 1
+    args = prepared.open_clip_args("b", [0, 3, 8], "webdataset", 2, tmp_path / "run")
+    members = {}
+    for shard in args[1].split("::"):
+        with tarfile.open(shard) as tar:
+            members.update({m.name: tar.extractfile(m).read() for m in tar.getmembers()})
+    assert args[args.index("--train-num-samples") + 1] == "3" and len([n for n in members if n.endswith(".png")]) == 3
+    # rows 0, 3, 8: s0's first tile, s1's second, the plain patch -- one image each, with its pair's caption
+    assert [members[f"00000000{i}.txt"].decode() for i in range(3)] == ["pink stroma", "violet tumour", "pink stroma"]
