@@ -123,12 +123,53 @@ def test_resume_auto_ends_with_the_weights_of_an_uninterrupted_run(demo, capsys)
     resumed = run_recipe(pretrain_recipe, [*common, "run=part", "resume=auto"], capsys)
     assert resumed.name == "step-00000005" and Registry().manifest(resumed)["parent"] == "tiny:qwen2_5_vl"
     assert Registry().manifest(resumed)["finished"] is True and Registry().resolve("pretrain:latest") == resumed
-    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    assert_same_weights(full, resumed)
     losses = lambda p: [loss for _, loss in Registry().manifest(p)["metrics"]["train_loss_curve"]]  # noqa: E731
     assert losses(full) == pytest.approx(losses(resumed), abs=1e-6)
+
+
+def assert_same_weights(a, b):
+    """Every tensor of two published entries equal within float tolerance (the same names, none missing)."""
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6, msg=lambda m: f"{key}: {m}")
+
+
+def test_sft_stopped_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(demo, capsys):
+    """The default tier's SFT resume check (the slow tier adds LoRA + gradient accumulation and SIGKILL):
+    stopped after step 2 through the engine's own stop_after, resumed mid-epoch, compared tensor by tensor."""
+    common = [f"data={demo.sft}", "max_steps=3", "train=projector_llm", *FAST]
+    full = run_recipe(sft_recipe, [*common, "run=full"], capsys)
+    assert run_recipe(sft_recipe, [*common, "run=part", "stop_after=2"], capsys).name == "step-00000002"
+    resumed = run_recipe(sft_recipe, [*common, "run=part"], capsys)  # resume=auto is the default
+    assert resumed.name == full.name == "step-00000003" and Registry().manifest(resumed)["finished"] is True
+    assert_same_weights(full, resumed)
+    base = load_file(resolve_model_path("tiny:qwen2_5_vl") + "/model.safetensors")
+    trained = load_file(full / "model.safetensors")
+    assert any(not torch.equal(base[k], trained[k]) for k in base)  # it trained: the comparison is not of two copies
+
+
+def test_lora_publishes_merged_weights_with_the_logits_of_base_plus_adapter(demo, processor, capsys):
+    """A LoRA run publishes plain full weights (the adapter merged in; the adapter itself beside them): loaded
+    with plain transformers they give the logits the input model + the published adapter give through peft."""
+    from peft import PeftModel
+
+    entry = run_recipe(sft_recipe, [f"data={demo.sft}", "max_steps=2", "model.lora.enabled=true", "model.lora.r=4",
+                                    "model.lora.alpha=8", "run=lora", *FAST], capsys)
+    assert Registry().manifest(entry)["extra"]["lora"] is True and not (entry / "adapter_config.json").exists()
+    assert {p.name for p in (entry / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    rows = load_sft(demo.sft, template="cot").select(range(2))
+    inputs = {k: v for k, v in ChatCollator(processor)([rows[0], rows[1]]).items() if k != "labels"}
+    merged = AutoModelForImageTextToText.from_pretrained(entry, dtype=torch.float32).eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    base = AutoModelForImageTextToText.from_pretrained(resolve_model_path("tiny:qwen2_5_vl"), dtype=torch.float32)
+    with torch.no_grad():
+        before = base.eval()(**inputs).logits
+        adapted = PeftModel.from_pretrained(base, str(entry / "adapter")).eval()(**inputs).logits
+        published = merged(**inputs).logits
+    torch.testing.assert_close(published, adapted, rtol=1e-4, atol=1e-5)
+    assert (published - before).abs().max() > 1e-3  # the adapter (and the projector it trained in full) moved them
 
 
 def test_bad_data_fails_before_training_with_file_and_line(tmp_path, demo, capsys):

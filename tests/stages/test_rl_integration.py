@@ -3,6 +3,8 @@ import json
 import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from corpora.demo import build_demo
 from stages.model import build_tiny
@@ -33,9 +35,12 @@ def demo(tmp_path):
     return build_demo(tmp_path / "demo", n_train=16, n_eval=4, image_size=56)
 
 
-def test_two_steps_then_resume(sft_entry, demo):
+def test_two_steps_then_resume_ends_with_the_weights_of_an_uninterrupted_run(sft_entry, demo):
     common = dict(algorithm="dapo", data=str(demo.root), num_generations=4, batch_size=1, max_completion_length=8,
                   lr=1e-3, run="ci", max_num_gen_batches=2,
+                  # DAPO as preset, but gated on the total reward (the random policy never answers right) and with
+                  # truncated completions kept (every one ends at max_completion_length): otherwise it never trains
+                  dynamic_sampling_metric="total", mask_truncated_completions=False,
                   rewards=["format", "accuracy", "tests.stages.test_rl_integration:token_parity_reward"])
     first = run(RLConfig(max_steps=3, stop_after=2, **common))
     assert first.name == "step-00000002"
@@ -55,6 +60,17 @@ def test_two_steps_then_resume(sft_entry, demo):
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
     sampled = [h for h in state["log_history"] if "dynamic_sampling/groups_generated" in h]
     assert sampled and all(h["dynamic_sampling/groups_generated"] >= 1 for h in sampled)
+    trained = [h for h in state["log_history"] if "loss" in h]
+    assert all(h["grad_norm"] > 0 and h["prefix_share/shared_forwards"] >= 1 for h in trained)  # shared path ran
+
+    # The same 3 DAPO steps uninterrupted: every parameter equal (sampling resumed from the restored RNG states).
+    full = run(RLConfig(max_steps=3, **{**common, "run": "full"}))
+    uninterrupted, resumed = load_file(full / "model.safetensors"), load_file(final / "model.safetensors")
+    assert uninterrupted.keys() == resumed.keys()
+    for key in uninterrupted:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=1e-6, msg=lambda m: f"{key}: {m}")
+    start = load_file(sft_entry / "model.safetensors")
+    assert any(not torch.equal(start[k], uninterrupted[k]) for k in start)  # the policy moved
 
 
 @pytest.mark.slow
