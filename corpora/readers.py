@@ -25,7 +25,8 @@ def features(kind: str):
     strings = datasets.List(string)
     return datasets.Features({
         "pairs": {"id": string, "images": strings, "caption": string, "label": string},
-        "sft": {"id": string, "images": strings, "messages": datasets.List({"role": string, "content": string})},
+        "sft": {"id": string, "images": strings, "messages": datasets.List({"role": string, "content": string}),
+                "trace": string},  # a tool-calling trace as JSON (corpora.traces), "" for a plain chat
         "qa": {"id": string, "images": strings, "question": string, "options": strings, "answer": string,
                "kind": string, "solution": string, "subset": string, "reasoning": string},
     }[kind])

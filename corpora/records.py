@@ -212,14 +212,19 @@ def _content_text(content) -> str:
 
 
 def normalize_sft(raw: dict, root: Path, fallback_id: str, template: str = "cot", *, slides=None) -> dict:
-    """A chat record (`messages` + `images`) as is, or a QA record rendered through prompt `template`."""
+    """A chat record (`messages` + `images`) as is, a tool-calling trace (corpora.traces: `tools`, `tool_calls`,
+    `tool` turns; the conversation kept in `trace`), or a QA record rendered through prompt `template`."""
+    from corpora.traces import is_trace
+
+    if is_trace(raw):
+        return _normalize_trace(raw, root, fallback_id)
     if "messages" not in raw:
         from corpora.prompts import render_prompt, render_response
 
         qa = normalize_qa(raw, root, fallback_id, slides=slides)
         messages = [{"role": "user", "content": render_prompt(template, qa["question"], qa["options"])},
                     {"role": "assistant", "content": render_response(template, qa["reasoning"], qa["answer"])}]
-        return {"id": qa["id"], "images": qa["images"], "messages": messages}
+        return {"id": qa["id"], "images": qa["images"], "messages": messages, "trace": ""}
     raw_messages = raw["messages"]
     if not isinstance(raw_messages, list) or not raw_messages:
         raise RecordError("bad-messages", "messages must be a non-empty list")
@@ -228,11 +233,31 @@ def normalize_sft(raw: dict, root: Path, fallback_id: str, template: str = "cot"
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise RecordError("bad-messages", f"each message needs 'role' and 'content', got {m!r}")
         if m["role"] not in ("system", "user", "assistant"):
-            raise RecordError("bad-messages", f"unknown role {m['role']!r} (system, user, assistant)")
+            raise RecordError("bad-messages", f"unknown role {m['role']!r} (system, user, assistant; tool turns "
+                                              "belong to a trace with 'tools', see corpora.traces)")
         messages.append({"role": m["role"], "content": _content_text(m["content"])})
     if messages[-1]["role"] != "assistant" or not messages[-1]["content"]:
         raise RecordError("bad-messages", "the last message must be a non-empty assistant turn")
-    return {"id": record_id(raw, fallback_id), "images": image_list(raw, root, slides), "messages": messages}
+    return {"id": record_id(raw, fallback_id), "images": image_list(raw, root, slides), "messages": messages,
+            "trace": ""}
+
+
+def _normalize_trace(raw: dict, root: Path, fallback_id: str) -> dict:
+    """A tool-calling trace (corpora.traces) as an SFT sample: plain-text ``messages`` plus the conversation and
+    its tools as JSON in ``trace``; its ``images`` fill the image blocks in order of appearance."""
+    import json
+
+    from corpora.traces import TraceError, parse_trace, plain_messages
+
+    try:
+        messages, paths = parse_trace(raw)
+    except TraceError as e:
+        raise RecordError(e.code, e.message) from None
+    plain = plain_messages(messages)
+    for m in plain:
+        _checked(m["content"], "content")
+    return {"id": record_id(raw, fallback_id), "images": [resolve_image(root, p) for p in paths], "messages": plain,
+            "trace": json.dumps({"tools": raw["tools"], "messages": messages})}
 
 
 NORMALIZERS = {"pairs": normalize_pair, "qa": normalize_qa, "sft": normalize_sft}

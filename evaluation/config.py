@@ -59,6 +59,9 @@ class EvalConfig:
     tools: str = _f("", "slide_view: answer slide questions (suite qa, records naming a slide) by navigating each "
                         "slide with the viewer: zoom(x, y, mpp), tissue_regions(); empty = off.")
     view_budget: int = _f(4, "Views per question with tools (0: thumbnail only).")
+    view_size: int = _f(224, "Side of each view in pixels, with tools (as the model was trained: RL tools.view_size).")
+    overview_size: int = _f(448, "Longest side of the slide overview, the prompt's image, with tools (RL "
+                                 "tools.overview_size).")
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -79,7 +82,8 @@ class EvalConfig:
                     device=self.device or None, dtype=self.dtype, progress=self.progress,
                     image_root=self.image_root or None, split=self.split or None, subset_by=self.subset_by,
                     backend=self.backend, manifest=self.manifest or None, data_root=self.data_root or None,
-                    profile=self.profile, tools=self.tools or None, view_budget=self.view_budget)
+                    profile=self.profile, tools=self.tools or None, view_budget=self.view_budget,
+                    view_size=self.view_size, overview_size=self.overview_size)
 
 
 # The command-line flags evaluation has always taken, as the EvalConfig fields they set.
@@ -91,7 +95,7 @@ FLAGS = {
     "--seed": "decoding.seed", "--judge": "judge.spec", "--judge-model": "judge.model", "--backend": "backend",
     "--device": "device", "--dtype": "dtype", "--image-root": "image_root", "--subset-by": "subset_by",
     "--manifest": "manifest", "--out": "out", "--export": "export", "--tools": "tools",
-    "--view-budget": "view_budget",
+    "--view-budget": "view_budget", "--view-size": "view_size", "--overview-size": "overview_size",
 }
 SWITCHES = {"--no-progress": "progress=false"}
 

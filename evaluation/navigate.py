@@ -139,15 +139,16 @@ def views_summary(rows: list[dict]) -> dict:
 TOOLS = ("slide_view",)
 
 
-def tool_limits(tools: str | None, view_budget: int = 4) -> ViewerSettings | None:
-    """``--tools slide_view --view-budget N`` as ViewerSettings (None without --tools)."""
+def tool_limits(tools: str | None, view_budget: int = 4, **viewer) -> ViewerSettings | None:
+    """``--tools slide_view --view-budget N [--view-size S --overview-size O]`` as ViewerSettings (None without
+    --tools)."""
     if not tools:
         return None
     if tools not in TOOLS:
         raise ValueError(f"--tools: expected one of {', '.join(TOOLS)}, found {tools!r}")
     if view_budget < 0:
         raise ValueError(f"--view-budget: expected >= 0 (0 = thumbnail only), found {view_budget}")
-    return ViewerSettings(budget=view_budget)
+    return ViewerSettings(budget=view_budget, **viewer)
 
 
 def tool_records(suite: str, data, limits: ViewerSettings) -> list[dict]:

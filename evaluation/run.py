@@ -208,7 +208,7 @@ class Evaluation:
                  max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
                  judge=None, judge_model=None, device=None, dtype="auto", progress=True, samples=1,
                  temperature=1.0, top_p=1.0, top_k=0, seed=0, backend="hf", manifest=None, data_root=None,
-                 tools=None, view_budget=4, profile="pathor1", **suite_options):
+                 tools=None, view_budget=4, view_size=224, overview_size=448, profile="pathor1", **suite_options):
         from evaluation.provenance import apply_manifest
 
         from evaluation.profiles import get_profile
@@ -219,7 +219,8 @@ class Evaluation:
         self.suite, self.model_ref = suite, str(model_ref)
         self.model_path, self.checkpoint = resolve_model(model_ref)  # first: a demo suite reads its corpus from it
         self.data = suite_data(suite, data, data_root, self.checkpoint)
-        self.tools = navigate.tool_limits(tools, view_budget)  # --tools slide_view: the slide viewer's loop
+        # --tools slide_view: the slide viewer's loop
+        self.tools = navigate.tool_limits(tools, view_budget, view_size=view_size, overview_size=overview_size)
         if self.tools is not None:
             records, self.skipped = navigate.tool_records(suite, self.data, self.tools), {}
         else:

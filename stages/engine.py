@@ -28,6 +28,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from corpora.chat import user_content
+from corpora.traces import conversation
 from corpora.training_data import split_by_image
 
 from stages import distributed
@@ -81,7 +82,9 @@ def with_images(messages: list[dict], images: list) -> list[dict]:
 class ChatCollator:
     """Rows ``{"images": [paths], "messages": [...]}`` -> a padded batch whose labels are -100 everywhere but on
     the assistant tokens of every assistant turn (each turn's closing ``<|im_end|>`` and newline included,
-    as the generation-tagged template marks them)."""
+    as the generation-tagged template marks them). A row with a ``trace`` (corpora.traces: a tool-calling
+    conversation) is rendered from it with its tools, its images in the blocks where they appear; its tool
+    turns -- results and views -- never train, its tool calls do."""
 
     processor: object
     max_length: int | None = None
@@ -91,24 +94,24 @@ class ChatCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         images = [[Image.open(p).convert("RGB") for p in r["images"]] for r in rows]
-        conversations = [with_images(r["messages"], imgs) for r, imgs in zip(rows, images)]
-        batch = self.processor.apply_chat_template(
-            conversations,
-            chat_template=self.chat_template,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-            processor_kwargs=dict(padding=True, padding_side="right", add_special_tokens=False,
-                                  truncation=self.max_length is not None, max_length=self.max_length),
-        )
-        mask = self.assistant_mask(conversations, batch["input_ids"])
+        chats = [conversation(r["trace"], imgs) if r.get("trace") else (with_images(r["messages"], imgs), None)
+                 for r, imgs in zip(rows, images)]
+        # Rendered one row at a time: a tool-calling trace carries its own tools (the system turn's tool section),
+        # a plain chat none; then tokenised as one batch, as processor.apply_chat_template does it.
+        texts = [self.processor.apply_chat_template(c, tools=tools, chat_template=self.chat_template, tokenize=False)
+                 for c, tools in chats]
+        batch = self.processor(text=texts, images=images if any(images) else None, return_tensors="pt",
+                               padding=True, padding_side="right", add_special_tokens=False,
+                               truncation=self.max_length is not None, max_length=self.max_length)
+        mask = self.assistant_mask(chats, batch["input_ids"])
         labels = batch["input_ids"].clone()
         labels[(mask == 0) | (batch["attention_mask"] == 0)] = IGNORE_INDEX
         batch["labels"] = labels
         return dict(batch)
 
     def assistant_mask(self, conversations: list, input_ids: torch.Tensor) -> torch.Tensor:
-        """1 on the tokens the assistant wrote, aligned to the processor's image-expanded ``input_ids``.
+        """1 on the tokens the assistant wrote, aligned to the processor's image-expanded ``input_ids``
+        (``conversations``: (messages, tools) per row).
 
         Written by hand because the processor's own ``return_assistant_tokens_mask`` maps character offsets of
         the *unexpanded* prompt onto the *expanded* tokens in transformers 5.17 (every label shifts by the
@@ -116,11 +119,12 @@ class ChatCollator:
         offsets are right; each image placeholder there stands for a run of placeholders in ``input_ids``.
         """
         tokenizer = self.processor.tokenizer
-        plain = tokenizer.apply_chat_template(conversations, chat_template=self.chat_template, tokenize=True,
-                                              return_dict=True, return_assistant_tokens_mask=True)
+        plain = [tokenizer.apply_chat_template(c, tools=tools, chat_template=self.chat_template, tokenize=True,
+                                               return_dict=True, return_assistant_tokens_mask=True)
+                 for c, tools in conversations]
         expanding = {getattr(self.processor, a, None) for a in ("image_token_id", "video_token_id")} - {None}
         mask = torch.zeros_like(input_ids)
-        for row, (ids, marks) in enumerate(zip(plain["input_ids"], plain["assistant_masks"])):
+        for row, (ids, marks) in enumerate((p["input_ids"], p["assistant_masks"]) for p in plain):
             expanded, j = input_ids[row].tolist(), 0
             for token, mark in zip(ids, marks):
                 if j >= len(expanded):  # truncated by max_length

@@ -1,7 +1,9 @@
 """Stage 2, chain-of-thought SFT: chat samples, loss on every assistant turn only.
 
 Samples come from ``corpora.readers.load_sft``: chat files as they are, QA samples with reasoning (the demo's
-``sft.jsonl``) rendered through the prompt template (default ``cot``: ``<think>…</think><answer>…</answer>``).
+``sft.jsonl``) rendered through the prompt template (default ``cot``: ``<think>…</think><answer>…</answer>``),
+tool-calling traces (corpora.traces, e.g. the slide-navigation demo's ``traces.jsonl``) with their tools; the
+loss is on the assistant's tokens only (tool calls train, tool results and views do not).
 The input model defaults to the newest pretraining checkpoint, else the tiny base model.
 
     python -m recipes.sft init=pretrain:latest template=cot max_steps=200 run=my-run
@@ -33,12 +35,12 @@ def default_init(cfg: SFTConfig) -> str:
 
 
 def training_rows(cfg: SFTConfig):
-    """(validated ``images`` + ``messages`` rows, the data file) for ``cfg``."""
+    """(validated ``images`` + ``messages`` (+ ``trace``: a tool-calling conversation) rows, the data file)."""
     path = data_file(cfg.data, "sft.jsonl", home())
     slides = cfg.slides.resolved(Registry().resolve)
     bad = check_data(path, "sft", cfg.validate, cfg.template, slides)
     rows = load_sft(path, template=cfg.template, skip=bad, slides=slides)
-    return rows.remove_columns([c for c in rows.column_names if c not in ("images", "messages")]), path
+    return rows.remove_columns([c for c in rows.column_names if c not in ("images", "messages", "trace")]), path
 
 
 def run(cfg: SFTConfig) -> Path:

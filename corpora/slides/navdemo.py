@@ -15,11 +15,13 @@ B: the answer is decidable only from a view at the scan's resolution (``zoom(x, 
     traces.jsonl         one navigation per training question: the overview, a zoom on the focus at 0.25 µm/px
                          run through SlideViewer (its view saved under views/), and the answer with its reasoning,
                          as a tool-calling conversation (assistant ``tool_calls`` / ``tool`` messages, images in
-                         order of appearance)
+                         order of appearance, the tools' schemas in ``tools``): an SFT record kind
+                         (corpora.traces), so ``recipes.sft data=traces.jsonl`` trains on it
     navdemo.json         seed and sizes
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -34,7 +36,9 @@ HEIGHT, WIDTH = 1024, 1536
 OVERVIEW = WIDTH // 4
 FOCUS = 64  # side of the deciding focus, level-0 pixels (a multiple of 4: the box filter's grid)
 BAND = 2  # band width in level-0 pixels: a period of 4 averages away exactly at every level above 0
-FOCUS_COLOURS = ((120, 50, 140), (200, 150, 200))  # the two band colours; both answers use both, half each
+# The two band colours; both answers use both, half each. Their mean is far darker than the tissue around it, so
+# the focus stands out on a small overview (a tiny model learns where to zoom from it).
+FOCUS_COLOURS = ((70, 20, 110), (170, 110, 180))
 QUESTION = ("The darker focus on this slide holds atypical cells. How are they arranged? "
             "Look closely: the arrangement shows only at high magnification.")
 OPTIONS = ["in horizontal bands", "in vertical bands"]
@@ -65,8 +69,13 @@ def slide_array(answer: str, rng) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def build_nav_demo(out_dir, *, n_train: int = 16, n_eval: int = 16, seed: int = 0, view_size: int = 224,
-                   budget: int = 4) -> Path:
-    """Write the corpus (see the module docstring) into ``out_dir``; the same seed gives the same files."""
+                   budget: int = 4, overview_size: int = OVERVIEW) -> Path:
+    """Write the corpus (see the module docstring) into ``out_dir``; the same seed gives the same files. The
+    traces show what RL and evaluation will show with the same ``view_size``, ``budget`` and ``overview_size``
+    (at most OVERVIEW: a larger overview tells A from B)."""
+    if not 8 <= overview_size <= OVERVIEW:
+        raise ValueError(f"expected 8 <= overview_size <= {OVERVIEW} (larger overviews show the answer), "
+                         f"found {overview_size}")
     from corpora.slides.viewer import SlideViewer
 
     out = Path(out_dir)
@@ -80,17 +89,19 @@ def build_nav_demo(out_dir, *, n_train: int = 16, n_eval: int = 16, seed: int = 
             answer = "AB"[int(rng.integers(2))]
             img, (fx, fy) = slide_array(answer, rng)
             name = f"slides/{split}-{i:03d}.tiff"
-            write_pyramidal_tiff(out / name, img, mpp=MPP, n_levels=3, compression="zlib")
+            write_pyramidal_tiff(out / name, img, mpp=MPP, n_levels=3, compression="zlib", level=1)
             splits[split].append({"id": f"{split}-{i:03d}", "slide": name, "question": QUESTION, "options": OPTIONS,
                                   "answer": answer, "focus": {"x": fx, "y": fy}})
     for split, records in splits.items():
         (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    viewer = SlideViewer(budget=budget, size=view_size, overview_size=overview_size)
     with (out / "traces.jsonl").open("w") as f:
         for record in splits["rl"]:
-            f.write(json.dumps(navigation_trace(out, record, SlideViewer(budget=budget, size=view_size,
-                                                                        overview_size=OVERVIEW))) + "\n")
+            f.write(json.dumps(navigation_trace(out, record, viewer)) + "\n")
+    viewer._close()
     (out / "navdemo.json").write_text(json.dumps({"seed": seed, "n_train": n_train, "n_eval": n_eval, "mpp": MPP,
-                                                  "view_size": view_size, "budget": budget}, indent=2))
+                                                  "view_size": view_size, "budget": budget,
+                                                  "overview_size": overview_size}, indent=2))
     return out
 
 
@@ -109,7 +120,7 @@ def navigation_trace(root: Path, record: dict, viewer) -> dict:
     call = {"type": "function", "function": {"name": "zoom", "arguments": {"x": x, "y": y, "mpp": TRACE_MPP}}}
     reasoning = REASONING[record["answer"]].format(mpp=TRACE_MPP, x=x, y=y)
     return {
-        "id": record["id"], "slide": record["slide"], "images": [overview, view_file],
+        "id": record["id"], "slide": record["slide"], "images": [overview, view_file], "tools": tool_schemas(),
         "messages": [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": render_prompt(
                 "cot", record["question"], record["options"]) + observation}]},
@@ -121,14 +132,20 @@ def navigation_trace(root: Path, record: dict, viewer) -> dict:
     }
 
 
-def tool_schemas() -> list[dict]:
-    """The JSON schemas of the viewer's tools, as TRL renders them into the chat template's tool section."""
+@functools.cache
+def _schemas() -> str:
     from transformers.utils import get_json_schema
 
     from corpora.slides.viewer import SlideViewer
 
     viewer = SlideViewer()
-    return [get_json_schema(viewer.zoom), get_json_schema(viewer.tissue_regions)]
+    return json.dumps([get_json_schema(viewer.zoom), get_json_schema(viewer.tissue_regions)])
+
+
+def tool_schemas() -> list[dict]:
+    """The JSON schemas of the viewer's tools, as TRL renders them into the chat template's tool section (and as
+    each trace's ``tools`` carries them, so corpora.traces / recipes.sft render the same section)."""
+    return json.loads(_schemas())
 
 
 def sft_dataset(traces, *, overview_size: int | None = None):
@@ -181,12 +198,14 @@ def main(argv=None) -> int:
     p.add_argument("--n-eval", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--view-size", type=int, default=224)
+    p.add_argument("--overview-size", type=int, default=OVERVIEW, help=f"at most {OVERVIEW}")
+    p.add_argument("--budget", type=int, default=4, help="views per question the traces' prompt offers")
     args = p.parse_args(argv)
-    if min(args.n_train, args.n_eval) < 1 or args.view_size < 8:
-        p.error(f"expected --n-train, --n-eval >= 1 and --view-size >= 8, found {args.n_train}, {args.n_eval}, "
-                f"{args.view_size}")
+    if min(args.n_train, args.n_eval, args.budget) < 1 or args.view_size < 8 or not 8 <= args.overview_size <= OVERVIEW:
+        p.error(f"expected --n-train, --n-eval, --budget >= 1, --view-size >= 8 and 8 <= --overview-size <= {OVERVIEW}, "
+                f"found {args.n_train}, {args.n_eval}, {args.budget}, {args.view_size}, {args.overview_size}")
     out = build_nav_demo(args.out, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
-                         view_size=args.view_size)
+                         view_size=args.view_size, budget=args.budget, overview_size=args.overview_size)
     print(json.dumps({"out": str(out), "train": args.n_train, "eval": args.n_eval, "traces": args.n_train}))
     return 0
 

@@ -173,10 +173,10 @@ class SlideViewer:
             self._close()
             self._slide = open_slide(slide, mpp_fallback=self.mpp_fallback)
         info = self._slide.info
-        return (f"\nThe slide is {info.width} x {info.height} pixels at {info.mpp:g} µm/px (level 0). "
-                f"You may view up to {self.budget} regions: zoom(x, y, mpp) shows a {self.size} x {self.size} view "
-                f"centred on level-0 pixel (x, y) at mpp µm/px ({info.mpp:g} to {self.max_mpp:g}); "
-                "tissue_regions() lists where the tissue is.")
+        # short: every token of it is in every prompt (a small model's tokenizer spends ~1.5 characters a token)
+        return (f"\nSlide {info.width} x {info.height} px at {info.mpp:g} µm/px. You may view up to {self.budget} "
+                f"regions: zoom(x, y, mpp) shows {self.size} x {self.size} px around level-0 pixel (x, y), "
+                f"mpp {info.mpp:g} to {self.max_mpp:g}.")
 
     # Not named close(): every public method of an environment becomes a tool the model could call.
     def _close(self) -> None:
@@ -195,9 +195,9 @@ class SlideViewer:
         """View a square region of the slide at a chosen magnification.
 
         Args:
-            x: Horizontal centre of the view, in level-0 pixels of the slide.
-            y: Vertical centre of the view, in level-0 pixels of the slide.
-            mpp: Microns per pixel of the view: 0.25 is 40x, 0.5 is 20x, 2 is 5x. Smaller shows more detail.
+            x: Centre x, level-0 pixels.
+            y: Centre y, level-0 pixels.
+            mpp: Microns per pixel: 0.25 is 40x, 2 is 5x.
         """
         slide = self._require_slide()
         try:
@@ -227,7 +227,7 @@ class SlideViewer:
         return View(image, text, record)
 
     def tissue_regions(self) -> str:
-        """List the largest pieces of tissue on the slide, largest first, with their centres in level-0 pixels."""
+        """List the tissue pieces, largest first, with centres in level-0 pixels."""
         slide = self._require_slide()
         self.region_calls += 1
         if self._regions is None:

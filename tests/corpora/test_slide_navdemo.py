@@ -101,7 +101,7 @@ def test_cli_writes_the_corpus_and_refuses_bad_sizes(tmp_path, capsys):
     assert len((tmp_path / "c" / "traces.jsonl").read_text().splitlines()) == 1
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "d"), "--n-train", "0"])
-    assert e.value.code == 2 and "expected --n-train, --n-eval >= 1" in capsys.readouterr().err
+    assert e.value.code == 2 and "expected --n-train, --n-eval, --budget >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
