@@ -110,8 +110,8 @@ def check_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[str, str
 
 def _slide_problems(raw: dict, sample: dict, slides) -> list[tuple[str, str]]:
     """A slide record must yield ``slides.k`` tiles: a prompt with fewer is not what the run trains on."""
-    if first_field(raw, SLIDE_KEYS, "slide", required=False, skip_empty=True) is None:
-        return []
+    if sample.get("trace") or first_field(raw, SLIDE_KEYS, "slide", required=False, skip_empty=True) is None:
+        return []  # a tool-calling trace's slide is where its images came from; it brings its own images
     from corpora.slides.sampling import SlideSampling
 
     slides = slides or SlideSampling()
