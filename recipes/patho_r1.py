@@ -119,7 +119,8 @@ def run(cfg: PathoR1Config) -> Path | None:
     forget_driver_ranks()  # the evaluation below is this process alone
     t = timer.t0
     corpus = corpus_dir(cfg.data, cfg.demo)
-    validate_corpus(corpus, cfg.sft.slides)
+    validate_corpus(corpus, {"pairs.jsonl": cfg.pretrain.slides, "sft.jsonl": cfg.sft.slides,  # each file as
+                             "rl.jsonl": cfg.rl.slides, "eval/mcq.jsonl": cfg.rl.slides})  # its stage reads it
     base = resolve_model_path(cfg.base)
     t = timer.mark("corpus_and_base", t)
 

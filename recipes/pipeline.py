@@ -51,10 +51,13 @@ CORPUS_FILES = (("pairs.jsonl", "pairs"), ("sft.jsonl", "sft"), ("rl.jsonl", "qa
 
 def validate_corpus(root: Path, slides=None) -> None:
     """Refuse bad data before any model is built: every stage's file, strict policy; slide records are tiled
-    with ``slides`` (the stages' corpora.slides.SlideSampling), so the stages then read the tile cache."""
+    with ``slides`` (the stages' corpora.slides.SlideSampling, or a mapping file name -> the SlideSampling of the
+    stage reading it: validation checks each slide yields that stage's slides.k tiles), so the stages then read the
+    tile cache."""
     for name, kind in CORPUS_FILES:
         if (root / name).exists():
-            validate(root / name, kind, policy="strict", slides=slides).raise_if_errors()
+            settings = slides.get(name) if isinstance(slides, dict) else slides
+            validate(root / name, kind, policy="strict", slides=settings).raise_if_errors()
             print(f"validated {root / name}")
 
 

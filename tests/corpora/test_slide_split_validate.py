@@ -158,3 +158,19 @@ def test_validate_reads_the_slide_settings_of_the_runs_config(data, tmp_path, mo
     stage.write_text("slides:\n  k: 2\n  tiles: 3\n")
     code, _, err = run_validate(capsys, qa, "--config", str(stage))
     assert code == 2 and err == [f"error: --config {stage}: unknown slides field(s) tiles"]
+
+
+def test_a_recipe_validates_each_file_with_the_slide_settings_of_the_stage_reading_it(data, tmp_path, monkeypatch):
+    from corpora.records import DataError
+    from recipes.pipeline import validate_corpus
+
+    monkeypatch.setenv("PATHOR1_HOME", str(tmp_path))
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / ".dataset-root").touch()
+    shutil.copy(data / "b.svs", root / "b.svs")  # 3 tissue tiles
+    write_qa(root / "rl.jsonl", ["b.svs"])
+    (root / "pairs.jsonl").write_text(json.dumps({"slide": "b.svs", "caption": "violet"}) + "\n")
+    validate_corpus(root, {"pairs.jsonl": settings(tmp_path, k=3), "rl.jsonl": settings(tmp_path, k=3)})
+    with pytest.raises(DataError, match=r"rl\.jsonl:1: too-few-tiles: slide b\.svs yields 3 tiles .* slides\.k=4"):
+        validate_corpus(root, {"pairs.jsonl": settings(tmp_path, k=3), "rl.jsonl": settings(tmp_path, k=4)})
