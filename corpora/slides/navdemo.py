@@ -17,6 +17,8 @@ B: the answer is decidable only from a view at the scan's resolution (``zoom(x, 
                          as a tool-calling conversation (assistant ``tool_calls`` / ``tool`` messages, images in
                          order of appearance, the tools' schemas in ``tools``): an SFT record kind
                          (corpora.traces), so ``recipes.sft data=traces.jsonl`` trains on it
+    sft.jsonl            each trace followed by the same question without tools (overview + prompt -> answer,
+                         ``thumbnail_record``), so the model also answers when no viewer is offered
     navdemo.json         seed and sizes
 """
 from __future__ import annotations
@@ -43,6 +45,7 @@ QUESTION = ("The darker focus on this slide holds atypical cells. How are they a
             "Look closely: the arrangement shows only at high magnification.")
 OPTIONS = ["in horizontal bands", "in vertical bands"]
 TRACE_MPP = MPP
+THUMBNAIL_REASONING = "The overview shows the darker focus but not how its cells are arranged."
 REASONING = {"A": "At {mpp:g} µm/px the focus at ({x}, {y}) shows the atypical cells lined up in horizontal bands.",
              "B": "At {mpp:g} µm/px the focus at ({x}, {y}) shows the atypical cells lined up in vertical bands."}
 
@@ -95,10 +98,11 @@ def build_nav_demo(out_dir, *, n_train: int = 16, n_eval: int = 16, seed: int = 
     for split, records in splits.items():
         (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     viewer = SlideViewer(budget=budget, size=view_size, overview_size=overview_size)
-    with (out / "traces.jsonl").open("w") as f:
-        for record in splits["rl"]:
-            f.write(json.dumps(navigation_trace(out, record, viewer)) + "\n")
+    traces = [navigation_trace(out, record, viewer) for record in splits["rl"]]
     viewer._close()
+    (out / "traces.jsonl").write_text("".join(json.dumps(t) + "\n" for t in traces))
+    mixed = [r for t, record in zip(traces, splits["rl"]) for r in (t, thumbnail_record(record, t["images"][0]))]
+    (out / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mixed))
     (out / "navdemo.json").write_text(json.dumps({"seed": seed, "n_train": n_train, "n_eval": n_eval, "mpp": MPP,
                                                   "view_size": view_size, "budget": budget,
                                                   "overview_size": overview_size}, indent=2))
@@ -140,6 +144,18 @@ def _schemas() -> str:
 
     viewer = SlideViewer()
     return json.dumps([get_json_schema(viewer.zoom), get_json_schema(viewer.tissue_regions)])
+
+
+def thumbnail_record(record: dict, overview: str) -> dict:
+    """The same question without tools: the overview and the prompt alone, answered with the record's answer (which
+    the overview cannot show). Trained beside the traces, so the model answers in format when no viewer is offered
+    -- the thumbnail-only baseline (``--view-budget 0``) is then a guess, not a broken reply."""
+    from corpora.prompts import render_prompt, render_response
+
+    return {"id": f"{record['id']}-thumbnail", "images": [overview], "messages": [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": render_prompt(
+            "cot", record["question"], record["options"])}]},
+        {"role": "assistant", "content": render_response("cot", THUMBNAIL_REASONING, record["answer"])}]}
 
 
 def tool_schemas() -> list[dict]:

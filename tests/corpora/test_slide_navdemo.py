@@ -86,9 +86,22 @@ def test_traces_replay_through_the_viewer_and_answer_right(demo):
         assert t["views"][0]["x"] == record["focus"]["x"] and len(t["images"]) == 2
 
 
+def test_sft_file_pairs_each_trace_with_the_question_without_tools(demo):
+    from corpora.validate import validate
+
+    assert validate(demo / "sft.jsonl", "sft").ok
+    rows = [json.loads(line) for line in (demo / "sft.jsonl").read_text().splitlines()]
+    traces = [json.loads(line) for line in (demo / "traces.jsonl").read_text().splitlines()]
+    assert rows[0::2] == traces and [r["id"] for r in rows[1::2]] == [f"{t['id']}-thumbnail" for t in traces]
+    for trace, plain in zip(traces, rows[1::2]):  # the same overview and prompt, no tools, no observation
+        assert plain["images"] == trace["images"][:1] and "tools" not in plain
+        assert trace["messages"][0]["content"][1]["text"].startswith(plain["messages"][0]["content"][1]["text"])
+        assert plain["messages"][1]["content"].endswith(trace["messages"][3]["content"][-len("<answer>A</answer>"):])
+
+
 def test_the_same_seed_writes_the_same_corpus(demo, tmp_path):
     again = build_nav_demo(tmp_path / "again", n_train=4, n_eval=2, seed=3, view_size=96)
-    for name in ("rl.jsonl", "eval.jsonl", "traces.jsonl"):
+    for name in ("rl.jsonl", "eval.jsonl", "traces.jsonl", "sft.jsonl"):
         assert (again / name).read_text() == (demo / name).read_text()
     assert (again / "slides" / "rl-000.tiff").read_bytes() == (demo / "slides" / "rl-000.tiff").read_bytes()
 

@@ -16,7 +16,7 @@ from recipes import sft as sft_recipe
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "trl", "peft", "accelerate", "open_clip", "datasets")
 CLIS = ["recipes.pretrain", "recipes.sft", "recipes.rl", "recipes.opd", "pathoclip.train", "recipes.patho_r1",
-        "recipes.med_r1", "recipes.slide_r1"]
+        "recipes.med_r1", "recipes.slide_r1", "recipes.slide_nav"]
 
 PROBE = """
 import json, runpy, sys
