@@ -12,9 +12,11 @@ forwards and the backward: stages.rl.prefix_share, stages.rl.prefill_share), enc
 
 ``--tools``: tiny Qwen3-VL on slide questions with ``tools.env=slide_view``; the rollouts follow
 tests/slide_tools.py's script (even rows call zoom and answer after the view, odd rows answer at once), so every
-step has the same tool turns. Four trainers in one run: TRL's GRPOTrainer with the tool, pathor1's with the prompt
-shared up to the first tool result, pathor1's with the shared prefix off (TRL's own log-prob forward), and pathor1's
-without the tool (the same script: the call is written as text and nothing runs -- the thumbnail-only step).
+step has the same tool turns; each prompt asks its own question (one group per prompt). Four trainers in one run:
+TRL's GRPOTrainer with the tool, pathor1's with the prompt shared up to the first tool result, pathor1's with the
+rollouts' prefill shared but TRL's own log-prob forward (what a micro-batch holding a view ran before the shared
+prefix took tool results), and pathor1's without the tool (the same script: the call is written as text and
+nothing runs -- the thumbnail-only step).
 """
 from __future__ import annotations
 
@@ -115,7 +117,7 @@ class StepTimer:
         return _Cb()
 
 
-def time_trainer(cls, folder, dataset, args_fn, rewards, train, script=False, **extra):
+def time_trainer(cls, folder, dataset, args_fn, rewards, train, script=False, share_forward=True, **extra):
     import torch
 
     from stages.model import ModelConfig, load_model
@@ -124,10 +126,13 @@ def time_trainer(cls, folder, dataset, args_fn, rewards, train, script=False, **
 
     freeze = dict(zip(("freeze_vision", "freeze_projector", "freeze_llm"), TRAIN_POLICIES[train]))
     model, processor = load_model(ModelConfig(name_or_path=str(folder), **freeze))
-    pad_prompts_left(processor)
+    if script:
+        pad_prompts_left(processor)  # as stages.rl does (the tool runs only: the plain comparison stays as it was)
     torch.manual_seed(0)
     trainer = cls(model=model, reward_funcs=rewards, args=args_fn(), train_dataset=dataset,
                   processing_class=processor, **extra)
+    if not share_forward:
+        trainer.share_prefix = False  # the prefill stays shared; the log-prob forwards are TRL's
     if script:
         from tests.slide_tools import scripted
 
@@ -157,6 +162,9 @@ def tools_main(a) -> int:
     folder = build_tiny("qwen3_vl", work / "tiny", image_size=a.image_size)
     (work / "data").mkdir()
     data = slide_qa_file(work / "data", n=a.batch * (a.steps + 1))
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    data.write_text("".join(json.dumps({**r, "question": f"{r['question']} (case {i})"}) + "\n"
+                            for i, r in enumerate(rows)))  # one group per prompt, as in real data
     tools = ToolsConfig(env="slide_view", budget=2, view_size=a.image_size, overview_size=a.image_size)
     cfg = RLConfig(algorithm="grpo", beta=0.0, init=str(folder), data=str(data), num_generations=a.generations,
                    batch_size=a.batch, max_completion_length=a.completion, max_steps=a.steps + 1, lr=1e-5,
@@ -168,7 +176,7 @@ def tools_main(a) -> int:
     for name, cls, c, extra in (
             ("trl_tools", GRPOTrainer, cfg, {}),
             ("pathor1_tools", PathoGRPOTrainer, cfg, {"share_vision": True}),
-            ("pathor1_tools_unshared", PathoGRPOTrainer, cfg, {"share_vision": True, "share_prefix": False}),
+            ("pathor1_tools_forward_unshared", PathoGRPOTrainer, cfg, {"share_vision": True, "share_forward": False}),
             ("pathor1_no_tools", PathoGRPOTrainer, plain, {"share_vision": True})):
         env = tool_environment(c, work / "logs" / name)
         times, trainer = time_trainer(cls, folder, dataset, lambda c=c: grpo_args(c, work / "out"),
@@ -182,7 +190,7 @@ def tools_main(a) -> int:
                                                                       for h in logs), 3),
                       **({"shared_forwards": stats.shared_forwards, "logprob_forwards": stats.forwards,
                           "forward_token_saving": stats.as_metrics()["prefix_share/token_saving"]} if stats else {})}
-        print(f"{name:24s} {runs[name]['step_s']:.3f} s  (steps {runs[name]['steps_s']})")
+        print(f"{name:30s} {runs[name]['step_s']:.3f} s  (steps {runs[name]['steps_s']})")
     step = {k: v["step_s"] for k, v in runs.items()}
     print(json.dumps({
         "benchmark": "rl_step", "tools": "slide_view", "device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -190,7 +198,7 @@ def tools_main(a) -> int:
         "max_completion_length": a.completion, "train": a.train, "gradient_checkpointing": a.gradient_checkpointing,
         "runs": runs,
         "speedup": round(step["trl_tools"] / step["pathor1_tools"], 3),  # TRL / pathor1, both with the tool
-        "share_gain": round(step["pathor1_tools_unshared"] / step["pathor1_tools"], 3),  # old fallback / shared
+        "share_gain": round(step["pathor1_tools_forward_unshared"] / step["pathor1_tools"], 3),  # fallback / shared
         "tool_cost": round(step["pathor1_tools"] / step["pathor1_no_tools"], 3),  # with the tool / thumbnail only
     }))
     return 0
