@@ -231,29 +231,53 @@ def navigation_key(completion) -> str:
     return json.dumps(calls, sort_keys=True) + completion.text
 
 
-def navigation_record(q: dict, completion, out: Path, name: str, provenance: dict) -> dict:
-    """A kept navigation as a trace in corpora.slides.navdemo's schema: the conversation with every image block
-    emptied and its image saved as ``<out stem>-views/<name>-<k>.png`` (k in order of appearance: the overview,
-    then the views), ``images`` relative to the output's folder, the slide and the views' records."""
-    folder, views = out.parent, f"{out.stem}-views"
-    (folder / views).mkdir(exist_ok=True)
+def trace_parts(completion) -> tuple[list[dict], list]:
+    """A navigation's conversation with every image block emptied, and its images in order of appearance (the
+    overview, then the views)."""
     images, messages = [], []
     for message in completion.messages:
         content = message["content"]
         if isinstance(content, list):
-            blocks = []
+            content = [dict(b) for b in content]
             for block in content:
                 if block.get("type") == "image":
-                    images.append(f"{views}/{name}-{len(images)}.png")
-                    block["image"].save(folder / images[-1])
-                    block = {"type": "image"}
-                blocks.append(dict(block))
-            content = blocks
+                    images.append(block.pop("image"))
         messages.append({**message, "content": content})
-    slide = Path(q["slide"]).resolve()
-    slide = str(slide.relative_to(folder.resolve())) if slide.is_relative_to(folder.resolve()) else str(slide)
-    return {"id": name, "slide": slide, "images": images, "messages": messages,
-            "views": [{**v, "slide": slide} for v in completion.navigation.get("views", [])],
+    return messages, images
+
+
+def valid_trace(completion) -> bool:
+    """A navigation corpora.traces accepts as a trace (every call names a viewer tool with JSON arguments, every
+    call has its result, a final answer): only those can be kept."""
+    from corpora.slides.navdemo import tool_schemas
+    from corpora.traces import TraceError, parse_trace
+
+    messages, images = trace_parts(completion)
+    try:
+        parse_trace({"tools": tool_schemas(), "messages": messages, "images": ["-"] * len(images)})
+    except TraceError:
+        return False
+    return True
+
+
+def navigation_record(q: dict, completion, out: Path, name: str, provenance: dict) -> dict:
+    """A kept navigation as a trace (corpora.traces, the schema of corpora.slides.navdemo's traces): the
+    conversation with its images saved as ``<out stem>-views/<name>-<k>.png`` next to ``out`` (k in order of
+    appearance), ``images`` relative to the output's dataset root, the viewer's ``tools``, the slide and the
+    views' records."""
+    from corpora.slides.navdemo import tool_schemas
+    from corpora.sources import dataset_root
+
+    messages, images = trace_parts(completion)
+    folder = out.parent / f"{out.stem}-views"
+    folder.mkdir(exist_ok=True)
+    files = [folder / f"{name}-{k}.png" for k in range(len(images))]
+    for image, file in zip(images, files):
+        image.save(file)
+    root, slide = dataset_root(out), Path(q["slide"]).resolve()
+    slide = str(slide.relative_to(root)) if slide.is_relative_to(root) else str(slide)
+    return {"id": name, "slide": slide, "images": relative_images([str(f) for f in files], out), "tools": tool_schemas(),
+            "messages": messages, "views": [{**v, "slide": slide} for v in completion.navigation.get("views", [])],
             "provenance": provenance}
 
 
@@ -315,7 +339,9 @@ def distill(args, *, after_batch=None) -> dict:
             continue
         seed = args.seed * 1_000_003 + b
         navigations = teacher.navigations(batch, seed, limits) if limits is not None else None
-        traces = [[c.text for c in n] for n in navigations] if navigations else teacher.samples(batch, seed=seed)
+        # a navigation that would not make a valid trace (a call of no viewer tool, ...) is never kept
+        traces = [[c.text if valid_trace(c) else "" for c in n] for n in navigations] if navigations \
+            else teacher.samples(batch, seed=seed)
         records, stats = [], []
         for k, (q, sampled) in enumerate(zip(batch, traces)):
             keys = [navigation_key(c) for c in navigations[k]] if navigations else None

@@ -200,6 +200,10 @@ def test_a_navigation_becomes_a_trace_with_its_images_saved_in_order(tmp_path):
     assert got["slide"] == "s.tiff" and got["views"][0]["slide"] == "s.tiff" and got["provenance"] == {"question_id": "q1"}
     json.dumps(got)  # JSON all the way down
     assert distill.navigation_key(nav) == json.dumps([call["function"]], sort_keys=True) + "<answer>A</answer>"
+    assert [t["function"]["name"] for t in got["tools"]] == ["zoom", "tissue_regions"]
+    assert distill.valid_trace(nav)
+    nav.messages[1]["tool_calls"] = [{"type": "function", "function": {"name": "pan", "arguments": {}}}]
+    assert not distill.valid_trace(nav)  # a call of no viewer tool: never kept (corpora.traces would refuse it)
 
 
 @pytest.mark.slow
@@ -244,6 +248,7 @@ def test_distill_with_the_slide_viewer_writes_navigation_traces_and_resumes(tmp_
         assert tool["name"] == "zoom" and tool["content"][1]["text"].startswith("view 1/2: centre (300, 200)")
         assert [(v["x"], v["y"], v["mpp"], v["slide"]) for v in r["views"]] == [(300, 200, 1.0, r["slide"])]
         assert len(r["images"]) == 2 and Image.open(out.parent / r["images"][1]).size == (224, 224)
+    assert validate(out, "sft").ok  # corpora.validate --kind sft: valid traces (corpora.traces), images found
     rows = sft_dataset(out)  # SFT reads the traces as navdemo's: the view inside its tool turn
     first = rows[[r["id"] for r in records].index(with_views[0]["id"])]
     assert len(first["images"]) == 1 and first["messages"][2]["content"][0]["image"].size == (224, 224)
