@@ -252,6 +252,7 @@ def test_distill_with_the_slide_viewer_writes_navigation_traces_and_resumes(tmp_
     rows = sft_dataset(out)  # SFT reads the traces as navdemo's: the view inside its tool turn
     first = rows[[r["id"] for r in records].index(with_views[0]["id"])]
     assert len(first["images"]) == 1 and first["messages"][2]["content"][0]["image"].size == (224, 224)
+    assert sft_recipe.main([f"data={out}", f"init={teacher}", "max_steps=1", "batch_size=2", "run=on-nav"]) == 0
 
     # resumable: crash after the first batch (a record torn in half), rerun -> the same file and views
     partial = tmp_path / "resumed" / "traces.jsonl"
