@@ -1,9 +1,13 @@
 """The dependency direction from shared/DESIGN.md, checked mechanically on the source (AST, no imports):
 
 corpora <- stages <- recipes;  corpora <- pathoclip <- recipes;  corpora <- evaluation <- recipes.
-The foundation modules stages.cli / stages.compat / stages.config / stages.registry / stages.runs are shared by everyone above corpora.
+The foundation modules stages.cli / stages.compat / stages.config / stages.registry / stages.runs are shared by everyone
+above corpora; importing them loads no torch-heavy library and no other stage module (checked in a fresh interpreter).
 """
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,8 @@ PACKAGES = ["corpora", "stages", "pathoclip", "evaluation", "recipes"]
 FOUNDATION = {"stages", "stages.cli", "stages.compat", "stages.config", "stages.registry", "stages.runs"}
 FOUNDATION_PREFIXES = ("stages.cli.", "stages.compat.", "stages.config.", "stages.registry.", "stages.runs.")
 TRAINING_STAGES = ["stages.pretrain", "stages.sft", "stages.rl", "stages.opd"]
+HEAVY = ("torch", "torchvision", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "bitsandbytes",
+         "open_clip", "open_clip_train", "vllm", "PIL")
 
 
 def imports_of(path: Path) -> set[str]:
@@ -85,3 +91,24 @@ def test_checker_catches_a_violation(tmp_path):
     f = tmp_path / "bad.py"
     f.write_text("from stages.model import load_model\nimport evaluation.run\n")
     assert {"stages.model", "evaluation.run"} <= imports_of(f)
+
+
+def modules_loaded_by(*modules: str) -> list[str]:
+    """Every module in sys.modules after importing ``modules`` in a fresh interpreter (transitive imports count)."""
+    code = f"import json, sys; import {', '.join(modules)}; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_foundation_imports_no_heavy_library_and_no_other_stage_module():
+    """What pathoclip, evaluation and every CLI's --help rely on (they import the foundation at the top)."""
+    loaded = modules_loaded_by(*sorted(FOUNDATION))
+    assert [m for m in loaded if m.split(".")[0] in HEAVY] == []
+    assert [m for m in loaded if m.split(".")[0] == "stages" and m not in FOUNDATION] == []
+    assert [m for m in loaded if m.split(".")[0] in PACKAGES and m.split(".")[0] not in ("stages", "corpora")] == []
+
+
+def test_the_foundation_check_can_fail():
+    loaded = modules_loaded_by("stages.model")  # not foundation: the model factory imports corpora and the registry
+    assert "stages.model" in loaded and [m for m in loaded if m.split(".")[0] == "stages" and m not in FOUNDATION]

@@ -101,3 +101,17 @@ def assert_same_weights(a: dict, b: dict, atol: float) -> None:
 
 def moved(before: dict, after: dict) -> set[str]:
     return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def logged(entry: Path, metric: str) -> list[float]:
+    """What rank 0 logged of ``metric`` at each trained step up to ``entry`` (its trainer_state's log history)."""
+    state = json.loads((entry / "trainer_state" / "trainer_state.json").read_text())
+    return [h[metric] for h in state["log_history"] if "loss" in h and metric in h]
+
+
+def assert_prefix_shared(entry: Path, steps: int) -> None:
+    """The RL shared-prefix forward (stages.rl.prefix_share) ran at every step, not only the job finished: its
+    counter (cumulative in the process) grew each step, and the prompt tokens it saved are logged."""
+    shared = logged(entry, "prefix_share/shared_forwards")
+    assert len(shared) == steps and shared[0] >= 1 and shared == sorted(set(shared)), shared
+    assert all(saving > 0 for saving in logged(entry, "prefix_share/token_saving"))

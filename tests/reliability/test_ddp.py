@@ -4,7 +4,8 @@
 Checked: both processes joined one process group of 2 and trained on different samples; after training both
 hold the same weights (gradients were all-reduced), which are the weights of the last checkpoint; only rank 0
 published: exactly one complete registry entry per saved step (with every rank's RNG state), no staging folder
-left, LATEST on the last step.
+left, LATEST on the last step; RL ran its shared-prefix forward at every step. The default tier runs one RL step
+(``test_rl_one_step_on_two_ranks_shares_the_prompt``); the slow tier the rest, with resume equal to uninterrupted.
 """
 from collections import defaultdict
 
@@ -15,9 +16,9 @@ from transformers import AutoModelForImageTextToText
 
 from stages.registry import Registry
 from tests.reliability.children import run_child
+from tests.reliability.engines import assert_prefix_shared
 from tests.reliability.launch import parameter_digest
 
-pytestmark = pytest.mark.slow
 RANKS = 2
 
 
@@ -62,6 +63,7 @@ def check_both_ranks_trained(probe, final, initial_digest: str, min_samples: int
     assert digests == {digest_of(final)} and digests != {initial_digest}  # what rank 0 saved, and it moved
 
 
+@pytest.mark.slow
 def test_sft_two_ranks(demo, tiny, tmp_path):
     steps, batch = 3, 2
     args = [f"data={demo.root}", f"init={tiny}", f"max_steps={steps}", "save_every=1", f"batch_size={batch}",
@@ -87,15 +89,31 @@ def assert_same_weights(a, b):
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6, msg=lambda m: f"{key}: {m}")
 
 
+def rl_args(demo, tiny, steps: int, generations: int) -> list[str]:
+    return [f"data={demo.root}", f"init={tiny}", "algorithm=grpo", f"max_steps={steps}", "save_every=1",
+            f"num_generations={generations}", "batch_size=1", "max_completion_length=8", "lr=1e-3",
+            "log_completions=0", "rewards=['tests.reliability.launch:token_parity_reward']", "reward_weights=[1.0]"]
+
+
+def test_rl_one_step_on_two_ranks_shares_the_prompt(demo, tiny, tmp_path):
+    """The default tier's 2-rank RL check: one step, both ranks in one group of 2 on different samples and ending
+    with the published weights, and the shared-prefix forward ran (its counter in rank 0's log), not only the job."""
+    run_child("recipes.rl", [*rl_args(demo, tiny, steps=1, generations=4), "run=ddp"], ranks=RANKS,
+              samples=tmp_path / "probe")
+    final = check_only_rank0_wrote("rl", "ddp", [1], {"rng_state_0.pth", "rng_state_1.pth"})
+    check_both_ranks_trained(tmp_path / "probe", final, digest_of(tiny), min_samples=4)
+    assert_prefix_shared(final, steps=1)
+
+
+@pytest.mark.slow
 def test_rl_two_ranks(demo, tiny, tmp_path):
     steps, generations = 2, 4
-    args = [f"data={demo.root}", f"init={tiny}", "algorithm=grpo", f"max_steps={steps}", "save_every=1",
-            f"num_generations={generations}", "batch_size=1", "max_completion_length=8", "lr=1e-3", "log_completions=0",
-            "rewards=['tests.reliability.launch:token_parity_reward']", "reward_weights=[1.0]"]
+    args = rl_args(demo, tiny, steps, generations)
     run_child("recipes.rl", [*args, "run=ddp"], ranks=RANKS, samples=tmp_path / "probe")
     final = check_only_rank0_wrote("rl", "ddp", [1, 2], {"rng_state_0.pth", "rng_state_1.pth"})
     # Each rank scores its own completions: one group of G per step here.
     check_both_ranks_trained(tmp_path / "probe", final, digest_of(tiny), min_samples=steps * generations)
+    assert_prefix_shared(final, steps)
 
     # Stopped after step 1 and resumed: every rank samples its completions from its own restored RNG state.
     run_child("recipes.rl", [*args, "run=part", "stop_after=1"], ranks=RANKS)

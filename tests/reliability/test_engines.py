@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from stages.registry import Registry
-from tests.reliability.engines import (ENGINES, assert_same_weights, check_published, launch, moved,
-                                       plain_weights)
+from tests.reliability.engines import (ENGINES, assert_prefix_shared, assert_same_weights, check_published,
+                                       launch, moved, plain_weights)
 
 RESUME_ATOL = 1e-6
 
@@ -66,6 +66,8 @@ def test_publish_and_resume(engine, stage, demo, tiny, tmp_path):
     final = Registry().latest(stage, "full")
     weights = check_published(final, tmp_path / "probe", engine)
     assert moved(plain_weights(tiny), weights)
+    if stage == "rl":  # GRPO's KL reference forward shares under every engine (FSDP2 runs the trained one unshared)
+        assert_prefix_shared(final, steps)
 
     launch(engine, module, [*args, "run=part", "stop_after=1"])
     assert published_steps(stage, "part") == [1]
