@@ -1,65 +1,35 @@
-"""Running open_clip_train's ``main(argv)`` in-process, more than once, and reading back what it logged.
+"""Running open_clip_train's ``main(argv)`` once per phase, each in a process of its own, and reading back what
+it logged.
 
-Its ``main`` is written to run once per interpreter: it adds logging handlers and raises every logger to INFO
-on each call, and under torchrun creates the process group without ever destroying it. The shims below undo
-or sidestep exactly that; the training itself is untouched.
+Its ``main`` is written to run once per interpreter: it adds logging handlers and raises every logger to INFO on
+each call, and under torchrun creates the process group without ever destroying it. So the parent
+(``pathoclip.train``) never imports it: ``run_open_clip_train`` starts ``python -m pathoclip.launch ARGV`` for
+each phase, and only that child wraps open_clip_train (per-epoch seeding; on CPU, DDP without ``device_ids``);
+nothing of torch or open_clip is swapped in the parent. Under torchrun each phase's children meet in a process
+group of their own (``phase_env``).
 """
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 from pathoclip.export import register_model_configs
 from stages.compat import require_version
 
-
-@contextmanager
-def restore_logging(quiet_between: bool = False):
-    """open_clip_train adds root handlers (stdout + its out.log) per call: drop them afterwards so phases don't
-    print twice or log into each other's out.log. ``quiet_between`` parks a NullHandler on the root for the
-    duration, so a bare ``logging.info`` between phases cannot trigger ``basicConfig``'s extra handler."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    # it also sets EVERY logger to INFO (torch's included, which then log at interpreter exit)
-    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
-    parked = logging.NullHandler() if quiet_between else None
-    if parked:
-        root.addHandler(parked)
-    try:
-        yield
-    finally:
-        for handler in [h for h in root.handlers if h not in handlers]:
-            root.removeHandler(handler)
-            if handler is not parked:
-                handler.close()
-        root.setLevel(level)
-        for name, logger in list(logging.root.manager.loggerDict.items()):
-            if isinstance(logger, logging.Logger):
-                logger.setLevel(levels.get(name, logging.NOTSET))
+# the child's exit status when open_clip_train's main() refused its argv (it prints why and returns -1)
+REFUSED_EXIT = 3
+# how long a rank waits for rank 0 to name the port of a phase's process group (rank 0 prepares the data first)
+PORT_WAIT_S = 3600
+# what runs one phase (tests/reliability/launch.py puts its probes in front of it)
+PHASE_COMMAND = (sys.executable, "-m", "pathoclip.launch")
 
 
-@contextmanager
-def _reuse_process_group():
-    """Under torchrun open_clip_train's main() creates the process group and never destroys it, so the next
-    phase's main() would fail creating it again; destroy + create does not rendezvous a second time either
-    (measured with gloo: it dials the first round's stale addresses). The group is kept and re-creation skipped."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        yield
-        return
-    create = dist.init_process_group
-    dist.init_process_group = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        dist.init_process_group = create
-
-
-# The two open_clip_train internals wrapped here (train_one_epoch's positional signature; main() creating the
-# process group) were checked against these open_clip_torch releases; upstream open_clip_train has since changed
+# The open_clip_train internals wrapped here (train_one_epoch's positional signature; the DDP wrapping main() does)
+# were checked against these open_clip_torch releases; upstream open_clip_train has since changed
 # train_one_epoch's signature, so a newer release is refused instead of silently mis-calling it.
 OPEN_CLIP_CHECKED = ("3.3", "3.3")
 TRAIN_ONE_EPOCH_ARGS = ("model", "data", "loss", "epoch", "optimizer", "scaler", "scheduler", "dist_model", "args")
@@ -82,7 +52,7 @@ def _seeded_epochs():
     Seeding every epoch from (seed, epoch, rank) makes each epoch's draws independent of how the run got there."""
     import open_clip_train.main as open_clip_main
 
-    require_version("open_clip_torch", OPEN_CLIP_CHECKED, "pathoclip.launch (train_one_epoch, init_process_group)")
+    require_version("open_clip_torch", OPEN_CLIP_CHECKED, "pathoclip.launch (train_one_epoch, DistributedDataParallel)")
     check_train_one_epoch(open_clip_main.train_one_epoch)
     train_one_epoch = open_clip_main.train_one_epoch
 
@@ -101,9 +71,10 @@ def _seeded_epochs():
 def _ddp_on_cpu(argv: list[str]):
     """open_clip_train wraps the model as ``DistributedDataParallel(model, device_ids=[device])``, which torch
     refuses for a CPU module ("device_ids ... only work with ... GPU modules"), so ``torchrun -m pathoclip.train``
-    failed on CPU (gloo) while the same call is right on CUDA. For a CPU run only, DDP is swapped for a subclass
-    that drops ``device_ids`` (what torch wants for CPU modules); a subclass, so every ``isinstance`` check
-    still holds. The open_clip_train release is checked by ``_seeded_epochs`` (same private surface)."""
+    failed on CPU (gloo) while the same call is right on CUDA. For a CPU run only, DDP is swapped -- in the
+    phase's own process, never in pathoclip.train's -- for a subclass that drops ``device_ids`` (what torch wants
+    for CPU modules); a subclass, so every ``isinstance`` check still holds. The open_clip_train release is
+    checked by ``_seeded_epochs`` (same private surface)."""
     from torch.nn import parallel
 
     if "--device" not in argv or argv[argv.index("--device") + 1] != "cpu":  # open_clip_argv always passes it
@@ -153,14 +124,60 @@ def import_open_clip_train() -> None:
             gc.enable()
 
 
-def run_open_clip_train(argv: list[str]) -> None:
-    from open_clip_train.main import main
+def phase_env(key: str, environ=None) -> dict[str, str]:
+    """The environment of one phase's child. Under torchrun the children of a phase form a new process group; the
+    agent's store still holds the last phase's keys (rank addresses, barrier counts), which a new group would read
+    as its own and dial dead processes. So rank 0 names a free port through that store (under ``key``) and the
+    phase's rank-0 child hosts a fresh store there. Without an agent store (one process, SLURM, a hand-set
+    MASTER_PORT) rank 0's child hosts the store anyway, a fresh one per phase: the environment is left as it is."""
+    env = dict(os.environ if environ is None else environ)
+    if int(env.get("WORLD_SIZE", "1")) <= 1 or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return env
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    store = TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False,
+                     timeout=timedelta(seconds=PORT_WAIT_S))
+    name = f"pathoclip/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}/{key}/port"
+    if int(env.get("RANK", "0")) == 0:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            store.set(name, str(s.getsockname()[1]))
+    return {**env, "MASTER_PORT": store.get(name).decode(), "TORCHELASTIC_USE_AGENT_STORE": "False"}
+
+
+def run_open_clip_train(argv: list[str], key: str = "phase") -> None:
+    """One open_clip_train run (a phase; ``key`` names it among the phases of this launch) in its own process."""
+    done = subprocess.run([*PHASE_COMMAND, *argv], env=phase_env(key), preexec_fn=_die_with_parent)
+    if done.returncode == REFUSED_EXIT:  # its only failure signal is a printed message and -1
+        raise RuntimeError(f"open_clip_train refused to start (see the message above); argv: {argv}")
+    if done.returncode != 0:
+        raise RuntimeError(f"open_clip_train failed with exit status {done.returncode} (its error is above); "
+                           f"argv: {argv}")
+
+
+def _die_with_parent() -> None:
+    """Linux: the phase's process gets SIGTERM when pathoclip.train dies (a launcher killing its ranks kills their
+    phases too, instead of leaving them training on their own)."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def main(argv: list[str]) -> int:
+    """The child: ``python -m pathoclip.launch OPEN_CLIP_ARGV...``, started by ``run_open_clip_train``."""
+    import_open_clip_train()
+    from open_clip_train.main import main as open_clip_main
 
     register_model_configs()
-    with restore_logging(), _reuse_process_group(), _seeded_epochs(), _ddp_on_cpu(argv), _frozen_heap():
-        status = main(argv)
-    if status == -1:  # its only failure signal is a printed message and -1
-        raise RuntimeError(f"open_clip_train refused to start (see the message above); argv: {argv}")
+    with _seeded_epochs(), _ddp_on_cpu(argv), _frozen_heap():
+        status = open_clip_main(argv)
+    return REFUSED_EXIT if status == -1 else 0
 
 
 def set_aside_incomplete_checkpoints(folder: Path) -> list[Path]:
@@ -199,3 +216,9 @@ def loss_curve(tensorboard_dir: Path) -> list[tuple[int, float]]:
     if "train/loss" not in events.Tags()["scalars"]:
         return []
     return [(e.step, e.value) for e in events.Scalars("train/loss")]
+
+
+if __name__ == "__main__":
+    from stages.compat import exit_process
+
+    exit_process(main(sys.argv[1:]))  # ends the process group, then exits without the ~1.3 s heap scan

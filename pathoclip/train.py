@@ -1,4 +1,4 @@
-"""PathoCLIP training: corpus -> open_clip_train (in-process) -> registry entries, in two progressive phases.
+"""PathoCLIP training: corpus -> open_clip_train (a process per phase) -> registry entries, in two progressive phases.
 
 Phase A trains on a seeded subset of the corpus, phase B on the whole corpus starting from A's weights
 (fresh optimizer and schedule); each phase becomes a registry entry of stage ``pathoclip`` (B's parent is A)
@@ -30,8 +30,7 @@ from stages.runs import RunConfig, plan_run
 
 from pathoclip.data import PreparedCorpus, phase_rows
 from pathoclip.export import WEIGHTS_FILE, export_checkpoint, load_exported
-from pathoclip.launch import (import_open_clip_train, is_main_process, loss_curve, restore_logging,
-                             run_open_clip_train, set_aside_incomplete_checkpoints)
+from pathoclip.launch import is_main_process, loss_curve, run_open_clip_train, set_aside_incomplete_checkpoints
 
 STAGE = "pathoclip"
 # Our copies of open_clip's architectures: open_clip finds a pretrained TAG by architecture name.
@@ -176,7 +175,7 @@ def train_phase(cfg, registry, corpus, phase, rows, *, logs, model, pretrained, 
                            f"or choose another run=NAME")
     data_args = corpus.open_clip_args(phase, rows, cfg.data_format, cfg.shard_size, logs / "data")
     set_aside_incomplete_checkpoints(logs / phase / "checkpoints")
-    run_open_clip_train(open_clip_argv(cfg, logs, phase, data_args, epochs, model, pretrained))
+    run_open_clip_train(open_clip_argv(cfg, logs, phase, data_args, epochs, model, pretrained), f"{cfg.run}/{phase}")
     if not is_main_process():  # rank 0 alone saves and exports; the others wait for its entry to start the next phase
         return _wait_for_phase(registry, cfg.run, phase)
     checkpoint = logs / phase / "checkpoints" / f"epoch_{epochs}.pt"
@@ -196,12 +195,6 @@ def train_phase(cfg, registry, corpus, phase, rows, *, logs, model, pretrained, 
     return _finished_phase(registry, cfg.run, phase)
 
 
-def train(cfg: CLIPTrainConfig) -> Path | None:
-    """Run the phases that are not finished yet; returns the final registry entry's folder."""
-    with restore_logging(quiet_between=True):
-        return _train(cfg)
-
-
 def prepare_corpus(cfg: CLIPTrainConfig) -> PreparedCorpus:
     """The corpus as open_clip's CSV, validated (file:line) and tiled (slide pairs) on its first use."""
     corpus = PreparedCorpus(cfg.data, cache_dir(STAGE), cfg.slides.resolved(Registry().resolve))
@@ -209,7 +202,9 @@ def prepare_corpus(cfg: CLIPTrainConfig) -> PreparedCorpus:
     return corpus
 
 
-def _train(cfg: CLIPTrainConfig) -> Path | None:
+def train(cfg: CLIPTrainConfig) -> Path | None:
+    """Run the phases that are not finished yet, each in its own process (pathoclip.launch); returns the final
+    registry entry's folder."""
     cfg = resolve_corpus(cfg)
     registry, logs = Registry(), logs_dir(STAGE, cfg.run)
     run_plan = plan_run(STAGE, cfg, init=cfg.init, registry=registry)  # the same rule as every stage
@@ -232,16 +227,15 @@ def _train(cfg: CLIPTrainConfig) -> Path | None:
     return Path(entry["path"])
 
 
-def _import_and_train(cfg: CLIPTrainConfig) -> Path | None:
-    # After the config is known good and the data validated: a bad field or record fails in a second, before
-    # open_clip_train is imported (the CSV is cached, so train() reads it again for free).
+def _validate_and_train(cfg: CLIPTrainConfig) -> Path | None:
+    # After the config is known good: a bad record fails in a second, before any phase's process starts (the CSV
+    # is cached, so train() reads it again for free).
     prepare_corpus(resolve_corpus(cfg))
-    import_open_clip_train()
     return train(cfg)
 
 
 def main(argv=None) -> int:
-    return run_cli(CLIPTrainConfig, _import_and_train, "python -m pathoclip.train", argv)
+    return run_cli(CLIPTrainConfig, _validate_and_train, "python -m pathoclip.train", argv)
 
 
 if __name__ == "__main__":

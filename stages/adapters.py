@@ -83,10 +83,9 @@ TOUCHES: tuple[Touch, ...] = (
           "registers pathoclip/configs once (open_clip.add_model_config appends on every call)"),
     Touch("open_clip_torch", "open_clip_train.main.train_one_epoch", ("3.3", "3.3"), "refuse", "pathoclip.launch",
           "re-seeds each epoch so a resumed phase matches an uninterrupted one"),
-    Touch("torch", "torch.distributed.init_process_group", ("2.13", "2.13"), "none", "pathoclip.launch",
-          "open_clip_train creates the process group itself; a launched run already has one (process-wide swap)"),
     Touch("torch", "torch.nn.parallel.DistributedDataParallel", ("2.13", "2.13"), "none", "pathoclip.launch",
-          "open_clip_train passes device_ids=[cpu], which torch refuses on CPU (process-wide swap)"),
+          "open_clip_train passes device_ids=[cpu], which torch refuses on CPU (swapped in the phase's own process, "
+          "CPU runs only)"),
 )
 
 

@@ -179,12 +179,13 @@ def test_shipped_big_architectures_match_open_clip_so_its_pretrained_weights_loa
 
 
 def test_open_clip_train_runs_with_the_old_heap_frozen(monkeypatch):
-    """The import-time heap is frozen while open_clip_train's loop runs (the GC skips it) and released after."""
+    """In a phase's process the import-time heap is frozen while open_clip_train's loop runs (the GC skips it) and
+    released after."""
     import gc
 
     import open_clip_train.main as open_clip_main
 
-    from pathoclip.launch import run_open_clip_train
+    from pathoclip import launch
 
     seen = {}
 
@@ -194,6 +195,52 @@ def test_open_clip_train_runs_with_the_old_heap_frozen(monkeypatch):
 
     monkeypatch.setattr(open_clip_main, "main", fake_main)
     before = gc.get_freeze_count()
-    run_open_clip_train(["--help-not-parsed"])
+    assert launch.main(["--help-not-parsed"]) == 0
     assert seen["frozen"] > before + 10_000  # torch, open_clip, ... all moved out of the collector's way
     assert gc.get_freeze_count() == 0
+
+
+def test_each_phase_runs_in_a_process_of_its_own(monkeypatch):
+    """pathoclip.train never runs open_clip_train (nor its torch patches) itself: each phase is
+    `python -m pathoclip.launch ARGV`; a refused argv and a crash are one clear error each."""
+    import subprocess
+    import sys
+
+    from pathoclip import launch
+
+    calls, codes = [], iter([0, launch.REFUSED_EXIT, 1])
+    monkeypatch.setattr(subprocess, "run", lambda cmd, env, preexec_fn: calls.append(cmd) or
+                        subprocess.CompletedProcess(cmd, next(codes)))
+    launch.run_open_clip_train(["--epochs", "1"], "r/a")
+    assert calls == [[sys.executable, "-m", "pathoclip.launch", "--epochs", "1"]]
+    with pytest.raises(RuntimeError, match="open_clip_train refused to start"):
+        launch.run_open_clip_train(["--bad"], "r/a")
+    with pytest.raises(RuntimeError, match="open_clip_train failed with exit status 1"):
+        launch.run_open_clip_train(["--epochs", "1"], "r/b")
+
+
+def test_a_phase_under_torchrun_meets_on_a_port_rank_0_names(monkeypatch):
+    """Under torchrun's agent store each phase's ranks agree, through that store, on a fresh port for the phase's
+    own process group (the store keeps the last phase's keys); one process, or no agent store: env unchanged."""
+    import socket
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    from pathoclip.launch import phase_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        agent_port = s.getsockname()[1]
+    agent = TCPStore("127.0.0.1", agent_port, is_master=True, timeout=timedelta(seconds=30))  # the agent's store
+    env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(agent_port),
+           "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "0"}
+    rank0 = phase_env("r/a", {**env, "RANK": "0"})
+    rank1 = phase_env("r/a", {**env, "RANK": "1"})
+    assert rank0["MASTER_PORT"] == rank1["MASTER_PORT"] != str(agent_port)
+    assert rank0["TORCHELASTIC_USE_AGENT_STORE"] == rank1["TORCHELASTIC_USE_AGENT_STORE"] == "False"
+    assert agent.get("pathoclip/0/r/a/port").decode() == rank0["MASTER_PORT"]
+    assert phase_env("r/b", {**env, "RANK": "0"})["MASTER_PORT"] == agent.get("pathoclip/0/r/b/port").decode()
+    single = {"WORLD_SIZE": "1", "MASTER_PORT": "1234"}
+    assert phase_env("r/a", single) == single
+    assert phase_env("r/a", {**env, "TORCHELASTIC_USE_AGENT_STORE": "False"})["MASTER_PORT"] == str(agent_port)

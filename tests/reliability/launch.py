@@ -9,7 +9,9 @@ The entry point runs unchanged; the probes only observe or slow it, each switche
   training sample it consumes, and one ``rank world weights <sha256>`` line after ``train()`` (a digest of its
   parameters: equal on all ranks only if DDP synchronised the gradients).
 - ``PATHOR1_PROBE_EPOCH_DELAY=SECONDS``: open_clip_train waits this long before each epoch after the first
-  (touching ``<logs>/<phase>/.probe-epoch-<N>``), so a test can SIGKILL PathoCLIP between its checkpoints.
+  (touching ``<logs>/<phase>/.probe-epoch-<N>``), so a test can SIGKILL PathoCLIP between its checkpoints. Under
+  ``pathoclip.train`` each phase's process (``pathoclip.launch``) is started through this module too, so the
+  probes reach the process that runs open_clip_train.
 - ``PATHOR1_PROBE_DYNAMIC=DIR``: after each dynamic-sampling generation every rank appends one JSON line to
   ``DIR/dynamic-<R>.jsonl``: the step, the rounds it ran, whether it skipped, the prompt ids and rewards of each
   round's rows on this rank, which rows it kept and padded, whether the padding is inert, and a digest of its
@@ -378,7 +380,11 @@ def main() -> None:
         probe_tool_script()
     if os.environ.get("PATHOR1_PROBE_COMMIT_DELAY"):
         delay_commits(float(os.environ["PATHOR1_PROBE_COMMIT_DELAY"]))
-    if os.environ.get("PATHOR1_PROBE_EPOCH_DELAY"):
+    if module == "pathoclip.train":  # each phase runs in a process of its own: the probes go along
+        import pathoclip.launch
+
+        pathoclip.launch.PHASE_COMMAND = (sys.executable, "-m", "tests.reliability.launch", "pathoclip.launch")
+    elif os.environ.get("PATHOR1_PROBE_EPOCH_DELAY"):
         delay_epochs(float(os.environ["PATHOR1_PROBE_EPOCH_DELAY"]))
     if os.environ.get("PATHOR1_PROBE_STEP_DELAY"):
         delay_steps(os.environ["PATHOR1_PROBE_STEP_DELAY"])
