@@ -99,10 +99,10 @@ def test_a_bad_slide_is_one_line_with_file_line_before_open_clip(corpus, tmp_pat
         (corpus.parent / "s1.svs").write_bytes(data[: len(data) // 3])  # truncated
     k = "slides.k=4" if case == "few-tiles" else "slides.k=2"
 
-    def no_import():
-        raise AssertionError("open_clip_train was imported before the data was validated")
+    def no_phase(*args):
+        raise AssertionError("a phase of open_clip_train started before the data was validated")
 
-    monkeypatch.setattr(clip_train, "import_open_clip_train", no_import)
+    monkeypatch.setattr(clip_train, "run_open_clip_train", no_phase)
     with pytest.raises(SystemExit) as exit_:
         clip_train.main([f"data={corpus}", "run=bad", k, *SLIDES])
     err = capsys.readouterr().err.strip().splitlines()
