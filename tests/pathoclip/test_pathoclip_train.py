@@ -209,7 +209,7 @@ def test_each_phase_runs_in_a_process_of_its_own(monkeypatch):
     from pathoclip import launch
 
     calls, codes = [], iter([0, launch.REFUSED_EXIT, 1])
-    monkeypatch.setattr(subprocess, "run", lambda cmd, env, preexec_fn: calls.append(cmd) or
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **_: calls.append(cmd) or
                         subprocess.CompletedProcess(cmd, next(codes)))
     launch.run_open_clip_train(["--epochs", "1"], "r/a")
     assert calls == [[sys.executable, "-m", "pathoclip.launch", "--epochs", "1"]]
