@@ -40,6 +40,8 @@ class NavDemoConfig:
     n_train: int = field(default=160, metadata={"help": "Training slides: one SFT trace and one RL question each."})
     n_eval: int = field(default=128, metadata={"help": "Held-out slides (the paired CI's n)."})
     seed: int = field(default=0, metadata={"help": "Seed of the corpus."})
+    aux: int = field(default=2, metadata={"help": "Copies per training slide of the two short looking exercises in "
+                                                  "sft.jsonl (view -> bands, overview -> zoom call); 0 = none."})
 
 
 def _viewer() -> ViewerSettings:
@@ -51,7 +53,7 @@ def _viewer() -> ViewerSettings:
 def _sft() -> SFTConfig:
     # 192 x 128 overviews need more than the tiny processor's 112^2 pixels (it would halve them: the focus would be
     # ~4 px); the processor saved with the checkpoint keeps the cap for RL and evaluation.
-    sft = SFTConfig(lr=2e-3, warmup_ratio=0.05, epochs=4, batch_size=8, train="all", group_by_length=False,
+    sft = SFTConfig(lr=2e-3, warmup_ratio=0.05, epochs=2, batch_size=8, train="all", group_by_length=False,
                     save_every=0, keep_last=1, center_image_features=True)
     sft.model.max_pixels = 192 * 128
     return sft
@@ -98,6 +100,8 @@ class SlideNavConfig:
             raise ValueError(f"device must be one of auto|cuda|cpu, got {self.device!r}")
         if not self.stages or [s for s in self.stages if s not in STAGES]:
             raise ValueError(f"stages must be a non-empty list of {list(STAGES)}, got {self.stages}")
+        if self.demo.aux < 0:
+            raise ValueError(f"demo.aux must be >= 0, got {self.demo.aux}")
         if min(self.demo.n_train, self.demo.n_eval) < 1:
             raise ValueError(f"demo.n_train and demo.n_eval must be >= 1, got {self.demo.n_train}, {self.demo.n_eval}")
         if self.viewer.budget < 1:
@@ -113,11 +117,11 @@ def corpus(cfg: SlideNavConfig) -> Path:
     if cfg.data:
         return Path(cfg.data)
     d, v = cfg.demo, cfg.viewer
-    out = home() / "corpora" / (f"navdemo-s{d.seed}-{d.n_train}x{d.n_eval}-b{v.budget}-v{v.view_size}"
+    out = home() / "corpora" / (f"navdemo-s{d.seed}-{d.n_train}x{d.n_eval}-a{d.aux}-b{v.budget}-v{v.view_size}"
                                 f"-o{v.overview_size}")
     if not (out / "navdemo.json").exists():  # written last: a half-built corpus is built again
         build_nav_demo(out, n_train=d.n_train, n_eval=d.n_eval, seed=d.seed, view_size=v.view_size,
-                       budget=v.budget, overview_size=v.overview_size)
+                       budget=v.budget, overview_size=v.overview_size, aux=d.aux)
     return out
 
 

@@ -18,7 +18,8 @@ B: the answer is decidable only from a view at the scan's resolution (``zoom(x, 
                          order of appearance, the tools' schemas in ``tools``): an SFT record kind
                          (corpora.traces), so ``recipes.sft data=traces.jsonl`` trains on it
     sft.jsonl            each trace followed by the same question without tools (overview + prompt -> answer,
-                         ``thumbnail_record``), so the model also answers when no viewer is offered
+                         ``thumbnail_record``), so the model also answers when no viewer is offered, and ``aux``
+                         copies of two short looking exercises (``looking_records``)
     navdemo.json         seed and sizes
 """
 from __future__ import annotations
@@ -46,6 +47,8 @@ QUESTION = ("The darker focus on this slide holds atypical cells. How are they a
 OPTIONS = ["in horizontal bands", "in vertical bands"]
 TRACE_MPP = MPP
 THUMBNAIL_REASONING = "The overview shows the darker focus but not how its cells are arranged."
+VIEW_QUESTION = "How are the cells in this view arranged?"
+WHERE_QUESTION = "Where is the darker focus?"
 REASONING = {"A": "At {mpp:g} µm/px the focus at ({x}, {y}) shows the atypical cells lined up in horizontal bands.",
              "B": "At {mpp:g} µm/px the focus at ({x}, {y}) shows the atypical cells lined up in vertical bands."}
 
@@ -72,10 +75,11 @@ def slide_array(answer: str, rng) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def build_nav_demo(out_dir, *, n_train: int = 16, n_eval: int = 16, seed: int = 0, view_size: int = 224,
-                   budget: int = 4, overview_size: int = OVERVIEW) -> Path:
+                   budget: int = 4, overview_size: int = OVERVIEW, aux: int = 0) -> Path:
     """Write the corpus (see the module docstring) into ``out_dir``; the same seed gives the same files. The
     traces show what RL and evaluation will show with the same ``view_size``, ``budget`` and ``overview_size``
-    (at most OVERVIEW: a larger overview tells A from B)."""
+    (at most OVERVIEW: a larger overview tells A from B). ``aux`` copies of the two looking exercises per training
+    slide go into sft.jsonl (``looking_records``)."""
     if not 8 <= overview_size <= OVERVIEW:
         raise ValueError(f"expected 8 <= overview_size <= {OVERVIEW} (larger overviews show the answer), "
                          f"found {overview_size}")
@@ -101,11 +105,12 @@ def build_nav_demo(out_dir, *, n_train: int = 16, n_eval: int = 16, seed: int = 
     traces = [navigation_trace(out, record, viewer) for record in splits["rl"]]
     viewer._close()
     (out / "traces.jsonl").write_text("".join(json.dumps(t) + "\n" for t in traces))
-    mixed = [r for t, record in zip(traces, splits["rl"]) for r in (t, thumbnail_record(record, t["images"][0]))]
+    mixed = [r for t, record in zip(traces, splits["rl"])
+             for r in (t, thumbnail_record(record, t["images"][0]), *looking_records(record, t["images"], aux))]
     (out / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mixed))
     (out / "navdemo.json").write_text(json.dumps({"seed": seed, "n_train": n_train, "n_eval": n_eval, "mpp": MPP,
                                                   "view_size": view_size, "budget": budget,
-                                                  "overview_size": overview_size}, indent=2))
+                                                  "overview_size": overview_size, "aux": aux}, indent=2))
     return out
 
 
@@ -156,6 +161,24 @@ def thumbnail_record(record: dict, overview: str) -> dict:
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": render_prompt(
             "cot", record["question"], record["options"])}]},
         {"role": "assistant", "content": render_response("cot", THUMBNAIL_REASONING, record["answer"])}]}
+
+
+def looking_records(record: dict, images: list[str], copies: int) -> list[dict]:
+    """Two short exercises on a trace's own images, ``copies`` times each: its view -> how the cells lie (the
+    words of the trace's reasoning), its overview -> the zoom call on the focus (the trace's call). A trace is
+    ~1,200 tokens, mostly the tools section; these are ~60, so they give the two decisions a trace hinges on far
+    more gradient per CPU second."""
+    words = "horizontal" if record["answer"] == "A" else "vertical"
+    call = {"name": "zoom", "arguments": {"x": record["focus"]["x"], "y": record["focus"]["y"], "mpp": TRACE_MPP}}
+    out = []
+    for k in range(copies):
+        out.append({"id": f"{record['id']}-view{k}", "images": [images[1]], "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": VIEW_QUESTION}]},
+            {"role": "assistant", "content": f"The atypical cells are lined up in {words} bands."}]})
+        out.append({"id": f"{record['id']}-where{k}", "images": [images[0]], "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": WHERE_QUESTION}]},
+            {"role": "assistant", "content": json.dumps(call)}]})
+    return out
 
 
 def tool_schemas() -> list[dict]:

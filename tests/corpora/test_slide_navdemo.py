@@ -99,6 +99,19 @@ def test_sft_file_pairs_each_trace_with_the_question_without_tools(demo):
         assert plain["messages"][1]["content"].endswith(trace["messages"][3]["content"][-len("<answer>A</answer>"):])
 
 
+def test_looking_exercises_ask_for_the_two_decisions_of_a_trace(demo):
+    from corpora.slides.navdemo import looking_records
+
+    trace = json.loads((demo / "traces.jsonl").read_text().splitlines()[0])
+    record = json.loads((demo / "rl.jsonl").read_text().splitlines()[0])
+    view, where, *again = looking_records(record, trace["images"], 2)
+    assert len(again) == 2 and view["images"] == trace["images"][1:] and where["images"] == trace["images"][:1]
+    words = "horizontal" if record["answer"] == "A" else "vertical"
+    assert view["messages"][1]["content"] == f"The atypical cells are lined up in {words} bands."
+    assert words in trace["messages"][3]["content"]  # the words the trace's answer uses
+    assert json.loads(where["messages"][1]["content"]) == trace["messages"][1]["tool_calls"][0]["function"]
+
+
 def test_the_same_seed_writes_the_same_corpus(demo, tmp_path):
     again = build_nav_demo(tmp_path / "again", n_train=4, n_eval=2, seed=3, view_size=96)
     for name in ("rl.jsonl", "eval.jsonl", "traces.jsonl", "sft.jsonl"):

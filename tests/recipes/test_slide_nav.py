@@ -32,6 +32,8 @@ def test_one_viewer_for_corpus_rl_and_evaluation_and_the_metrics_keys(monkeypatc
     metrics = json.loads(path.read_text())
     corpus = Path(metrics["corpus"])
     assert json.loads((corpus / "navdemo.json").read_text())["view_size"] == 32  # the traces show 32 px views
+    ids = [json.loads(line)["id"] for line in (corpus / "sft.jsonl").read_text().splitlines()]
+    assert ids[:6] == ["rl-000", "rl-000-thumbnail", "rl-000-view0", "rl-000-where0", "rl-000-view1", "rl-000-where1"]
     sft, rl = launched["sft"], launched["rl"]
     assert sft.data == str(corpus / "sft.jsonl") and sft.init == "tiny:qwen3_vl" and sft.run == "slide_nav"
     assert rl.data == str(corpus / "rl.jsonl") and rl.init == "sft/slide_nav/step-1"
