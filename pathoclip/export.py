@@ -22,7 +22,10 @@ def register_model_configs() -> list[str]:
     """Make the shipped architectures (``pathoclip/configs/*.json``) known to open_clip by name."""
     import open_clip
 
-    if str(CONFIG_DIR) not in map(str, open_clip.factory._MODEL_CONFIG_PATHS):
+    from stages import adapters
+
+    known = open_clip.factory._MODEL_CONFIG_PATHS if adapters.check("open_clip.factory._MODEL_CONFIG_PATHS") else []
+    if str(CONFIG_DIR) not in map(str, known):
         open_clip.add_model_config(CONFIG_DIR)
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 

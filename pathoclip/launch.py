@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pathoclip.export import register_model_configs
+from stages import adapters
 from stages.compat import require_version
 
 # the child's exit status when open_clip_train's main() refused its argv (it prints why and returns -1)
@@ -31,7 +32,7 @@ PHASE_COMMAND = (sys.executable, "-m", "pathoclip.launch")
 # The open_clip_train internals wrapped here (train_one_epoch's positional signature; the DDP wrapping main() does)
 # were checked against these open_clip_torch releases; upstream open_clip_train has since changed
 # train_one_epoch's signature, so a newer release is refused instead of silently mis-calling it.
-OPEN_CLIP_CHECKED = ("3.3", "3.3")
+OPEN_CLIP_CHECKED = adapters.tested("open_clip_train.main.train_one_epoch")  # stages/adapters.py
 TRAIN_ONE_EPOCH_ARGS = ("model", "data", "loss", "epoch", "optimizer", "scaler", "scheduler", "dist_model", "args")
 
 
@@ -73,13 +74,14 @@ def _ddp_on_cpu(argv: list[str]):
     refuses for a CPU module ("device_ids ... only work with ... GPU modules"), so ``torchrun -m pathoclip.train``
     failed on CPU (gloo) while the same call is right on CUDA. For a CPU run only, DDP is swapped -- in the
     phase's own process, never in pathoclip.train's -- for a subclass that drops ``device_ids`` (what torch wants
-    for CPU modules); a subclass, so every ``isinstance`` check still holds. The open_clip_train release is
-    checked by ``_seeded_epochs`` (same private surface)."""
+    for CPU modules); a subclass, so every ``isinstance`` check still holds. The torch release is checked against
+    stages/adapters.py's row, the open_clip_train release by ``_seeded_epochs``."""
     from torch.nn import parallel
 
     if "--device" not in argv or argv[argv.index("--device") + 1] != "cpu":  # open_clip_argv always passes it
         yield
         return
+    adapters.check("torch.nn.parallel.DistributedDataParallel")  # refused outside the torch releases it was tested with
     ddp = parallel.DistributedDataParallel
 
     class CPUDistributedDataParallel(ddp):

@@ -84,6 +84,10 @@ def fold_into_bias(bias: torch.nn.Parameter, delta: torch.Tensor) -> None:
     with torch.no_grad():
         if hasattr(bias, "ds_id") or hasattr(bias, "_hp_mapping"):  # a DeepSpeed-managed parameter
             from deepspeed import zero
+
+            from stages import adapters
+
+            adapters.check("deepspeed.runtime.zero.Parameter._hp_mapping")  # refused outside its tested releases
             from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
             master = safe_get_full_fp32_param(bias)  # collective under ZeRO-3: every rank calls it

@@ -26,8 +26,6 @@ import accelerate
 from stages.compat import version_in_range
 
 ENGINES = ("single", "ddp", "deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3", "fsdp1", "fsdp2")
-# without_zero3_init reads transformers' DeepSpeed weakref: checked against these transformers versions.
-_ZERO3_WEAKREF_TRANSFORMERS = ("5.17", "5.23")
 # The FSDP-on-CPU adapter below writes PartialState's shared state: checked against these accelerate versions.
 _FSDP_CPU_ACCELERATE = ("1.15", "1.16")
 
@@ -133,7 +131,6 @@ def main_process_first():
 def without_zero3_init():
     """Load a model on one process inside a ZeRO-3 run: transformers would otherwise build it under
     ``deepspeed.zero.Init`` (sharded across ranks: a collective the other ranks never join, so a hang)."""
-    import transformers
     from transformers.integrations import deepspeed as hf_deepspeed
 
     ref = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
@@ -141,10 +138,9 @@ def without_zero3_init():
     if config is None:
         yield
         return
-    if not version_in_range("transformers", _ZERO3_WEAKREF_TRANSFORMERS):
-        low, high = _ZERO3_WEAKREF_TRANSFORMERS
-        raise RuntimeError(f"stages/distributed.py without_zero3_init was checked with transformers "
-                           f"{low}-{high}, not {transformers.__version__}: re-check it")
+    from stages import adapters
+
+    adapters.check("transformers.integrations.deepspeed._hf_deepspeed_config_weak_ref")  # refused outside its range
     hf_deepspeed.unset_hf_deepspeed_config()
     try:
         yield

@@ -31,7 +31,7 @@ from corpora.chat import user_content
 from corpora.traces import conversation
 from corpora.training_data import split_by_image
 
-from stages import distributed
+from stages import adapters, distributed
 from stages.checkpointing import TRAINER_STATE_DIR, StopAfter  # noqa: F401 (re-exported for tests and stages)
 from stages.checkpointing import PublishingTrainer, Publication, resume_argument
 from stages.model import load_model, resolve_model_path
@@ -144,7 +144,8 @@ class ChatCollator:
 def add_lengths(rows, processor):
     """A ``length`` column (text tokens + image tokens, from image headers only) for length-grouped batching."""
     tok = processor.tokenizer
-    count_image_tokens = getattr(processor, "_get_num_multimodal_tokens", None)
+    count_image_tokens = getattr(processor, "_get_num_multimodal_tokens", None) \
+        if adapters.check("transformers.ProcessorMixin._get_num_multimodal_tokens") else None
 
     def length(row):
         text_tokens = sum(len(tok(m["content"], add_special_tokens=False)["input_ids"]) + 4 for m in row["messages"])
@@ -195,6 +196,10 @@ def rng_untouched():
 class StageTrainer(PublishingTrainer, Trainer):
     """A ``Trainer`` whose checkpoints are published to the registry (stages.checkpointing), with the eval loss
     and loss curve in the manifest."""
+
+    def __init__(self, *args, **kwargs):
+        adapters.check("transformers.Trainer._get_train_sampler")  # the seeded order below (resume = uninterrupted)
+        super().__init__(*args, **kwargs)
 
     def checkpoint_metrics(self) -> dict:
         curve = [[e["step"], e["loss"]] for e in self.state.log_history if "loss" in e]

@@ -1,8 +1,9 @@
 """The dependency direction from shared/DESIGN.md, checked mechanically on the source (AST, no imports):
 
 corpora <- stages <- recipes;  corpora <- pathoclip <- recipes;  corpora <- evaluation <- recipes.
-The foundation modules stages.cli / stages.compat / stages.config / stages.registry / stages.runs are shared by everyone
-above corpora; importing them loads no torch-heavy library and no other stage module (checked in a fresh interpreter).
+The foundation modules stages.adapters (the table of library touches) / stages.cli / stages.compat / stages.config /
+stages.registry / stages.runs are shared by everyone above corpora; importing them loads no torch-heavy library and
+no other stage module (checked in a fresh interpreter).
 """
 import ast
 import json
@@ -14,8 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["corpora", "stages", "pathoclip", "evaluation", "recipes"]
-FOUNDATION = {"stages", "stages.cli", "stages.compat", "stages.config", "stages.registry", "stages.runs"}
-FOUNDATION_PREFIXES = ("stages.cli.", "stages.compat.", "stages.config.", "stages.registry.", "stages.runs.")
+FOUNDATION = {"stages", "stages.adapters", "stages.cli", "stages.compat", "stages.config", "stages.registry",
+              "stages.runs"}
+FOUNDATION_PREFIXES = ("stages.adapters.", "stages.cli.", "stages.compat.", "stages.config.", "stages.registry.",
+                       "stages.runs.")
 TRAINING_STAGES = ["stages.pretrain", "stages.sft", "stages.rl", "stages.opd"]
 HEAVY = ("torch", "torchvision", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "bitsandbytes",
          "open_clip", "open_clip_train", "vllm", "PIL")

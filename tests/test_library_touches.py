@@ -1,13 +1,16 @@
 """Every touch of a library internal is a row of stages.adapters.TOUCHES (library, symbol, tested range, what happens
 outside it); a private access, a private override or a swap of a library object's method without a row fails here,
-and so does a row that nothing uses any more. The scan is static (AST) plus one runtime fact: whether a private
+and so does a row that nothing uses any more, or one whose range no module of its checks where the touch is made. The scan is static (AST) plus one runtime fact: whether a private
 method a class of ours defines exists on one of its library base classes (then it is an override)."""
 import ast
 import importlib
 import sys
 from pathlib import Path
 
-from stages.adapters import TOUCHES, touch_names
+import pytest
+
+from stages import adapters
+from stages.adapters import TOUCHES, LibraryVersionError, touch_names
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("corpora", "stages", "pathoclip", "evaluation", "recipes")
@@ -149,3 +152,99 @@ def test_the_scan_catches_an_unregistered_private_access(monkeypatch):
     finally:
         probe.unlink()
     assert found["_some_new_private_thing"] == {"stages/_touch_probe_test_only.py:2"}
+
+
+def _module_file(module: str) -> Path:
+    path = ROOT / Path(*module.split("."))
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else path / "__init__.py"
+
+
+def test_every_row_is_checked_where_the_touch_is_made():
+    """Each row's symbol is named in one of its modules, which calls ``adapters.check`` (refuse / fall back there)
+    or ``adapters.tested`` (an adapter that words its own fallback from the row's range)."""
+    unchecked = []
+    for t in TOUCHES:
+        assert t.outside in ("refuse", "fallback") and (t.outside == "refuse" or t.fallback), t.symbol
+        checked = False
+        for module in t.where.split(", "):
+            tree = ast.parse(_module_file(module).read_text())
+            named = any(isinstance(n, ast.Constant) and n.value == t.symbol for n in ast.walk(tree))
+            calls = any(isinstance(n, ast.Call) and isinstance(n.func, (ast.Attribute, ast.Name))
+                        and (n.func.attr if isinstance(n.func, ast.Attribute) else n.func.id) in ("check", "tested")
+                        for n in ast.walk(tree))
+            checked = checked or (named and calls)
+        if not checked:
+            unchecked.append(t.symbol)
+    assert unchecked == []
+
+
+def _outside(monkeypatch, version="99.0"):
+    monkeypatch.setattr(adapters, "installed_version", lambda library: version)
+    monkeypatch.setattr(adapters, "_warned", set())
+
+
+def test_a_refuse_row_outside_its_range_is_one_line_naming_range_release_and_fix(monkeypatch):
+    assert adapters.check("open_clip_train.main.train_one_epoch")  # the installed open_clip_torch is the tested one
+    _outside(monkeypatch, "3.4.0")
+    with pytest.raises(LibraryVersionError) as e:
+        adapters.check("open_clip_train.main.train_one_epoch")
+    assert str(e.value) == ("pathoclip.launch touches open_clip_train.main.train_one_epoch, tested with "
+                            "open_clip_torch 3.3-3.3, found open_clip_torch 3.4.0; fix: install open_clip_torch 3.3-3.3, "
+                            "or re-check pathoclip.launch against this release and widen the range in "
+                            "stages/adapters.py")
+    _outside(monkeypatch, None)  # not installed: refused too, never touched blindly
+    with pytest.raises(LibraryVersionError, match="found no accelerate"):
+        adapters.check("accelerate.Accelerator.backward")
+
+
+def test_a_fallback_row_outside_its_range_keeps_the_library_and_says_so_once(monkeypatch, caplog):
+    _outside(monkeypatch)
+    with caplog.at_level("WARNING", logger="stages.adapters"):
+        assert adapters.check("transformers.ProcessorMixin._get_num_multimodal_tokens") is False
+        assert adapters.check("transformers.ProcessorMixin._get_num_multimodal_tokens") is False
+    assert caplog.text.count("left alone, length grouping by text tokens only") == 1
+
+
+def test_image_dedup_outside_its_range_leaves_the_processor_alone(monkeypatch):
+    from stages.rl.image_dedup import dedup_images
+
+    class Processor:
+        image_processor = "the processor's own"
+
+    processor = Processor()
+    with dedup_images(processor) as stand_in:
+        assert stand_in is not None and processor.image_processor is stand_in  # in range: swapped for the step
+    assert processor.image_processor == "the processor's own"
+    _outside(monkeypatch)
+    with dedup_images(processor) as stand_in:
+        assert stand_in is None and processor.image_processor == "the processor's own"
+
+
+def test_skipped_step_outside_its_range_refuses_before_touching_the_accelerator(monkeypatch):
+    from stages.rl.skipped_step import backward_unless
+
+    class Accelerator:
+        def backward(self, loss):
+            return loss
+
+    accelerator = Accelerator()
+    _outside(monkeypatch, "1.99")
+    with pytest.raises(LibraryVersionError, match=r"accelerate\.Accelerator\.backward, tested with accelerate 1\.15"):
+        with backward_unless(accelerator, None, lambda: True):
+            pass
+    assert "backward" not in vars(accelerator)
+
+
+def test_pathoclip_configs_outside_its_range_go_through_open_clips_public_call(monkeypatch):
+    import open_clip
+
+    from pathoclip.export import CONFIG_DIR, register_model_configs
+
+    added = []
+    monkeypatch.setattr(open_clip, "add_model_config", lambda path: added.append(path))
+    register_model_configs()
+    assert added == [] or added == [CONFIG_DIR]  # in range: added once per process, the private list read
+    added.clear()
+    _outside(monkeypatch)
+    register_model_configs()
+    assert added == [CONFIG_DIR]  # outside: the public call, without reading open_clip's private list

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from trl import DistillationTrainer
 
+from stages import adapters
 from stages.checkpointing import PublishingTrainer
 from stages.model import ModelConfig
 from stages.opd import STAGE, OPDConfig, missing_teacher
@@ -19,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 class PathoDistillationTrainer(PublishingTrainer, DistillationTrainer):
     """TRL's DistillationTrainer publishing to the registry (stages.checkpointing), the loss curve in each manifest."""
+
+    def __init__(self, *args, **kwargs):
+        adapters.check("transformers.Trainer._get_train_sampler")  # the resumable order below
+        super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self, dataset=None):
         # TRL's RepeatSampler layout (one generation batch, repeated over the accumulation window), as one pass over

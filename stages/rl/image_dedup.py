@@ -69,9 +69,13 @@ class _DedupImageProcessor:
 @contextmanager
 def dedup_images(processor):
     """Within the block, `processor.image_processor` preprocesses each distinct image once (yields the stand-in,
-    or None when the processor has no image processor)."""
+    or None when the processor has no image processor, or under a transformers release stages/adapters.py does
+    not list for the swap)."""
+    from stages import adapters
+
     real = getattr(processor, "image_processor", None)
-    if real is None or isinstance(real, _DedupImageProcessor):
+    if real is None or isinstance(real, _DedupImageProcessor) or \
+            not adapters.check("transformers.ProcessorMixin.image_processor"):
         yield None
         return
     processor.image_processor = stand_in = _DedupImageProcessor(real)

@@ -28,9 +28,14 @@ _GENERATE_INPUTS = {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
 def share_prefill(model: torch.nn.Module) -> bool:
     """Install the shared prefill as an instance-level `generate` on the transformers model under `model`.
 
-    Returns False for models it does not cover (not a Qwen-VL model with `get_rope_index`)."""
+    Returns False for models it does not cover (not a Qwen-VL model with `get_rope_index`) and under a transformers
+    release outside the range stages/adapters.py gives."""
+    from stages import adapters
+
     target = unwrap_model(model)
     if rope_owner(target) is None or not hasattr(target, "generate"):
+        return False
+    if not adapters.check("transformers.PreTrainedModel.generate"):  # another transformers: its own generate
         return False
     if not hasattr(target, _GENERATE_STATE):
         setattr(target, _GENERATE_STATE, PrefixStats())

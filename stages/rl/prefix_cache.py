@@ -18,7 +18,7 @@ The recompute must be non-reentrant (`use_reentrant=False`, transformers' defaul
 the first forward without autograd, so the stored prompt keys would carry no gradient back
 (`reentrant_checkpointing` tells; the shared forward then falls back).
 
-Private transformers hooks used (checked against `TRANSFORMERS_TESTED`; tests/test_library_adapters.py pins
+Private transformers hooks used (checked against `TRANSFORMERS_TESTED`, their rows' range in stages/adapters.py; tests/test_library_adapters.py pins
 them): `GradientCheckpointingLayer._can_checkpoint_with_cache` (True keeps the cache inside a checkpointed layer:
 transformers meant it for layers that only read the cache, which is what both caches make of every layer) and the
 layer's `_gradient_checkpointing_func` (a `functools.partial` of torch's checkpoint with its keyword arguments).
@@ -30,7 +30,10 @@ from contextlib import contextmanager
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-TRANSFORMERS_TESTED = ("5.17", "5.17")
+from stages import adapters
+
+TRANSFORMERS_TESTED = adapters.tested("transformers.GradientCheckpointingLayer._can_checkpoint_with_cache",
+                                      "transformers.PreTrainedModel._gradient_checkpointing_func")
 
 
 def hooks_supported(version: str | None = None) -> bool:

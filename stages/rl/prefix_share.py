@@ -42,13 +42,14 @@ from dataclasses import dataclass
 
 import torch
 
+from stages import adapters
 from stages.rl import prefix_cache
 
 logger = logging.getLogger(__name__)
 
 # TRL versions whose GRPOTrainer._get_per_token_logps_and_entropies signature and output contract
 # (fused LM head: `model(..., labels=labels, fused_lm_head=True).log_probs`) this module was written against.
-TRL_TESTED = ("1.16",)
+TRL_TESTED = adapters.tested("trl.GRPOTrainer._get_per_token_logps_and_entropies")  # stages/adapters.py
 _SUPPORTED_INPUTS = {"pixel_values", "image_grid_thw", "num_images", "mm_token_type_ids"}
 
 

@@ -51,6 +51,9 @@ def backward_unless(accelerator, model, skipped: Callable[[], bool]):
     """Within the block `accelerator.backward(loss)` runs only when `skipped()` is False, else `skip_update`.
     The Trainer calls `self.accelerator.backward` inside its `training_step`: an instance attribute shadows
     the method for the duration of one call (restored after, also on error)."""
+    from stages import adapters
+
+    adapters.check("accelerate.Accelerator.backward")  # refused outside the accelerate releases it was tested with
     had_own = "backward" in vars(accelerator)
     backward = accelerator.backward
 

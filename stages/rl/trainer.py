@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from trl import GRPOTrainer
 
+from stages import adapters
 from stages.checkpointing import TRAINER_STATE_DIR, PublishingTrainer  # noqa: F401 (re-exported)
 from stages.rl import prefill_share, prefix_share, skipped_step, trl_batch, vllm_sync
 from stages.rl.image_dedup import dedup_images
@@ -29,12 +30,19 @@ from stages.rl.sampling import collect_informative, refill_prompt_indices
 from stages.rl.vision_share import share_vision_encoding, sharing_stats
 
 logger = logging.getLogger(__name__)
+# The TRL / transformers internals this class overrides or reads on every run (stages/adapters.py): outside their
+# tested releases the trainer is refused before it is built.
+OVERRIDDEN = ("trl.GRPOTrainer._prepare_inputs", "trl.GRPOTrainer._calculate_rewards",
+              "trl.GRPOTrainer._generate_and_score_completions", "trl.GRPOTrainer._metrics",
+              "trl.GRPOTrainer._tokenizer", "trl.GRPOTrainer._logs", "transformers.Trainer._get_train_sampler")
 
 
 class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
     def __init__(self, *args, dynamic_sampling: bool = False, max_num_gen_batches: int = 4,
                  gating_reward: int | None = None, curriculum=None, subset_scaling=None, share_vision: bool = True, share_prefix: bool = True,
                  tensorboard_samples: int = 0, **kwargs):
+        for symbol in OVERRIDDEN:
+            adapters.check(symbol)
         super().__init__(*args, **kwargs)
         self.dynamic_sampling = dynamic_sampling
         self.gating_reward = gating_reward  # index of the reward that decides informativeness; None = weighted total
@@ -57,7 +65,7 @@ class PathoGRPOTrainer(PublishingTrainer, GRPOTrainer):
         self.share_prefix = share_prefix and prefix_share.trl_supported()
         if share_prefix and not self.share_prefix:
             logger.warning("share_prefix is off: it hooks a private TRL method checked against TRL %s only",
-                           "/".join(prefix_share.TRL_TESTED))
+                           "-".join(dict.fromkeys(prefix_share.TRL_TESTED)))
         if share_prefix:  # rollouts: one prefill per group (a public-API override of the model's generate)
             prefill_share.share_prefill(self.model)
         if share_vision:

@@ -6,8 +6,8 @@ import logging
 import math
 from pathlib import Path
 
-from stages.rl.config import RLConfig
 from stages.model import vision_token_ids, vision_tokens
+from stages.rl.config import RLConfig
 # shared with on-policy distillation (stages.opd); imported from here by older callers
 from stages.rollouts import pad_prompts_left, prompt_dataset
 
@@ -201,6 +201,9 @@ def run(cfg: RLConfig) -> Path:
         dataset = cap_image_pixels(dataset, processor, cfg.model.max_pixels)
     base = resolve_model_path(init)
     if full_resume:  # TRL builds the KL reference model from this name: it stays the input model
+        from stages import adapters
+
+        adapters.check("transformers.PretrainedConfig._name_or_path")
         model.config._name_or_path = base
 
     output_dir = logs_dir(STAGE, cfg.run)

@@ -23,6 +23,8 @@ from collections import OrderedDict
 
 import torch
 
+from stages import adapters
+
 logger = logging.getLogger(__name__)
 
 _ATTR = "_pathor1_shared"
@@ -186,7 +188,7 @@ def _from_cache(state, chunks, grid_thw, device):
 
 # `_shared_forward` calls the Qwen-VL vision tower's own forward(hidden_states, grid_thw, **kwargs) on a subset of
 # the images and splits its output by `spatial_merge_size`: checked against these transformers releases.
-TRANSFORMERS_CHECKED = ("5.17", "5.23")
+TRANSFORMERS_CHECKED = adapters.tested("transformers.Qwen2VisionTransformerPretrainedModel.forward")
 VISION_FORWARD_ARGS = ("self", "hidden_states", "grid_thw")
 
 

@@ -25,6 +25,12 @@ def one_sync_per_step(trainer):
     if engine is None or getattr(engine, "mode", None) != "colocate" or not getattr(engine, "enable_sleep_mode", False):
         yield lambda: None
         return
+    from stages import adapters
+
+    if not all([adapters.check("vllm.LLM.sleep"),  # both checked: each logs its own fallback once
+                adapters.check("trl.generation.vllm_generation.VLLMGeneration._llm_weights_sleeping")]):
+        yield lambda: None  # TRL's own sleep after every round
+        return
     llm = engine.llm
     had_own = "sleep" in vars(llm)
     sleep = llm.sleep
