@@ -2,7 +2,8 @@
 
 Same tiny model config, same demo pairs (the CSV pathoclip writes, handed to both), same argv for the
 training loop (batch, epochs, lr, seed, fp32, CPU). Both run as fresh subprocesses, so each pays interpreter
-start and imports; ours additionally reads the corpus through corpora and exports the result into the
+start and imports; ours additionally reads the corpus through corpora, runs the phase in a process of its own
+(pathoclip.launch: a second interpreter start and torch / open_clip imports) and exports the result into the
 registry (hf-hub layout). The baseline is `open_clip_train.main` started from `python -c` only because the
 plain `-m` entry point cannot be told about a model config outside open_clip's own folder.
 Runs alternate (baseline, ours, baseline, ...) to spread machine noise. Last line: one JSON object;
