@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import logging
 import os
 import sys
 import time
@@ -95,6 +96,9 @@ def offline_hub() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # bitsandbytes warns on every import on AVX512-BF16 CPUs that an optional 4-bit CPU kernel package is absent:
+    # noise above a CLI's one-line error, and 4-bit runs need CUDA anyway (stages.preflight)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 # A CLI whose training a signal stopped early, after every rank saved a checkpoint (stages/preemption.py): sysexits.h

@@ -353,13 +353,15 @@ def _check_passthrough(schema: Passthrough, value: dict, dotted: str, prefix: st
     """The mapping with each key checked against ``schema`` and each value converted to the key's type."""
     if not value:
         return {}
-    allowed, out = schema.fields(), {}
     owned = schema.owned() if callable(schema.owned) else schema.owned
-    for key, item in value.items():
-        path = f"{dotted}.{key}"
+    for key in value:  # before fields(), which imports the library (TRL: ~8 s): an owned key is refused at once
         if key in owned:
+            path = f"{dotted}.{key}"
             raise ConfigError(f"{root.__name__}.{path}{_where(origins, path)}: "
                               f"{owned_key_message(schema.target, key, owned[key], prefix)}")
+    allowed, out = schema.fields(), {}
+    for key, item in value.items():
+        path = f"{dotted}.{key}"
         if key not in allowed:
             close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
             hint = f"; did you mean '{dotted}.{close[0]}'?" if close else ""
@@ -577,6 +579,6 @@ def load_config_or_exit(cls, argv: list[str] | None = None, *, prog: str | None 
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if error is not None:
-        print(f"{prog}: error: {error}\n(see --help for every field)", file=sys.stderr)
+        print(f"{prog}: error: {error} (--help lists every field)", file=sys.stderr)  # one line, as every CLI error
         raise SystemExit(2) from None
     return cfg

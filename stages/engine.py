@@ -266,6 +266,8 @@ def prepare_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files,
     """The trainer for ``rows`` (``images`` + ``messages``) from ``init``, and the checkpoint to resume from."""
     plan = plan or plan_run(stage, cfg, init=init)
     resume_from, init = plan.resume_from, plan.init  # a resumed run continues from its own input model
+    # the split needs no model: an eval_fraction that leaves no training data is refused before one loads
+    train_rows, eval_rows = split_by_image(rows, cfg.eval_fraction, cfg.seed)
 
     # Resuming full weights: load them from the checkpoint; LoRA: the same base, the adapter comes later.
     base = resolve_model_path(str(init))  # may build the tiny preset, which seeds torch itself
@@ -276,8 +278,8 @@ def prepare_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files,
         model, processor = load_model(cfg.model_config(weights))
     if cfg.group_by_length:
         with distributed.main_process_first():  # datasets' map cache: one rank computes, the others read it
-            rows = add_lengths(rows, processor)
-    train_rows, eval_rows = split_by_image(rows, cfg.eval_fraction, cfg.seed)
+            train_rows = add_lengths(train_rows, processor)
+            eval_rows = None if eval_rows is None else add_lengths(eval_rows, processor)
     trainer = StageTrainer(
         model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
         processing_class=processor, data_collator=ChatCollator(processor, max_length=cfg.max_length),

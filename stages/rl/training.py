@@ -143,19 +143,16 @@ def run(cfg: RLConfig) -> Path:
     resume_from, init = run_plan.resume_from, run_plan.init  # a resumed run keeps its recorded input model
     check_model_ref(init)  # an input model that names nothing: one line, before the heavy imports below
 
+    # the rewards and the data are checked before TRL and the Trainer import (~8 s CPU): their errors come first
     from corpora.readers import load_qa
     from stages import distributed
-    from stages.checkpointing import TRAIN_POLICIES, Publication, StopAfter, resume_argument
-    from stages.preemption import Preemption
     from corpora.training_data import check_data, data_file
-    from stages.model import load_model, resolve_model_path
     from stages.config import ConfigError
     from datasets import concatenate_datasets
 
     from stages.rl import curriculum, tools
     from stages.rl.algos import SubsetScaling
     from stages.rl.rewards import build_rewards
-    from stages.rl.trainer import PathoGRPOTrainer
 
     if parse_ref(init) is not None:
         init = str(registry.resolve(init))  # sft:latest -> the newest finished SFT entry; RegistryError if none
@@ -182,6 +179,11 @@ def run(cfg: RLConfig) -> Path:
         scaling = None if cfg.subset_scaling == "none" and not cfg.subset_weights else \
             SubsetScaling(subsets, cfg.subset_weights, balance=cfg.subset_scaling == "balance")
         dataset = prompt_dataset(qa_sets[0] if len(qa_sets) == 1 else concatenate_datasets(qa_sets), cfg.template)
+
+    from stages.checkpointing import TRAIN_POLICIES, Publication, StopAfter, resume_argument
+    from stages.model import load_model, resolve_model_path
+    from stages.preemption import Preemption
+    from stages.rl.trainer import PathoGRPOTrainer
 
     model_cfg = copy.deepcopy(cfg.model)
     # Resuming full weights: load them from the checkpoint here (the Trainer's own loader would skip them all:

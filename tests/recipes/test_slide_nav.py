@@ -58,7 +58,7 @@ def test_config_errors_are_refused_before_anything_runs(override, message, capsy
     with pytest.raises(SystemExit) as exit_:
         slide_nav.main([override])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_.value.code == 2 and message in err[0] and err[1:] == ["(see --help for every field)"]
+    assert exit_.value.code == 2 and message in err[0] and len(err) == 1 and "--help" in err[0]
 
 
 def test_every_field_loads_from_the_command_line():
