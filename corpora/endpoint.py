@@ -125,6 +125,7 @@ class ChatEndpoint:
         self.stats = EndpointStats()
         self._limiter = RateLimiter(rate_limit)
         self._lock = threading.Lock()
+        self._warned: set[str] = set()  # problems already logged (_warn)
         self._client = httpx.Client(timeout=timeout, transport=transport,
                                     limits=httpx.Limits(max_connections=concurrency))
 
@@ -161,6 +162,14 @@ class ChatEndpoint:
         key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
         return {"Authorization": f"Bearer {key}"} if key else {}
 
+    def _warn(self, message: str, *args) -> None:
+        """Each distinct problem once: an unreachable endpoint is one warning, not one per question asked."""
+        text = message % args
+        with self._lock:
+            seen = text in self._warned
+            self._warned.add(text)
+        log.log(logging.DEBUG if seen else logging.WARNING, text)
+
     def _post(self, body: dict) -> list[str] | None:
         for attempt in range(self.max_retries + 1):
             self._limiter.wait()
@@ -176,15 +185,15 @@ class ChatEndpoint:
                     try:
                         return [c["message"]["content"] or "" for c in reply.json()["choices"]]
                     except (ValueError, KeyError, TypeError, IndexError):
-                        log.warning("endpoint %s: malformed reply (not an OpenAI chat completion)", self.url)
+                        self._warn("endpoint %s: malformed reply (not an OpenAI chat completion)", self.url)
                         return None
                 problem = f"HTTP {reply.status_code}"
                 if reply.status_code not in RETRY_STATUS:
-                    log.warning("endpoint %s: %s, not retried", self.url, problem)
+                    self._warn("endpoint %s: %s, not retried", self.url, problem)
                     return None
                 retry_after = reply.headers.get("retry-after")
             if attempt == self.max_retries:
-                log.warning("endpoint %s: %s after %d attempts, giving up", self.url, problem, attempt + 1)
+                self._warn("endpoint %s: %s after %d attempts, giving up", self.url, problem, attempt + 1)
                 return None
             with self._lock:
                 self.stats.retries += 1

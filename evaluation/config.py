@@ -72,6 +72,8 @@ class EvalConfig:
 
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; known: {', '.join(PROFILES)}")
+        if self.tools:  # here, not where the viewer loads: a misspelt --tools is refused before the model
+            check_tools(self.tools, self.view_budget)
 
     def evaluate_kwargs(self) -> dict:
         """Keyword arguments of ``evaluation.run.evaluate`` (and ``Evaluation``) for everything but model/suite/data."""
@@ -156,3 +158,14 @@ def load_config(argv: list[str], *, prog: str) -> EvalConfig:
     from stages.config import load_config as load
 
     return load(EvalConfig, flags_to_overrides(argv), prog=prog)
+
+
+TOOLS = ("slide_view",)
+
+
+def check_tools(tools: str, view_budget: int) -> None:
+    """``--tools`` names a known tool set and ``--view-budget`` is >= 0 (ValueError otherwise)."""
+    if tools not in TOOLS:
+        raise ValueError(f"--tools: expected one of {', '.join(TOOLS)}, found {tools!r}")
+    if view_budget < 0:
+        raise ValueError(f"--view-budget: expected >= 0 (0 = thumbnail only), found {view_budget}")

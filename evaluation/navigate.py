@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from corpora.slides.viewer import ViewerSettings
+from evaluation.config import check_tools
 from evaluation.generate import Completion, eos_ids
 
 
@@ -136,18 +137,12 @@ def views_summary(rows: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- evaluation.run
-TOOLS = ("slide_view",)
-
-
 def tool_limits(tools: str | None, view_budget: int = 4, **viewer) -> ViewerSettings | None:
     """``--tools slide_view --view-budget N [--view-size S --overview-size O]`` as ViewerSettings (None without
     --tools)."""
     if not tools:
         return None
-    if tools not in TOOLS:
-        raise ValueError(f"--tools: expected one of {', '.join(TOOLS)}, found {tools!r}")
-    if view_budget < 0:
-        raise ValueError(f"--view-budget: expected >= 0 (0 = thumbnail only), found {view_budget}")
+    check_tools(tools, view_budget)
     return ViewerSettings(budget=view_budget, **viewer)
 
 

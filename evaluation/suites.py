@@ -174,7 +174,7 @@ def load_suite_report(name: str, data: str | Path | None = None, **options) -> t
     path = suite_data(name, data)
     if not path.exists():
         raise SuiteError(f"{path}: expected the {name} release here, found no such file or folder; fix: pass "
-                         f"--data (or --data-root holding {'/'.join(suite.layout or ('?',))})")
+                         + (f"--data (or --data-root holding {'/'.join(suite.layout)})" if suite.layout else "--data"))
     skips = Skips()
     if options.get("split") and not suite.splits:
         raise SuiteError(f"{path}: expected no --split for suite {name!r} (its data has one split), found "
