@@ -53,7 +53,8 @@ CASES = [
     ("sft", [{"id": "s", "image": "ok.png", "messages": [{"role": "user", "content": "hi"}]}],
      "{f}:1: bad-messages: the last message must be a non-empty assistant turn"),
     ("sft", [{"id": "s", "image": "ok.png", "messages": [{"role": "bot", "content": "hi"}]}],
-     "{f}:1: bad-messages: unknown role 'bot' (system, user, assistant)"),
+     "{f}:1: bad-messages: unknown role 'bot' (system, user, assistant; tool turns belong to a trace with 'tools', "
+     "see corpora.traces)"),
 ]
 
 

@@ -66,7 +66,7 @@ def test_views_are_logged_and_the_budget_refuses_more(slide, tmp_path):
     log = tmp_path / "views.jsonl"
     viewer = SlideViewer(budget=2, size=32, log_path=log)
     observation = viewer.reset(slide=str(slide), id="q7", prompt=[{"role": "user", "content": "?"}], answer="A")
-    assert "1536 x 768 pixels at 0.5 µm/px" in observation and "up to 2 regions" in observation
+    assert "1536 x 768 px at 0.5 µm/px" in observation and "up to 2 regions" in observation
     viewer.zoom(100, 200, 1.0)
     viewer.zoom("700", "300", "0.5")  # TRL may hand arguments over as strings
     with pytest.raises(ViewError, match="budget of 2 views is spent"):

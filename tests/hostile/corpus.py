@@ -308,8 +308,8 @@ CASES: list[Case] = [
          jsonl("sft", record("sft", 3, messages=[_USER, {"role": "assistant"}]))),
     Case("message-content-none", "sft", "bad-messages", "must be a string or a list of parts",
          jsonl("sft", record("sft", 3, messages=[_USER, {"role": "assistant", "content": None}]))),
-    Case("unknown-role", "sft", "bad-messages", "unknown role 'tool'",
-         jsonl("sft", record("sft", 3, messages=[_USER, {"role": "tool", "content": "x"}]))),
+    Case("unknown-role", "sft", "bad-messages", "unknown role 'bot'",  # a 'tool' turn makes a trace (corpora.traces)
+         jsonl("sft", record("sft", 3, messages=[_USER, {"role": "bot", "content": "x"}]))),
     Case("one-megabyte-assistant-turn", "sft", "text-too-long", "1000000 characters",
          jsonl("sft", record("sft", 3, messages=[_USER, {"role": "assistant", "content": _BIG}]))),
     Case("nul-in-assistant-turn", "sft", "bad-field", "NUL character",
