@@ -6,32 +6,17 @@ import json
 import shutil
 
 import datasets
-import numpy as np
 import pytest
 
 from corpora.leakage import find_leaks
 from corpora.readers import load_qa
 from corpora.slides import tile_slide, TileParams
 from corpora.slides.sampling import SlideSampling
-from corpora.slides.synthetic import GLASS, write_svs
 from corpora.slides.tiling import slide_of_image
 from corpora.training_data import split_by_image
 from corpora.validate import main as validate_main
 
-TISSUE = (222, 140, 180)
-
-
-def cells_slide(path, cells, *, mpp=0.5, seed=0):
-    """A 4 x 6 grid of 64 px cells at ``mpp``, tissue on ``cells``: one 64 px tile per tissue cell."""
-    rng = np.random.default_rng(seed)
-    img = np.empty((256, 384, 3), np.uint8)
-    img[:] = GLASS
-    for r, c in cells:
-        block = img[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64]
-        block[:] = TISSUE
-        block[rng.random(block.shape[:2]) < 0.1] = (110, 60, 150)
-    return write_svs(path, img, mpp=mpp, n_levels=2, tile=64, label=False)
-
+from tests.slide_cells import cells_slide
 
 SIX = [(0, 0), (1, 1), (1, 2), (2, 3), (3, 4), (3, 5)]
 

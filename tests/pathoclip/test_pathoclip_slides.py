@@ -4,29 +4,17 @@ fewer than K tiles is one line naming file:line and exit 2, before open_clip_tra
 import csv
 import re
 
-import numpy as np
 import pytest
 
 from corpora.slides import tiling
-from corpora.slides.synthetic import GLASS, write_svs
 from corpora.slides.tiling import slide_of_image
 from stages.config import load_config
 
 from pathoclip import train as clip_train
 from pathoclip.train import CLIPTrainConfig
+from tests.slide_cells import cells_slide
 
 SLIDES = "slides.mpp=0.5 slides.size=64 slides.min_tissue=0.5".split()
-
-
-def _slide(path, colour, cells, seed):
-    rng = np.random.default_rng(seed)
-    img = np.empty((192, 256, 3), np.uint8)
-    img[:] = GLASS
-    for r, c in cells:
-        block = img[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64]
-        block[:] = colour
-        block[rng.random(block.shape[:2]) < 0.1] = (110, 60, 150)
-    write_svs(path, img, mpp=0.5, n_levels=2, tile=64, label=False)
 
 
 @pytest.fixture
@@ -39,7 +27,7 @@ def corpus(tmp_path, monkeypatch):
     d.mkdir()
     rows = []
     for i, colour in enumerate([(222, 140, 180), (150, 90, 190)] * 2):
-        _slide(d / f"s{i}.svs", colour, [(0, i % 4), (1, 1), (2, 2)], seed=i)
+        cells_slide(d / f"s{i}.svs", [(0, i % 4), (1, 1), (2, 2)], rows=3, cols=4, colour=colour, seed=i)
         rows.append(["", f"s{i}.svs", ["pink stroma", "violet tumour"][i % 2]])
     Image.new("RGB", (64, 64), (200, 120, 160)).save(d / "patch.png")
     rows.append(["patch.png", "", "pink stroma"])
