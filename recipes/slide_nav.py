@@ -1,14 +1,17 @@
-"""Learning to look (issue 26): SFT on navigation traces, then RL with the slide viewer, evaluated against the
-thumbnail-only model on held-out slides.
+"""Learning to look (issue 26): SFT on the looking exercises, then on navigation traces, then RL with the slide
+viewer, evaluated against the thumbnail-only model on held-out slides.
 
     python -m recipes.slide_nav                                   # the navigation demo, tiny Qwen3-VL, CPU
     python -m recipes.slide_nav rl.max_steps=40 demo.n_eval=200   # any field, dotted
     python -m recipes.slide_nav data=MY_NAV_CORPUS                # a folder in the navdemo layout
 
-The corpus (corpora.slides.navdemo) holds slides whose answer shows only at 0.25 µm/px in one darker focus; its
-sft.jsonl (the traces, overview -> zoom on the focus -> answer, a tool-calling trace kind of recipes.sft, each beside
-the same question without tools, so the thumbnail-only baseline answers in format) is the SFT data,
-its rl.jsonl the RL questions (stages.rl with tools.env=slide_view), its eval.jsonl the held-out slides. ``viewer``
+The corpus (corpora.slides.navdemo) holds slides whose answer shows only at 0.25 µm/px in one darker focus. Stage
+``look`` (an SFT run named ``<run>_look``) trains on its look.jsonl: each trace's two decisions (where to zoom, how
+the cells lie in the view) as short records without the tools section, where the tiny model learns them; stage
+``sft`` then on its sft.jsonl (the traces, overview -> zoom on the focus -> answer, a tool-calling trace kind of
+recipes.sft, each beside the same question without tools, so the thumbnail-only baseline answers in format), which
+carries both decisions into the tools context (corpora.slides.navdemo.looking_records says what was measured);
+rl.jsonl holds the RL questions (stages.rl with tools.env=slide_view), eval.jsonl the held-out slides. ``viewer``
 is the one set of viewer limits the traces, RL and evaluation share. The SFT and RL checkpoints are evaluated with
 the viewer (views_per_question before and after RL) and the RL checkpoint also thumbnail-only (--view-budget 0: the
 same overview and prompt, no tools); ``comparisons`` hold tools vs thumbnail and RL vs SFT (paired 95 % CI, McNemar
@@ -20,9 +23,9 @@ import resource
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from corpora.slides.navdemo import OVERVIEW, build_nav_demo
+from corpora.slides.navdemo import OVERVIEW, VERSION, build_nav_demo
 from corpora.slides.viewer import ViewerSettings
-from evaluation.config import EvalConfig
+from evaluation.config import Decoding, EvalConfig
 from stages.cli import run_cli
 from stages.registry import home, reports_dir
 from stages.rl.config import RLConfig
@@ -32,7 +35,11 @@ from stages.sft import SFTConfig
 from recipes.launch import LaunchConfig, LaunchError, entry_id, forget_driver_ranks, plan_launch, run_stage
 from recipes.pipeline import Timer, compare_stages, peak_memory_gib, recipe_eval, stage_config, write_metrics
 
-STAGES = ("sft", "rl")
+STAGES = ("look", "sft", "rl")
+# Completion tokens (all turns) in RL and evaluation: with the tiny tokenizer a call is ~50 tokens, a tool result ~65
+# (its view included), the answer ~40; 320 holds two full views, so a second view is never cut inside its image
+# tokens (TRL then drops every image of the batch; with dynamic sampling's merge it failed).
+MAX_TOKENS = 320
 
 
 @dataclass
@@ -40,8 +47,8 @@ class NavDemoConfig:
     n_train: int = field(default=160, metadata={"help": "Training slides: one SFT trace and one RL question each."})
     n_eval: int = field(default=128, metadata={"help": "Held-out slides (the paired CI's n)."})
     seed: int = field(default=0, metadata={"help": "Seed of the corpus."})
-    aux: int = field(default=2, metadata={"help": "Copies per training slide of the two short looking exercises in "
-                                                  "sft.jsonl (view -> bands, overview -> zoom call); 0 = none."})
+    looks: int = field(default=4, metadata={"help": "Copies per training slide of the two looking exercises in "
+                                                    "look.jsonl (overview -> zoom call, overview + view -> answer)."})
 
 
 def _viewer() -> ViewerSettings:
@@ -50,24 +57,28 @@ def _viewer() -> ViewerSettings:
     return ViewerSettings(budget=2, view_size=64, overview_size=192, max_turns=2)
 
 
-def _sft() -> SFTConfig:
+def _sft(epochs: float = 3) -> SFTConfig:
     # 192 x 128 overviews need more than the tiny processor's 112^2 pixels (it would halve them: the focus would be
-    # ~4 px); the processor saved with the checkpoint keeps the cap for RL and evaluation.
-    sft = SFTConfig(lr=2e-3, warmup_ratio=0.05, epochs=2, batch_size=8, train="all", group_by_length=False,
+    # ~4 px); the processor saved with the checkpoint keeps the cap for RL and evaluation. No length grouping: with
+    # centred image tokens (the batch mean subtracted) a batch grouped by length holds records whose answers have
+    # the same length -- here the same focus (x=1280 has one digit more than x=256) -- and centring then removes
+    # the very feature that tells them apart (measured: where-to-zoom 0.23 held-out with grouping, 1.00 without).
+    sft = SFTConfig(lr=1e-3, warmup_ratio=0.05, epochs=epochs, batch_size=8, train="all", group_by_length=False,
                     save_every=0, keep_last=1, center_image_features=True)
     sft.model.max_pixels = 192 * 128
     return sft
 
 
 def _rl() -> RLConfig:
-    return RLConfig(algorithm="dapo", num_generations=4, batch_size=4, max_completion_length=160, max_steps=20,
+    return RLConfig(algorithm="dapo", num_generations=4, batch_size=4, max_completion_length=MAX_TOKENS, max_steps=20,
                     lr=5e-5, temperature=0.7, max_num_gen_batches=2, train="all",
                     rewards=["format", "accuracy", "view_cost"], reward_weights=[0.1, 0.9, 0.02],
                     tools=ToolsConfig(env="slide_view"))  # its limits come from the recipe's viewer
 
 
 def _eval() -> EvalConfig:
-    return recipe_eval(batch_size=32, suite="qa", tools="slide_view")
+    # max_new_tokens counts every turn: the same budget as RL's completions
+    return recipe_eval(batch_size=32, suite="qa", tools="slide_view", decoding=Decoding(max_new_tokens=MAX_TOKENS))
 
 
 @dataclass
@@ -83,8 +94,10 @@ class SlideNavConfig:
     viewer: ViewerSettings = field(default_factory=_viewer, metadata={
         "help": "Viewer limits of the traces, RL (copied into rl.tools) and evaluation: budget, view_size, "
                 f"overview_size (<= {OVERVIEW} on the demo), max_mpp, max_turns."})
-    stages: list[str] = field(default_factory=lambda: list(STAGES), metadata={"help": "Stages to run: sft, rl."})
+    stages: list[str] = field(default_factory=lambda: list(STAGES), metadata={"help": "Stages to run: look, sft, rl."})
     device: str = field(default="cpu", metadata={"help": "auto|cuda|cpu for every stage."})
+    look: SFTConfig = field(default_factory=lambda: _sft(epochs=2), metadata={
+        "help": "SFT on look.jsonl (the looking exercises + thumbnail records), run <run>_look."})
     sft: SFTConfig = field(default_factory=_sft, metadata={"help": "SFT on sft.jsonl (traces + thumbnail records)."})
     rl: RLConfig = field(default_factory=_rl, metadata={
         "help": "RL on rl.jsonl; rl.tools takes the viewer's limits (rl.tools.log_views stays its own)."})
@@ -100,8 +113,8 @@ class SlideNavConfig:
             raise ValueError(f"device must be one of auto|cuda|cpu, got {self.device!r}")
         if not self.stages or [s for s in self.stages if s not in STAGES]:
             raise ValueError(f"stages must be a non-empty list of {list(STAGES)}, got {self.stages}")
-        if self.demo.aux < 0:
-            raise ValueError(f"demo.aux must be >= 0, got {self.demo.aux}")
+        if self.demo.looks < 0:
+            raise ValueError(f"demo.looks must be >= 0, got {self.demo.looks}")
         if min(self.demo.n_train, self.demo.n_eval) < 1:
             raise ValueError(f"demo.n_train and demo.n_eval must be >= 1, got {self.demo.n_train}, {self.demo.n_eval}")
         if self.viewer.budget < 1:
@@ -117,11 +130,11 @@ def corpus(cfg: SlideNavConfig) -> Path:
     if cfg.data:
         return Path(cfg.data)
     d, v = cfg.demo, cfg.viewer
-    out = home() / "corpora" / (f"navdemo-s{d.seed}-{d.n_train}x{d.n_eval}-a{d.aux}-b{v.budget}-v{v.view_size}"
+    out = home() / "corpora" / (f"navdemo{VERSION}-s{d.seed}-{d.n_train}x{d.n_eval}-l{d.looks}-b{v.budget}-v{v.view_size}"
                                 f"-o{v.overview_size}")
     if not (out / "navdemo.json").exists():  # written last: a half-built corpus is built again
         build_nav_demo(out, n_train=d.n_train, n_eval=d.n_eval, seed=d.seed, view_size=v.view_size,
-                       budget=v.budget, overview_size=v.overview_size, aux=d.aux)
+                       budget=v.budget, overview_size=v.overview_size, looks=d.looks)
     return out
 
 
@@ -171,15 +184,19 @@ def run(cfg: SlideNavConfig) -> Path:
     tools = replace(cfg.rl.tools, env="slide_view", **{k: getattr(cfg.viewer, k) for k in
                                                        ("budget", "view_size", "max_mpp", "overview_size", "max_turns")})
     parent, checkpoints = cfg.base, {}
-    for stage, stage_cfg, file in (("sft", cfg.sft, data / "sft.jsonl"), ("rl", replace(cfg.rl, tools=tools),
-                                                                            data / "rl.jsonl")):
-        if stage not in cfg.stages:
+    steps = (("look", "sft", f"{cfg.run}_look", cfg.look, data / "look.jsonl"),
+             ("sft", "sft", cfg.run, cfg.sft, data / "sft.jsonl"),
+             ("rl", "rl", cfg.run, replace(cfg.rl, tools=tools), data / "rl.jsonl"))
+    for name, stage, run_name, stage_cfg, file in steps:
+        if name not in cfg.stages:
             continue
-        stage_cfg = stage_config(stage_cfg, run=cfg.run, data=file, init=parent, device=cfg.device)
+        stage_cfg = stage_config(stage_cfg, run=run_name, data=file, init=parent, device=cfg.device)
         folder = run_stage(plan, stage=stage, module=f"recipes.{stage}", cfg=stage_cfg, data=Path(stage_cfg.data),
                            config_dir=out_dir / "launch")
-        parent, checkpoints[stage] = entry_id(folder), str(folder)
-        t = timer.mark(stage, t)
+        parent = entry_id(folder)
+        if name != "look" or cfg.stages == ["look"]:  # evaluated: the models the comparisons are about
+            checkpoints[name] = str(folder)
+        t = timer.mark(name, t)
     metrics: dict = {"run": cfg.run, "corpus": str(data), "checkpoints": checkpoints}
     print("== evaluation", flush=True)
     metrics.update(evaluate(cfg, checkpoints, data / "eval.jsonl", out_dir))

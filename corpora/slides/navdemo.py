@@ -18,8 +18,10 @@ B: the answer is decidable only from a view at the scan's resolution (``zoom(x, 
                          order of appearance, the tools' schemas in ``tools``): an SFT record kind
                          (corpora.traces), so ``recipes.sft data=traces.jsonl`` trains on it
     sft.jsonl            each trace followed by the same question without tools (overview + prompt -> answer,
-                         ``thumbnail_record``), so the model also answers when no viewer is offered, and ``aux``
-                         copies of two short looking exercises (``looking_records``)
+                         ``thumbnail_record``), so the model also answers when no viewer is offered
+    look.jsonl           ``looks`` copies per training slide of the trace's two decisions as short plain records
+                         (``looking_records``: overview -> the zoom call; overview + view -> the answer), each
+                         slide's thumbnail record too: the first SFT of recipes.slide_nav, before sft.jsonl
     navdemo.json         seed and sizes
 """
 from __future__ import annotations
@@ -37,7 +39,10 @@ HEIGHT, WIDTH = 1024, 1536
 # The largest overview OpenSlide reads from level 1 (box-filtered): identical for A and B. A larger one is resized
 # from level 0, where the bands alias into a faint moiré (up to 22 grey levels apart at 448 px, measured).
 OVERVIEW = WIDTH // 4
-FOCUS = 64  # side of the deciding focus, level-0 pixels (a multiple of 4: the box filter's grid)
+# Side of the deciding focus, level-0 pixels (a multiple of 4: the box filter's grid). 192 px is a 24 px spot on a
+# 192 px overview, which the tiny model learns to find in ~250 steps of 8 (a 64 px focus, an 8 px spot: not in 400),
+# and a 64 px view anywhere within 64 px of its centre shows nothing but bands.
+FOCUS = 192
 BAND = 2  # band width in level-0 pixels: a period of 4 averages away exactly at every level above 0
 # The two band colours; both answers use both, half each. Their mean is far darker than the tissue around it, so
 # the focus stands out on a small overview (a tiny model learns where to zoom from it).
@@ -47,10 +52,11 @@ QUESTION = ("The darker focus on this slide holds atypical cells. How are they a
 OPTIONS = ["in horizontal bands", "in vertical bands"]
 TRACE_MPP = MPP
 THUMBNAIL_REASONING = "The overview shows the darker focus but not how its cells are arranged."
-VIEW_QUESTION = "How are the cells in this view arranged?"
-WHERE_QUESTION = "Where is the darker focus?"
-REASONING = {"A": "At {mpp:g} µm/px the focus at ({x}, {y}) shows the atypical cells lined up in horizontal bands.",
-             "B": "At {mpp:g} µm/px the focus at ({x}, {y}) shows the atypical cells lined up in vertical bands."}
+# Short: the tiny tokenizer spends ~1.5 characters a token, and call + tool result + reasoning share one
+# completion budget in RL and evaluation.
+REASONING = {"A": "At {mpp:g} µm/px the cells lie in horizontal bands.",
+             "B": "At {mpp:g} µm/px the cells lie in vertical bands."}
+VERSION = 3  # of the slides and texts: part of the recipe's corpus folder name, so an old build is not reused
 
 
 def _blobs(rng) -> list[tuple[int, int, int, int]]:
@@ -75,11 +81,11 @@ def slide_array(answer: str, rng) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def build_nav_demo(out_dir, *, n_train: int = 16, n_eval: int = 16, seed: int = 0, view_size: int = 224,
-                   budget: int = 4, overview_size: int = OVERVIEW, aux: int = 0) -> Path:
+                   budget: int = 4, overview_size: int = OVERVIEW, looks: int = 4) -> Path:
     """Write the corpus (see the module docstring) into ``out_dir``; the same seed gives the same files. The
     traces show what RL and evaluation will show with the same ``view_size``, ``budget`` and ``overview_size``
-    (at most OVERVIEW: a larger overview tells A from B). ``aux`` copies of the two looking exercises per training
-    slide go into sft.jsonl (``looking_records``)."""
+    (at most OVERVIEW: a larger overview tells A from B). ``looks`` copies of the two looking exercises per
+    training slide go into look.jsonl (``looking_records``)."""
     if not 8 <= overview_size <= OVERVIEW:
         raise ValueError(f"expected 8 <= overview_size <= {OVERVIEW} (larger overviews show the answer), "
                          f"found {overview_size}")
@@ -105,12 +111,15 @@ def build_nav_demo(out_dir, *, n_train: int = 16, n_eval: int = 16, seed: int = 
     traces = [navigation_trace(out, record, viewer) for record in splits["rl"]]
     viewer._close()
     (out / "traces.jsonl").write_text("".join(json.dumps(t) + "\n" for t in traces))
-    mixed = [r for t, record in zip(traces, splits["rl"])
-             for r in (t, thumbnail_record(record, t["images"][0]), *looking_records(record, t["images"], aux))]
-    (out / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mixed))
+    thumbnails = [thumbnail_record(record, t["images"][0]) for t, record in zip(traces, splits["rl"])]
+    sft = [r for pair in zip(traces, thumbnails) for r in pair]
+    look = [r for t, thumb, record in zip(traces, thumbnails, splits["rl"])
+            for r in (thumb, *looking_records(record, t, looks))]
+    for name, rows in (("sft.jsonl", sft), ("look.jsonl", look)):
+        (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "navdemo.json").write_text(json.dumps({"seed": seed, "n_train": n_train, "n_eval": n_eval, "mpp": MPP,
                                                   "view_size": view_size, "budget": budget,
-                                                  "overview_size": overview_size, "aux": aux}, indent=2))
+                                                  "overview_size": overview_size, "looks": looks}, indent=2))
     return out
 
 
@@ -127,7 +136,7 @@ def navigation_trace(root: Path, record: dict, viewer) -> dict:
     view_file = f"views/{record['id']}.png"
     view.image.save(root / view_file)
     call = {"type": "function", "function": {"name": "zoom", "arguments": {"x": x, "y": y, "mpp": TRACE_MPP}}}
-    reasoning = REASONING[record["answer"]].format(mpp=TRACE_MPP, x=x, y=y)
+    reasoning = REASONING[record["answer"]].format(mpp=TRACE_MPP)
     return {
         "id": record["id"], "slide": record["slide"], "images": [overview, view_file], "tools": tool_schemas(),
         "messages": [
@@ -163,21 +172,32 @@ def thumbnail_record(record: dict, overview: str) -> dict:
         {"role": "assistant", "content": render_response("cot", THUMBNAIL_REASONING, record["answer"])}]}
 
 
-def looking_records(record: dict, images: list[str], copies: int) -> list[dict]:
-    """Two short exercises on a trace's own images, ``copies`` times each: its view -> how the cells lie (the
-    words of the trace's reasoning), its overview -> the zoom call on the focus (the trace's call). A trace is
-    ~1,200 tokens, mostly the tools section; these are ~60, so they give the two decisions a trace hinges on far
-    more gradient per CPU second."""
-    words = "horizontal" if record["answer"] == "A" else "vertical"
-    call = {"name": "zoom", "arguments": {"x": record["focus"]["x"], "y": record["focus"]["y"], "mpp": TRACE_MPP}}
+def looking_records(record: dict, trace: dict, copies: int) -> list[dict]:
+    """The two decisions of ``trace`` as short plain records, ``copies`` times each, in the trace's own words and
+    images but without its tools section (~700 of a trace's ~1,100 tokens, with the tiny tokenizer):
+
+    * *where*: the overview, the prompt and the viewer's observation -> the trace's zoom call, written as the chat
+      template writes it (``<tool_call>`` JSON ``</tool_call>``);
+    * *second look*: the overview, the prompt, then the view with its caption -> the trace's reasoning and answer.
+
+    Why (measured with the tiny Qwen3-VL, 160 training slides, held-out slides): alone, each decision is learnt in
+    100-150 steps of 8; inside full traces neither is, even in 12 epochs (the ~700-token tools section dilutes the
+    attention from the answer to the 28 image tokens). Learnt first on these records (without the tools section,
+    where 1.00, bands 1.00), they carry over into the tools context after a few epochs of traces (where 0.63, bands
+    1.00). A plain record's images come first in its user turn (corpora.chat), so the second look's view follows
+    the overview there rather than the prompt; the reading still carries over."""
+    messages = trace["messages"]
+    prompt = messages[0]["content"]
+    call = messages[1]["tool_calls"][0]["function"]
+    view_caption = messages[2]["content"][1]["text"]
+    call_text = "<tool_call>\n" + json.dumps({"name": call["name"], "arguments": call["arguments"]}) + "\n</tool_call>"
     out = []
     for k in range(copies):
-        out.append({"id": f"{record['id']}-view{k}", "images": [images[1]], "messages": [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": VIEW_QUESTION}]},
-            {"role": "assistant", "content": f"The atypical cells are lined up in {words} bands."}]})
-        out.append({"id": f"{record['id']}-where{k}", "images": [images[0]], "messages": [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": WHERE_QUESTION}]},
-            {"role": "assistant", "content": json.dumps(call)}]})
+        out.append({"id": f"{record['id']}-where{k}", "images": [trace["images"][0]], "messages": [
+            {"role": "user", "content": prompt}, {"role": "assistant", "content": call_text}]})
+        out.append({"id": f"{record['id']}-look{k}", "images": trace["images"], "messages": [
+            {"role": "user", "content": [*prompt, {"type": "image"}, {"type": "text", "text": view_caption}]},
+            {"role": "assistant", "content": messages[3]["content"]}]})
     return out
 
 

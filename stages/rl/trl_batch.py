@@ -20,8 +20,6 @@ _PROMPT_THEN_COMPLETION = {"token_type_ids", "mm_token_type_ids"}  # (B, P + C):
 _PAD_ONE = {"tool_mask"}
 _PER_IMAGE = {"pixel_values", "image_grid_thw", "image_sizes", "pixel_attention_mask", "spatial_shapes",
               "image_position_ids"}
-# Per-row tensors that weight a row's loss: zeroed to make a row inert (no loss, no token in the normaliser).
-_LOSS_MASKS = ("completion_mask", "tool_mask")
 
 
 def check_trl_version(version: str | None = None) -> None:
@@ -59,15 +57,20 @@ def empty_batch(device) -> dict:
 def make_inert(batch: dict, rows: list[int]) -> dict:
     """Zero the advantage and the loss mask of `rows`: they still run through the forward (so every rank joins
     the gradient all-reduce with a batch of the planned size) but add nothing to the loss, its gradient, the KL
-    term or the token normaliser."""
+    term or the token normaliser.
+
+    TRL's loss mask is ``completion_mask * tool_mask`` and its attention mask ``prompt_mask + completion_mask``.
+    With tools, a completion holds tool results, views included: zeroing its completion_mask would hide the view's
+    image tokens from the attention mask while its image stays in the batch, and Qwen-VL's rope index then pairs
+    the next row's tokens with this row's image (a shape error on the slide-navigation recipe). Such rows are
+    made inert through tool_mask alone; without tools through completion_mask."""
     if not rows:
         return batch
     index = torch.tensor(rows, dtype=torch.long, device=batch["advantages"].device)
     out = dict(batch)
     out["advantages"] = batch["advantages"].index_fill(0, index, 0.0)
-    for key in _LOSS_MASKS:
-        if out.get(key) is not None:
-            out[key] = out[key].index_fill(0, index.to(out[key].device), 0)
+    key = "tool_mask" if batch.get("tool_mask") is not None else "completion_mask"
+    out[key] = out[key].index_fill(0, index.to(out[key].device), 0)
     return out
 
 

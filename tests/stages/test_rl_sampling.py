@@ -271,13 +271,18 @@ def test_merge_rows_repads_and_keeps_images_aligned():
     assert merged["old_per_token_logps"][2, 1:].abs().sum() == 0
 
 
-def test_padding_rows_are_inert_and_leave_the_normaliser():
+@pytest.mark.parametrize("tools", [False, True])
+def test_padding_rows_are_inert_and_leave_the_normaliser(tools):
     a = _trl_output([3, 2, 3, 1], [2, 4, 1, 3], seed=1)
-    a["tool_mask"] = torch.ones_like(a["completion_mask"])
+    if tools:
+        a["tool_mask"] = torch.ones_like(a["completion_mask"])
     inert = make_inert(a, [1, 3])
     assert inert["advantages"][[1, 3]].tolist() == [0.0, 0.0]
     assert torch.equal(inert["advantages"][[0, 2]], a["advantages"][[0, 2]])
-    assert inert["completion_mask"][[1, 3]].sum() == 0 and inert["tool_mask"][[1, 3]].sum() == 0
+    loss_mask = inert["completion_mask"] * inert.get("tool_mask", 1)  # what TRL's loss multiplies by
+    assert loss_mask[[1, 3]].sum() == 0 and torch.equal(loss_mask[[0, 2]], a["completion_mask"][[0, 2]])
+    if tools:  # the attention mask (prompt + completion mask) still covers the tool results and their views
+        assert torch.equal(inert["completion_mask"], a["completion_mask"])
     assert loss_token_count(inert).item() == 2 + 1  # rows 0 and 2 only
     assert torch.equal(inert["completion_ids"], a["completion_ids"])  # still run through the forward
     assert a["completion_mask"].sum() == 10  # the input is not modified
