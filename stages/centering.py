@@ -14,6 +14,11 @@ from the projector's last bias. Batch centring ignores such a shift, so training
 the weights themselves now produce centred tokens: checkpoints stay plain Qwen-VL folders that load with the
 Auto classes and behave the same at inference, without this module. Written by hand; no library does it.
 Meant for small models trained from scratch (off by default); a pretrained Qwen-VL does not need it.
+
+Beware length grouping (``group_by_length``, on by default): it batches records of similar length, and where the
+length of the target tells the class (a coordinate with one digit more, a longer label) a batch holds one class,
+whose shared image feature the batch mean then removes. Measured on the slide-navigation demo: where-to-zoom
+held-out 0.23 with grouping, 1.00 without, same steps (recipes/slide_nav.py turns grouping off).
 """
 from __future__ import annotations
 

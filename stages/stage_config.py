@@ -58,7 +58,8 @@ class StageConfig(StepRunConfig):
     eval_fraction: float = field(default=0.0, metadata={"help": "Share of images held out for an eval loss (0 = none); records sharing an image or a slide stay on one side."})
     center_image_features: bool = field(
         default=False, metadata={"help": "Batch-centre the image tokens in training and fold the mean into the "
-                                         "projector bias (stages/centering.py): for small models trained from scratch."})
+                                         "projector bias (stages/centering.py): for small models trained from scratch. With "
+                                         "group_by_length a batch can hold one class and lose its feature."})
 
     def __post_init__(self):
         if isinstance(self.model, dict):

@@ -64,7 +64,8 @@ def test_corpus_files_and_records(demo):
             thumb = np.asarray(s.thumbnail(384)).astype(float)
             scale = s.info.width / thumb.shape[1]
             fx, fy = int(r["focus"]["x"] / scale), int(r["focus"]["y"] / scale)
-            assert thumb[fy, fx].mean() < thumb[fy + 12, fx].mean() - 20
+            below = fy + int(FOCUS / scale / 2) + 6  # just below the focus, inside the tissue piece
+            assert thumb[fy, fx].mean() < thumb[below, fx].mean() - 20
 
 
 def test_traces_replay_through_the_viewer_and_answer_right(demo):
@@ -101,20 +102,29 @@ def test_sft_file_pairs_each_trace_with_the_question_without_tools(demo):
 
 def test_looking_exercises_ask_for_the_two_decisions_of_a_trace(demo):
     from corpora.slides.navdemo import looking_records
+    from corpora.validate import validate
 
     trace = json.loads((demo / "traces.jsonl").read_text().splitlines()[0])
     record = json.loads((demo / "rl.jsonl").read_text().splitlines()[0])
-    view, where, *again = looking_records(record, trace["images"], 2)
-    assert len(again) == 2 and view["images"] == trace["images"][1:] and where["images"] == trace["images"][:1]
-    words = "horizontal" if record["answer"] == "A" else "vertical"
-    assert view["messages"][1]["content"] == f"The atypical cells are lined up in {words} bands."
-    assert words in trace["messages"][3]["content"]  # the words the trace's answer uses
-    assert json.loads(where["messages"][1]["content"]) == trace["messages"][1]["tool_calls"][0]["function"]
+    where, look, *again = looking_records(record, trace, 2)
+    assert len(again) == 2 and where["images"] == trace["images"][:1] and look["images"] == trace["images"]
+    user, call, tool, answer = trace["messages"]
+    assert where["messages"][0]["content"] == user["content"]  # the trace's prompt and observation, no tools
+    text = where["messages"][1]["content"]  # the call as the chat template writes a tool call
+    assert text.startswith("<tool_call>\n") and text.endswith("\n</tool_call>")
+    assert json.loads(text.removeprefix("<tool_call>\n").removesuffix("\n</tool_call>")) == call["tool_calls"][0]["function"]
+    blocks = look["messages"][0]["content"]  # overview + prompt, then the view with the viewer's caption
+    assert [b["type"] for b in blocks] == ["image", "text", "image", "text"] and blocks[3] == tool["content"][1]
+    assert look["messages"][1]["content"] == answer["content"]  # the trace's reasoning and answer
+    assert validate(demo / "look.jsonl", "sft").ok
+    ids = [json.loads(line)["id"] for line in (demo / "look.jsonl").read_text().splitlines()]
+    assert ids[:5] == ["rl-000-thumbnail", "rl-000-where0", "rl-000-look0", "rl-000-where1", "rl-000-look1"]
+    assert len(ids) == 4 * (1 + 2 * 4)  # build_nav_demo's default: 4 copies of each exercise per slide
 
 
 def test_the_same_seed_writes_the_same_corpus(demo, tmp_path):
     again = build_nav_demo(tmp_path / "again", n_train=4, n_eval=2, seed=3, view_size=96)
-    for name in ("rl.jsonl", "eval.jsonl", "traces.jsonl", "sft.jsonl"):
+    for name in ("rl.jsonl", "eval.jsonl", "traces.jsonl", "sft.jsonl", "look.jsonl"):
         assert (again / name).read_text() == (demo / name).read_text()
     assert (again / "slides" / "rl-000.tiff").read_bytes() == (demo / "slides" / "rl-000.tiff").read_bytes()
 

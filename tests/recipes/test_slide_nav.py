@@ -20,11 +20,12 @@ def test_one_viewer_for_corpus_rl_and_evaluation_and_the_metrics_keys(monkeypatc
     launched = {}
 
     def fake_stage(plan, *, stage, module, cfg, data, config_dir):
-        launched[stage] = cfg
+        launched[cfg.run if stage == "sft" else stage] = cfg
         return base  # an untrained model stands in for each stage's checkpoint
 
     monkeypatch.setattr(slide_nav, "run_stage", fake_stage)
-    monkeypatch.setattr(slide_nav, "entry_id", lambda folder: "sft/slide_nav/step-1")
+    ids = iter(["sft/slide_nav_look/step-1", "sft/slide_nav/step-1", "rl/slide_nav/step-1"])
+    monkeypatch.setattr(slide_nav, "entry_id", lambda folder: next(ids))
     argv = ["demo.n_train=2", "demo.n_eval=3", "viewer.view_size=32", "viewer.overview_size=96",
             "eval.decoding.max_new_tokens=4", "eval.progress=false"]
     assert slide_nav.main(argv) == 0
@@ -33,10 +34,15 @@ def test_one_viewer_for_corpus_rl_and_evaluation_and_the_metrics_keys(monkeypatc
     corpus = Path(metrics["corpus"])
     assert json.loads((corpus / "navdemo.json").read_text())["view_size"] == 32  # the traces show 32 px views
     ids = [json.loads(line)["id"] for line in (corpus / "sft.jsonl").read_text().splitlines()]
-    assert ids[:6] == ["rl-000", "rl-000-thumbnail", "rl-000-view0", "rl-000-where0", "rl-000-view1", "rl-000-where1"]
-    sft, rl = launched["sft"], launched["rl"]
-    assert sft.data == str(corpus / "sft.jsonl") and sft.init == "tiny:qwen3_vl" and sft.run == "slide_nav"
+    assert ids == ["rl-000", "rl-000-thumbnail", "rl-001", "rl-001-thumbnail"]  # each trace beside its thumbnail
+    look_ids = [json.loads(line)["id"] for line in (corpus / "look.jsonl").read_text().splitlines()]
+    assert look_ids[:3] == ["rl-000-thumbnail", "rl-000-where0", "rl-000-look0"] and len(look_ids) == 2 * (1 + 2 * 4)
+    look, sft, rl = launched["slide_nav_look"], launched["slide_nav"], launched["rl"]
+    assert look.data == str(corpus / "look.jsonl") and look.init == "tiny:qwen3_vl"
+    assert sft.data == str(corpus / "sft.jsonl") and sft.init == "sft/slide_nav_look/step-1"
     assert rl.data == str(corpus / "rl.jsonl") and rl.init == "sft/slide_nav/step-1"
+    # no length grouping under centred image tokens (a length-grouped batch would hold one focus position)
+    assert not look.group_by_length and not sft.group_by_length and look.center_image_features
     assert (rl.tools.env, rl.tools.budget, rl.tools.view_size, rl.tools.overview_size) == ("slide_view", 2, 32, 96)
     assert rl.resolved_rewards() == ["format", "accuracy", "view_cost"]
     assert METRIC_KEYS <= set(metrics)
@@ -52,7 +58,7 @@ def test_one_viewer_for_corpus_rl_and_evaluation_and_the_metrics_keys(monkeypatc
 @pytest.mark.parametrize("override, message", [
     ("viewer.overview_size=448", "viewer.overview_size must be <= 384"),
     ("viewer.budget=0", "viewer.budget must be >= 1"),
-    ("stages=[pretrain]", "stages must be a non-empty list of ['sft', 'rl']"),
+    ("stages=[pretrain]", "stages must be a non-empty list of ['look', 'sft', 'rl']"),
 ])
 def test_config_errors_are_refused_before_anything_runs(override, message, capsys):
     with pytest.raises(SystemExit) as exit_:
