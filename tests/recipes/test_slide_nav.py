@@ -73,18 +73,17 @@ def test_every_field_loads_from_the_command_line():
     assert (cfg.rl.max_steps, cfg.sft.epochs, cfg.demo.n_eval, cfg.viewer.budget) == (3, 1, 200, 3)
 
 
-# Issue 26's goal, not met yet: after SFT the tiny model calls the viewer but answers B on every question (README
-# "python -m recipes.slide_nav": what was measured). Not run (xfail, run=False) so the slow tier does not spend
-# tens of minutes on a known failure; flip it back to a plain slow test when the recipe learns to look.
+# Issue 26's goal, run as shipped (~400 s wall, ~670 s CPU on 2 cores; README "Slide navigation" has the numbers).
 @pytest.mark.slow
-@pytest.mark.xfail(run=False, reason="issue 26 open: the tool model does not beat the thumbnail-only model yet")
 def test_the_recipe_as_shipped_learns_to_look(capsys):
     """The whole recipe, default config: the tool model beats the thumbnail-only model by a margin the paired CI
-    supports, and it uses the viewer on most questions (before RL too)."""
+    supports, it uses the viewer on most questions before and after RL, and the thumbnail-only baseline answers in
+    format (a guess, not broken replies, so the margin is the views' doing)."""
     assert slide_nav.main([]) == 0
     metrics = json.loads(Path(capsys.readouterr().out.strip().splitlines()[-1]).read_text())
     assert METRIC_KEYS <= set(metrics)
     tools_vs_thumbnail = metrics["comparisons"]["rl_tools_vs_rl_thumbnail"]
-    assert tools_vs_thumbnail["supported"] and tools_vs_thumbnail["ci95"][0] > 0
-    assert metrics["evaluation"]["rl_tools"]["n"] >= 100
-    assert metrics["views_per_question"]["rl"] > 0.5 and metrics["views_per_question"]["sft"] > 0.5
+    assert tools_vs_thumbnail["difference"] > 0 and tools_vs_thumbnail["ci95"][0] > 0 and tools_vs_thumbnail["supported"]
+    assert metrics["views_per_question"]["sft"] >= 0.5 and metrics["views_per_question"]["rl"] >= 0.5
+    assert metrics["evaluation"]["rl_thumbnail"]["format_rate"] >= 0.9
+    assert metrics["evaluation"]["rl_tools"]["accuracy"] > 0.65  # chance is 0.5; measured 0.76 (seed 0)
