@@ -141,8 +141,10 @@ class ChatCollator:
         return mask
 
 
-def add_lengths(rows, processor):
-    """A ``length`` column (text tokens + image tokens, from image headers only) for length-grouped batching."""
+def add_lengths(rows, processor, bucket: int = 1):
+    """A ``length`` column (text tokens + image tokens, from image headers only) for length-grouped batching,
+    rounded up to a multiple of ``bucket`` (the grouping sort is stable after a shuffle: a bucket's rows stay in
+    random order)."""
     tok = processor.tokenizer
     count_image_tokens = getattr(processor, "_get_num_multimodal_tokens", None) \
         if adapters.check("transformers.ProcessorMixin._get_num_multimodal_tokens") else None
@@ -156,7 +158,7 @@ def add_lengths(rows, processor):
                 with Image.open(p) as im:  # reads the header, not the pixels
                     sizes.append((im.height, im.width))
             image_tokens = sum(count_image_tokens(image_sizes=sizes).num_image_tokens)
-        return {"length": text_tokens + image_tokens}
+        return {"length": -(-(text_tokens + image_tokens) // bucket) * bucket}
 
     return rows.map(length, desc="measuring lengths")
 
@@ -278,8 +280,8 @@ def prepare_stage(cfg: StageConfig, *, stage: str, rows, init: str, data_files,
         model, processor = load_model(cfg.model_config(weights))
     if cfg.group_by_length:
         with distributed.main_process_first():  # datasets' map cache: one rank computes, the others read it
-            train_rows = add_lengths(train_rows, processor)
-            eval_rows = None if eval_rows is None else add_lengths(eval_rows, processor)
+            train_rows = add_lengths(train_rows, processor, cfg.length_bucket)
+            eval_rows = None if eval_rows is None else add_lengths(eval_rows, processor, cfg.length_bucket)
     trainer = StageTrainer(
         model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
         processing_class=processor, data_collator=ChatCollator(processor, max_length=cfg.max_length),

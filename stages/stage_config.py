@@ -54,6 +54,9 @@ class StageConfig(StepRunConfig):
     epochs: float = field(default=1.0, metadata={"help": "Epochs (ignored when max_steps > 0)."})
     max_steps: int = field(default=-1, metadata={"help": "Planned optimizer steps; > 0 overrides epochs."})
     group_by_length: bool = field(default=True, metadata={"help": "Batch samples of similar length to limit padding."})
+    length_bucket: int = field(default=1, metadata={
+        "help": "With group_by_length: lengths round up to a multiple of this before grouping, so records a few "
+                "tokens apart (often by class: a longer label, one digit more) still share batches; 1 = exact."})
     max_length: int | None = field(default=None, metadata={"help": "Truncate sequences to this many tokens."})
     eval_fraction: float = field(default=0.0, metadata={"help": "Share of images held out for an eval loss (0 = none); records sharing an image or a slide stay on one side."})
     center_image_features: bool = field(
@@ -65,6 +68,8 @@ class StageConfig(StepRunConfig):
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
         super().__post_init__()
+        if self.length_bucket < 1:
+            raise ValueError(f"length_bucket must be >= 1, got {self.length_bucket}")
         if self.center_image_features and self.model.lora.enabled:
             raise ValueError("center_image_features edits the projector in place and does not work with lora.enabled")
         if self.train not in STAGE_POLICIES:

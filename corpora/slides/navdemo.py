@@ -18,7 +18,8 @@ B: the answer is decidable only from a view at the scan's resolution (``zoom(x, 
                          order of appearance, the tools' schemas in ``tools``): an SFT record kind
                          (corpora.traces), so ``recipes.sft data=traces.jsonl`` trains on it
     sft.jsonl            each trace followed by the same question without tools (overview + prompt -> answer,
-                         ``thumbnail_record``), so the model also answers when no viewer is offered
+                         ``thumbnail_record``), so the model also answers when no viewer is offered, and one copy
+                         of its two looking exercises
     look.jsonl           ``looks`` copies per training slide of the trace's two decisions as short plain records
                          (``looking_records``: overview -> the zoom call; overview + view -> the answer), each
                          slide's thumbnail record too: the first SFT of recipes.slide_nav, before sft.jsonl
@@ -112,7 +113,10 @@ def build_nav_demo(out_dir, *, n_train: int = 16, n_eval: int = 16, seed: int = 
     viewer._close()
     (out / "traces.jsonl").write_text("".join(json.dumps(t) + "\n" for t in traces))
     thumbnails = [thumbnail_record(record, t["images"][0]) for t, record in zip(traces, splits["rl"])]
-    sft = [r for pair in zip(traces, thumbnails) for r in pair]
+    # one copy of each looking exercise beside its trace: measured, without them the reading learnt on look.jsonl
+    # carried into the tools context on one corpus seed of two (bands 0.52 held-out), with them on both (1.00)
+    sft = [r for t, thumb, record in zip(traces, thumbnails, splits["rl"])
+           for r in (t, thumb, *looking_records(record, t, 1))]
     look = [r for t, thumb, record in zip(traces, thumbnails, splits["rl"])
             for r in (thumb, *looking_records(record, t, looks))]
     for name, rows in (("sft.jsonl", sft), ("look.jsonl", look)):
