@@ -93,8 +93,11 @@ def test_sft_file_pairs_each_trace_with_the_question_without_tools(demo):
     assert validate(demo / "sft.jsonl", "sft").ok
     rows = [json.loads(line) for line in (demo / "sft.jsonl").read_text().splitlines()]
     traces = [json.loads(line) for line in (demo / "traces.jsonl").read_text().splitlines()]
-    assert rows[0::2] == traces and [r["id"] for r in rows[1::2]] == [f"{t['id']}-thumbnail" for t in traces]
-    for trace, plain in zip(traces, rows[1::2]):  # the same overview and prompt, no tools, no observation
+    # each trace, the same question without tools, then one copy of the trace's two looking exercises
+    assert rows[0::4] == traces and [r["id"] for r in rows[1::4]] == [f"{t['id']}-thumbnail" for t in traces]
+    assert [r["id"] for r in rows[2::4]] == [f"{t['id']}-where0" for t in traces]
+    assert [r["id"] for r in rows[3::4]] == [f"{t['id']}-look0" for t in traces]
+    for trace, plain in zip(traces, rows[1::4]):  # the same overview and prompt, no tools, no observation
         assert plain["images"] == trace["images"][:1] and "tools" not in plain
         assert trace["messages"][0]["content"][1]["text"].startswith(plain["messages"][0]["content"][1]["text"])
         assert plain["messages"][1]["content"].endswith(trace["messages"][3]["content"][-len("<answer>A</answer>"):])

@@ -34,15 +34,15 @@ def test_one_viewer_for_corpus_rl_and_evaluation_and_the_metrics_keys(monkeypatc
     corpus = Path(metrics["corpus"])
     assert json.loads((corpus / "navdemo.json").read_text())["view_size"] == 32  # the traces show 32 px views
     ids = [json.loads(line)["id"] for line in (corpus / "sft.jsonl").read_text().splitlines()]
-    assert ids == ["rl-000", "rl-000-thumbnail", "rl-001", "rl-001-thumbnail"]  # each trace beside its thumbnail
+    assert ids[:4] == ["rl-000", "rl-000-thumbnail", "rl-000-where0", "rl-000-look0"] and len(ids) == 8
     look_ids = [json.loads(line)["id"] for line in (corpus / "look.jsonl").read_text().splitlines()]
     assert look_ids[:3] == ["rl-000-thumbnail", "rl-000-where0", "rl-000-look0"] and len(look_ids) == 2 * (1 + 2 * 4)
     look, sft, rl = launched["slide_nav_look"], launched["slide_nav"], launched["rl"]
     assert look.data == str(corpus / "look.jsonl") and look.init == "tiny:qwen3_vl"
     assert sft.data == str(corpus / "sft.jsonl") and sft.init == "sft/slide_nav_look/step-1"
     assert rl.data == str(corpus / "rl.jsonl") and rl.init == "sft/slide_nav/step-1"
-    # no length grouping under centred image tokens (a length-grouped batch would hold one focus position)
-    assert not look.group_by_length and not sft.group_by_length and look.center_image_features
+    # lengths grouped in wide buckets under centred image tokens (exact grouping: a batch of one focus position)
+    assert all(c.group_by_length and c.length_bucket == 512 and c.center_image_features for c in (look, sft))
     assert (rl.tools.env, rl.tools.budget, rl.tools.view_size, rl.tools.overview_size) == ("slide_view", 2, 32, 96)
     assert rl.resolved_rewards() == ["format", "accuracy", "view_cost"]
     assert METRIC_KEYS <= set(metrics)

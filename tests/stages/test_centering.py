@@ -74,3 +74,30 @@ def test_training_forward_is_centred_and_blind_to_the_shared_direction(demo):
 def test_centering_refuses_lora():
     with pytest.raises(ConfigError, match="lora"):
         load_config(SFTConfig, ["center_image_features=true", "model.lora.enabled=true"])
+
+
+def test_length_buckets_keep_records_a_few_tokens_apart_in_mixed_batches():
+    """The pitfall stages/centering.py names: exact length grouping sorts records whose lengths differ by one token
+    (here: by class) into batches of one class; buckets of 512 put both classes in the same shuffled batches."""
+    from datasets import Dataset
+
+    from stages.engine import SeededLengthSampler, add_lengths
+    from stages.sft import SFTConfig
+
+    processor = AutoProcessor.from_pretrained(resolve_model_path("tiny:qwen3_vl"))
+    texts = {0: "x=256", 1: "x=1280"}  # the second one token (or more) longer
+    labels = [i % 2 for i in range(64)]
+    rows = Dataset.from_list([{"images": [], "messages": [{"role": "user", "content": "where?"},
+                                                          {"role": "assistant", "content": texts[c]}]} for c in labels])
+
+    def batches(bucket):
+        lengths = add_lengths(rows, processor, bucket)["length"]
+        order = list(SeededLengthSampler(8, lengths, seed=0))
+        return lengths, [{labels[i] for i in order[k:k + 8]} for k in range(0, len(order), 8)]
+
+    lengths, exact = batches(1)
+    assert len(set(lengths)) == 2 and all(len(classes) == 1 for classes in exact)  # one class per batch
+    lengths, bucketed = batches(512)
+    assert set(lengths) == {512} and sum(len(classes) == 2 for classes in bucketed) >= 6  # mixed batches
+    with pytest.raises(ValueError, match="length_bucket must be >= 1"):
+        load_config(SFTConfig, ["length_bucket=0"])
