@@ -263,12 +263,17 @@ def main(argv=None) -> int:
     p.add_argument("--view-size", type=int, default=224)
     p.add_argument("--overview-size", type=int, default=OVERVIEW, help=f"at most {OVERVIEW}")
     p.add_argument("--budget", type=int, default=4, help="views per question the traces' prompt offers")
+    p.add_argument("--looks", type=int, default=4, help="copies per training slide of the looking exercises "
+                                                        "in look.jsonl")
     args = p.parse_args(argv)
-    if min(args.n_train, args.n_eval, args.budget) < 1 or args.view_size < 8 or not 8 <= args.overview_size <= OVERVIEW:
-        p.error(f"expected --n-train, --n-eval, --budget >= 1, --view-size >= 8 and 8 <= --overview-size <= {OVERVIEW}, "
-                f"found {args.n_train}, {args.n_eval}, {args.budget}, {args.view_size}, {args.overview_size}")
+    if min(args.n_train, args.n_eval, args.budget) < 1 or args.view_size < 8 or not 8 <= args.overview_size <= OVERVIEW \
+            or args.looks < 0:
+        p.error(f"expected --n-train, --n-eval, --budget >= 1, --view-size >= 8, 8 <= --overview-size <= {OVERVIEW} "
+                f"and --looks >= 0, found {args.n_train}, {args.n_eval}, {args.budget}, {args.view_size}, "
+                f"{args.overview_size}, {args.looks}")
     out = build_nav_demo(args.out, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
-                         view_size=args.view_size, budget=args.budget, overview_size=args.overview_size)
+                         view_size=args.view_size, budget=args.budget, overview_size=args.overview_size,
+                         looks=args.looks)
     print(json.dumps({"out": str(out), "train": args.n_train, "eval": args.n_eval, "traces": args.n_train}))
     return 0
 
